@@ -1,0 +1,22 @@
+#!/usr/bin/env python
+"""Django's command-line utility for the plugin server."""
+
+import os
+import sys
+
+
+def main() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings.base")
+    from django.core.exceptions import ImproperlyConfigured
+    from django.core.management import execute_from_command_line
+
+    try:
+        execute_from_command_line(sys.argv)
+    except ImproperlyConfigured as error:
+        # One clear line, not a traceback, for a bad environment variable.
+        sys.stderr.write(f"Configuration error: {error}\n")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

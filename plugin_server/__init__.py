@@ -1,0 +1,1 @@
+"""PostHog's plugin server, as a Django app."""

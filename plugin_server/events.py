@@ -1,0 +1,56 @@
+"""Event types passed between the parts of the pipeline.
+
+``PluginEvent`` is the plain dict a plugin sees (spec: plugins.md §3.3) and
+that the ingester stores; it stays a dict so that it crosses process
+boundaries cheaply and plugins can change it freely.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+# Keys: event, distinct_id, properties, timestamp, team_id, uuid, ip, site_url,
+# now, sent_at, and $set / $set_once where present.
+PluginEvent = dict[str, Any]
+
+
+class SourceName(str, enum.Enum):
+    """Where a message came from; also the ``source`` of a dead letter."""
+
+    CELERY = "celery"
+    KAFKA = "kafka"
+    PLUGIN = "plugin"  # posthog.capture from inside a plugin
+
+
+CELERY_TASK_NAME = "posthog.tasks.process_event.process_event_with_plugins"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One raw message taken off a queue, not yet decoded.
+
+    ``token`` is the source's own handle used to acknowledge it (a Redis
+    in-flight entry, a Kafka offset)."""
+
+    payload: bytes
+    token: Any
+    queue: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedEvent:
+    """A delivery decoded into the event the capture endpoint sent."""
+
+    event: PluginEvent
+    delivery: Delivery
+
+    @property
+    def team_id(self) -> int:
+        return int(self.event["team_id"])
+
+    @property
+    def route_key(self) -> tuple[int, str]:
+        """Events with the same key are processed in order, by one worker."""
+        return (int(self.event["team_id"]), str(self.event.get("distinct_id")))

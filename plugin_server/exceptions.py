@@ -1,0 +1,44 @@
+"""The three error paths of the server (and the plugin-side errors).
+
+- :class:`RetriableError`: a service is away (database down, broker gone).
+  The batch is retried with backoff and nothing is acknowledged.
+- :class:`InvalidMessage`: the message can never be processed. It goes to the
+  dead-letter store with its reason, is counted, and is acknowledged.
+- :class:`PluginError`: a plugin failed. It is recorded on the plugin config
+  and in the plugin log, and the event goes on unchanged.
+"""
+
+from __future__ import annotations
+
+
+class PluginServerError(Exception):
+    """Base class of the server's own errors."""
+
+
+class RetriableError(PluginServerError):
+    """A transient failure: retry the same work later, acknowledge nothing."""
+
+
+class InvalidMessage(PluginServerError):
+    """A message that can never be ingested; ``reason`` is a short stable code."""
+
+    def __init__(self, reason: str, message: str, team_id: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.team_id = team_id
+
+
+class PluginError(PluginServerError):
+    """A plugin raised, timed out, or broke the rules of the sandbox."""
+
+
+class PluginTimeout(PluginError):
+    """A plugin call ran past its wall-clock limit."""
+
+
+class PluginLoadError(PluginError):
+    """A plugin's code could not be found, read or compiled."""
+
+
+class WorkerDied(PluginServerError):
+    """A worker process died (memory limit, crash) while running a task."""

@@ -1,0 +1,109 @@
+"""StatsD metrics: names in one place, a backend that is off unless STATSD_HOST is set.
+
+Names are the original's (spec: plugins.md §14.2) plus the port's own under
+``ingestion.*``, ``dlq.*`` and ``worker.*``. Tests use :class:`RecordingMetrics`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Protocol
+
+from django.conf import settings
+
+Tags = Mapping[str, str | int]
+
+
+class MetricsBackend(Protocol):
+    def incr(self, name: str, value: int = 1, tags: Tags | None = None) -> None: ...
+    def timing(self, name: str, ms: float, tags: Tags | None = None) -> None: ...
+    def gauge(self, name: str, value: float, tags: Tags | None = None) -> None: ...
+
+
+class NullMetrics:
+    """Used when STATSD_HOST is empty."""
+
+    def incr(self, name: str, value: int = 1, tags: Tags | None = None) -> None:
+        pass
+
+    def timing(self, name: str, ms: float, tags: Tags | None = None) -> None:
+        pass
+
+    def gauge(self, name: str, value: float, tags: Tags | None = None) -> None:
+        pass
+
+
+def _with_tags(name: str, tags: Tags | None) -> str:
+    # Telegraf-style tags, as the original sent them.
+    if not tags:
+        return name
+    return name + "," + ",".join(f"{key}={value}" for key, value in tags.items())
+
+
+class StatsdMetrics:
+    """Sends to StatsD over UDP with the ``statsd`` package."""
+
+    def __init__(self, host: str, port: int, prefix: str) -> None:
+        import statsd
+
+        self._client = statsd.StatsClient(host, port, prefix=prefix.rstrip(".") or None)
+
+    def incr(self, name: str, value: int = 1, tags: Tags | None = None) -> None:
+        self._client.incr(_with_tags(name, tags), value)
+
+    def timing(self, name: str, ms: float, tags: Tags | None = None) -> None:
+        self._client.timing(_with_tags(name, tags), ms)
+
+    def gauge(self, name: str, value: float, tags: Tags | None = None) -> None:
+        self._client.gauge(_with_tags(name, tags), value)
+
+
+class RecordingMetrics:
+    """Keeps every call, for tests."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, float, dict[str, str | int]]] = []
+
+    def incr(self, name: str, value: int = 1, tags: Tags | None = None) -> None:
+        self.calls.append(("incr", name, value, dict(tags or {})))
+
+    def timing(self, name: str, ms: float, tags: Tags | None = None) -> None:
+        self.calls.append(("timing", name, ms, dict(tags or {})))
+
+    def gauge(self, name: str, value: float, tags: Tags | None = None) -> None:
+        self.calls.append(("gauge", name, value, dict(tags or {})))
+
+    def total(self, name: str) -> float:
+        return sum(value for kind, metric, value, _ in self.calls if metric == name and kind == "incr")
+
+
+_backend: MetricsBackend | None = None
+
+
+def get_metrics() -> MetricsBackend:
+    global _backend
+    if _backend is None:
+        if settings.STATSD_HOST:
+            _backend = StatsdMetrics(settings.STATSD_HOST, settings.STATSD_PORT, settings.STATSD_PREFIX or "")
+        else:
+            _backend = NullMetrics()
+    return _backend
+
+
+def set_metrics(backend: MetricsBackend | None) -> None:
+    """Replace the backend (tests install a RecordingMetrics)."""
+    global _backend
+    _backend = backend
+
+
+@contextmanager
+def timed(name: str, tags: Tags | None = None) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        get_metrics().timing(name, (time.perf_counter() - start) * 1000, tags)
+
+

@@ -1,0 +1,8 @@
+"""URLs: the Django admin, and health and readiness for load balancers."""
+
+from django.contrib import admin
+from django.urls import path
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+]

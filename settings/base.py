@@ -1,0 +1,179 @@
+"""Settings of the plugin server, every one read from the environment.
+
+Names and defaults are the original plugin server's (spec: plugins.md §15),
+so an existing PostHog deployment's environment works unchanged. Settings
+that the original did not have are marked "(port)". A malformed value stops
+start-up with one line naming the variable (see :mod:`settings.env`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+from settings.env import env_bool, env_choice, env_float, env_int, env_str, env_url
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+TESTING = env_bool("PLUGIN_SERVER_TESTING", False)
+
+# --- Django -----------------------------------------------------------------
+SECRET_KEY = env_str("SECRET_KEY", "plugin-server-insecure-dev-key-change-me") or ""
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = (env_str("ALLOWED_HOSTS", "*") or "*").split(",")
+ROOT_URLCONF = "plugin_server.urls"
+USE_TZ = True
+TIME_ZONE = "UTC"
+STATIC_URL = "static/"
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "django_q",
+    "posthog_standin",
+    "plugin_server",
+]
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+# --- Postgres ---------------------------------------------------------------
+DATABASE_URL = env_url("DATABASE_URL", "postgres://localhost:5432/posthog", ("postgres", "postgresql"))
+POSTHOG_DB_NAME = env_str("POSTHOG_DB_NAME", None)
+POSTHOG_DB_USER = env_str("POSTHOG_DB_USER", "postgres")
+POSTHOG_DB_PASSWORD = env_str("POSTHOG_DB_PASSWORD", "")
+POSTHOG_POSTGRES_HOST = env_str("POSTHOG_POSTGRES_HOST", "localhost")
+POSTHOG_POSTGRES_PORT = env_int("POSTHOG_POSTGRES_PORT", 5432)
+if POSTHOG_DB_NAME:
+    _database = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": POSTHOG_DB_NAME,
+        "USER": POSTHOG_DB_USER,
+        "PASSWORD": POSTHOG_DB_PASSWORD,
+        "HOST": POSTHOG_POSTGRES_HOST,
+        "PORT": POSTHOG_POSTGRES_PORT,
+    }
+else:
+    _database = dj_database_url.parse(DATABASE_URL)
+if os.environ.get("DYNO"):
+    _database.setdefault("OPTIONS", {})["sslmode"] = "require"
+DATABASES = {"default": _database}
+# (port) true: the PostHog tables already exist (an existing PostHog database);
+# migrations then never create or alter them (see plugin_server.routers).
+USE_EXISTING_POSTHOG_SCHEMA = env_bool("USE_EXISTING_POSTHOG_SCHEMA", False)
+DATABASE_ROUTERS = ["plugin_server.routers.ExistingSchemaRouter"]
+
+# --- Redis ------------------------------------------------------------------
+REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1", ("redis", "rediss", "unix"))
+POSTHOG_REDIS_HOST = env_str("POSTHOG_REDIS_HOST", "")
+POSTHOG_REDIS_PORT = env_int("POSTHOG_REDIS_PORT", 6379)
+POSTHOG_REDIS_PASSWORD = env_str("POSTHOG_REDIS_PASSWORD", "")
+REDIS_POOL_MIN_SIZE = env_int("REDIS_POOL_MIN_SIZE", 1, minimum=1)
+REDIS_POOL_MAX_SIZE = env_int("REDIS_POOL_MAX_SIZE", 3, minimum=1)
+
+# --- Celery queues ------------------------------------------------------------
+CELERY_DEFAULT_QUEUE = env_str("CELERY_DEFAULT_QUEUE", "celery") or "celery"
+PLUGINS_CELERY_QUEUE = env_str("PLUGINS_CELERY_QUEUE", "posthog-plugins") or "posthog-plugins"
+
+# --- Kafka ------------------------------------------------------------------
+KAFKA_ENABLED = env_bool("KAFKA_ENABLED", False)
+KAFKA_HOSTS = env_str("KAFKA_HOSTS", None)
+KAFKA_CLIENT_CERT_B64 = env_str("KAFKA_CLIENT_CERT_B64", None)
+KAFKA_CLIENT_CERT_KEY_B64 = env_str("KAFKA_CLIENT_CERT_KEY_B64", None)
+KAFKA_TRUSTED_CERT_B64 = env_str("KAFKA_TRUSTED_CERT_B64", None)
+KAFKA_CONSUMPTION_TOPIC = env_str("KAFKA_CONSUMPTION_TOPIC", "events_plugin_ingestion")
+KAFKA_PRODUCER_MAX_QUEUE_SIZE = env_int("KAFKA_PRODUCER_MAX_QUEUE_SIZE", 0 if TESTING else 1000)
+KAFKA_MAX_MESSAGE_BATCH_SIZE = env_int("KAFKA_MAX_MESSAGE_BATCH_SIZE", 900_000)
+KAFKA_FLUSH_FREQUENCY_MS = env_int("KAFKA_FLUSH_FREQUENCY_MS", 500)
+
+# --- ClickHouse ----------------------------------------------------------------
+CLICKHOUSE_HOST = env_str("CLICKHOUSE_HOST", "localhost")
+CLICKHOUSE_DATABASE = env_str("CLICKHOUSE_DATABASE", "posthog_test" if TESTING else "default")
+CLICKHOUSE_USER = env_str("CLICKHOUSE_USER", "default")
+CLICKHOUSE_PASSWORD = env_str("CLICKHOUSE_PASSWORD", None)
+CLICKHOUSE_CA = env_str("CLICKHOUSE_CA", None)
+CLICKHOUSE_SECURE = env_bool("CLICKHOUSE_SECURE", False)
+
+# --- Plugins and workers --------------------------------------------------------
+BASE_DIR = env_str("BASE_DIR", ".") or "."
+PLUGINS_RELOAD_PUBSUB_CHANNEL = env_str("PLUGINS_RELOAD_PUBSUB_CHANNEL", "reload-plugins") or "reload-plugins"
+WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 0)  # 0 = one per core
+TASKS_PER_WORKER = env_int("TASKS_PER_WORKER", 10, minimum=1)
+TASK_TIMEOUT = env_float("TASK_TIMEOUT", 30.0)
+# (port) memory limit of one plugin worker process, in MiB; 0 = no limit.
+WORKER_MEMORY_LIMIT_MB = env_int("WORKER_MEMORY_LIMIT_MB", 1024)
+# (port) a worker is replaced after this many tasks (0 = never), to bound leaks.
+WORKER_MAX_TASKS = env_int("WORKER_MAX_TASKS", 0)
+
+# --- Web, logs, monitoring ------------------------------------------------------
+DISABLE_WEB = env_bool("DISABLE_WEB", True)
+WEB_PORT = env_int("WEB_PORT", 3008)
+WEB_HOSTNAME = env_str("WEB_HOSTNAME", "0.0.0.0") or "0.0.0.0"
+LOG_LEVEL = env_choice("LOG_LEVEL", "info", ("debug", "info", "log", "warn", "error", "none"))
+SENTRY_DSN = env_str("SENTRY_DSN", None)
+STATSD_HOST = env_str("STATSD_HOST", None)
+STATSD_PORT = env_int("STATSD_PORT", 8125)
+STATSD_PREFIX = env_str("STATSD_PREFIX", "plugin-server.")
+
+# --- Scheduler and jobs ---------------------------------------------------------
+SCHEDULE_LOCK_TTL = env_int("SCHEDULE_LOCK_TTL", 60, minimum=1)
+JOB_QUEUES = env_str("JOB_QUEUES", "graphile")
+JOB_QUEUE_GRAPHILE_URL = env_str("JOB_QUEUE_GRAPHILE_URL", "")
+JOB_QUEUE_GRAPHILE_SCHEMA = env_str("JOB_QUEUE_GRAPHILE_SCHEMA", "graphile_worker")
+JOB_QUEUE_GRAPHILE_PREPARED_STATEMENTS = env_bool("JOB_QUEUE_GRAPHILE_PREPARED_STATEMENTS", False)
+CRASH_IF_NO_PERSISTENT_JOB_QUEUE = env_bool("CRASH_IF_NO_PERSISTENT_JOB_QUEUE", False)
+STALENESS_RESTART_SECONDS = env_int("STALENESS_RESTART_SECONDS", 0)
+# (port) which parts one process runs: all, ingestion, scheduler or jobs.
+PLUGIN_SERVER_MODE = env_choice("PLUGIN_SERVER_MODE", "all", ("all", "ingestion", "scheduler", "jobs"))
+
+# --- Ingestion ------------------------------------------------------------------
+DISABLE_MMDB = env_bool("DISABLE_MMDB", TESTING)
+INTERNAL_MMDB_SERVER_PORT = env_int("INTERNAL_MMDB_SERVER_PORT", 0)
+DISTINCT_ID_LRU_SIZE = env_int("DISTINCT_ID_LRU_SIZE", 10_000)
+PLUGIN_SERVER_IDLE = env_bool("PLUGIN_SERVER_IDLE", False)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"structured": {"()": "plugin_server.logs.StructuredFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "structured"}},
+    "root": {"handlers": ["console"], "level": {"log": "INFO", "warn": "WARNING", "none": "CRITICAL"}.get(LOG_LEVEL, LOG_LEVEL.upper())},
+}
+
+# --- django-q2 (plugin jobs) ------------------------------------------------------
+Q_CLUSTER = {
+    "name": "plugin-server-jobs",
+    "orm": "default",
+    "workers": env_int("JOBS_WORKERS", 1, minimum=1),
+    "timeout": int(TASK_TIMEOUT * 4),
+    "retry": int(TASK_TIMEOUT * 4) + 30,
+    "max_attempts": 1,
+    "catch_up": False,
+    "sync": False,
+}
