@@ -1,0 +1,1 @@
+"""Where prepared events go: Postgres now, Kafka/ClickHouse later (one Sink protocol)."""
