@@ -16,6 +16,22 @@ from django.conf import settings
 Tags = Mapping[str, str | int]
 
 
+# --- Metric names of the ingestion consumer and dead letters (port) ---------------
+INGESTION_MESSAGES_POLLED = "ingestion.messages_polled"  # count, tag source
+INGESTION_BATCH_SIZE = "ingestion.batch_size"  # gauge: messages in the last batch
+INGESTION_BATCH_TIME = "ingestion.batch_time"  # timing: poll to ack, one batch
+INGESTION_INGEST_TIME = "ingestion.ingest_time"  # timing: Ingester.ingest of one batch
+INGESTION_PLUGINS_TIME = "ingestion.plugins_time"  # timing: WorkerPool.process_events
+INGESTION_EVENTS_STORED = "ingestion.events_stored"  # count
+INGESTION_EVENTS_DUPLICATE = "ingestion.events_duplicate"  # count: re-delivered, already stored
+INGESTION_EVENTS_DROPPED = "ingestion.events_dropped"  # count: dropped by a plugin
+INGESTION_MESSAGES_INVALID = "ingestion.messages_invalid"  # count, tag reason
+INGESTION_RETRIES = "ingestion.retries"  # count: a batch retried after a RetriableError
+INGESTION_SOURCE_RECOVERED = "ingestion.source.recovered"  # count: in-flight messages of dead consumers requeued
+DLQ_WRITTEN = "dlq.written"  # count, tag reason
+DLQ_REPLAYED = "dlq.replayed"  # count
+
+
 class MetricsBackend(Protocol):
     def incr(self, name: str, value: int = 1, tags: Tags | None = None) -> None: ...
     def timing(self, name: str, ms: float, tags: Tags | None = None) -> None: ...

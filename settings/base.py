@@ -158,6 +158,25 @@ INTERNAL_MMDB_SERVER_PORT = env_int("INTERNAL_MMDB_SERVER_PORT", 0)
 DISTINCT_ID_LRU_SIZE = env_int("DISTINCT_ID_LRU_SIZE", 10_000)
 PLUGIN_SERVER_IDLE = env_bool("PLUGIN_SERVER_IDLE", False)
 
+# --- Ingestion consumer (port) ------------------------------------------------
+# Messages taken off the queue per batch (one poll, one ingest, one ack).
+INGESTION_BATCH_SIZE = env_int("INGESTION_BATCH_SIZE", 500, minimum=1)
+# Seconds a poll blocks on an empty queue before the loop looks around again.
+INGESTION_POLL_TIMEOUT = env_float("INGESTION_POLL_TIMEOUT", 1.0)
+# A message larger than this (bytes) is dead-lettered instead of ingested.
+INGESTION_MAX_MESSAGE_BYTES = env_int("INGESTION_MAX_MESSAGE_BYTES", 1_048_576, minimum=1)
+# A batch whose storage keeps failing is retried this many times, with
+# exponential backoff from INGESTION_RETRY_BACKOFF up to INGESTION_RETRY_BACKOFF_MAX
+# seconds, and only then dead-lettered.
+INGESTION_RETRY_ATTEMPTS = env_int("INGESTION_RETRY_ATTEMPTS", 5, minimum=1)
+INGESTION_RETRY_BACKOFF = env_float("INGESTION_RETRY_BACKOFF", 0.5)
+INGESTION_RETRY_BACKOFF_MAX = env_float("INGESTION_RETRY_BACKOFF_MAX", 30.0)
+# A Celery consumer whose heartbeat is older than this (seconds) is dead: the
+# messages it held in flight go back to the queue.
+CELERY_CONSUMER_HEARTBEAT_TTL = env_int("CELERY_CONSUMER_HEARTBEAT_TTL", 30, minimum=2)
+# Seconds a graceful shutdown may take before the server exits anyway.
+SHUTDOWN_TIMEOUT = env_float("SHUTDOWN_TIMEOUT", 30.0)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -1,0 +1,167 @@
+"""Decoding a raw Celery message into the event the capture endpoint sent.
+
+The envelope is read the way a Celery worker reads it: kombu parses the Redis
+transport's JSON envelope, decodes the base64 body and deserialises it with
+its content type (:class:`kombu.transport.virtual.base.Message`), and
+Celery's own ``hybrid_to_proto2`` turns a protocol 1 body into the protocol 2
+``(args, kwargs, embed)`` shape. Only ``application/json`` is accepted: a
+pickle body would run code of the producer's choosing.
+
+The task's 7 positional args (spec: ingestion.md §1.1) become the event
+``{distinct_id, ip, site_url, team_id, now, sent_at, uuid}`` with every key of
+``data`` laid over it. Everything that cannot become such an event raises
+:class:`~plugin_server.exceptions.InvalidMessage` with a stable ``reason``:
+
+``too_large``, ``bad_envelope``, ``bad_content_type``, ``bad_body``,
+``unknown_task``, ``bad_arguments``, ``data_not_object``, ``bad_team_id``.
+
+An event without a uuid of its own gets one derived from the message (its
+task id, else its bytes), not a random one: a message delivered twice (after a
+crash) then carries the same uuid twice, and is stored once.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+from datetime import datetime
+from typing import Any
+
+from celery.exceptions import InvalidTaskError
+from celery.worker.strategy import hybrid_to_proto2
+from kombu.exceptions import ContentDisallowed, DecodeError
+from kombu.transport.virtual.base import Channel as VirtualChannel
+from kombu.transport.virtual.base import Message as TransportMessage
+from kombu.utils.json import loads as kombu_json_loads
+
+from plugin_server.events import CELERY_TASK_NAME, Delivery, PluginEvent
+from plugin_server.exceptions import InvalidMessage
+
+ACCEPTED_CONTENT_TYPES = frozenset({"application/json"})
+TASK_ARG_COUNT = 7
+
+
+class _BodyCodecs:
+    """The part of a kombu channel a transport message needs: body codecs (base64)."""
+
+    codecs = VirtualChannel.codecs
+    decode_body = VirtualChannel.decode_body
+
+
+_BODY_CODECS = _BodyCodecs()
+
+
+def decode(delivery: Delivery, max_bytes: int) -> PluginEvent:
+    """The event carried by one Celery message, or :class:`InvalidMessage`."""
+    if len(delivery.payload) > max_bytes:
+        raise InvalidMessage("too_large", f"message of {len(delivery.payload)} bytes is over the limit of {max_bytes}")
+    envelope = _read_envelope(delivery.payload)
+    body, headers = _read_body(envelope)
+    task = headers.get("task")
+    if task != CELERY_TASK_NAME:
+        raise InvalidMessage("unknown_task", f"Missing process handler for task {task}")
+    return event_from_task(body, _task_id(headers, delivery.payload))
+
+
+def _read_envelope(payload: bytes) -> dict[str, Any]:
+    try:
+        envelope = kombu_json_loads(payload)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidMessage("bad_envelope", f"envelope is not JSON text: {error}") from error
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("properties"), dict):
+        raise InvalidMessage("bad_envelope", "envelope is not a kombu message (no properties object)")
+    if not isinstance(envelope.get("headers", {}), dict):
+        raise InvalidMessage("bad_envelope", "envelope headers are not an object")
+    return envelope
+
+
+def _read_body(envelope: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The protocol 2 ``(args, kwargs, embed)`` body and the task headers."""
+    content_type = envelope.get("content-type")
+    encoding = envelope.get("content-encoding")
+    body_encoding = envelope["properties"].get("body_encoding")
+    if content_type not in ACCEPTED_CONTENT_TYPES:
+        raise InvalidMessage("bad_content_type", f"content type {content_type!r} is not accepted (only application/json)")
+    if encoding != "utf-8" or body_encoding != "base64":
+        raise InvalidMessage(
+            "bad_content_type", f"content encoding {encoding!r} / body encoding {body_encoding!r} (expected utf-8 / base64)"
+        )
+    envelope["properties"].setdefault("delivery_tag", None)
+    try:
+        message = TransportMessage(envelope, channel=_BODY_CODECS, accept=ACCEPTED_CONTENT_TYPES)
+        if message.errors:
+            raise DecodeError(str(message.errors[0][1]))
+        body = message.decode()
+    except (DecodeError, ContentDisallowed, binascii.Error, ValueError, TypeError) as error:
+        raise InvalidMessage("bad_body", f"message body cannot be decoded: {error}") from error
+    headers: dict[str, Any] = envelope.get("headers") or {}
+    if "task" in headers:  # protocol 2
+        if not isinstance(body, list) or len(body) != 3:
+            raise InvalidMessage("bad_body", "protocol 2 body is not [args, kwargs, embed]")
+        return body, headers
+    if not isinstance(body, dict):  # protocol 1 is an object
+        raise InvalidMessage("bad_body", "message has no task header and its body is not a protocol 1 object")
+    try:
+        proto2_body, proto2_headers, _decoded, _utc = hybrid_to_proto2(message, body)
+    except InvalidTaskError as error:
+        raise InvalidMessage("bad_body", f"protocol 1 body: {error}") from error
+    return list(proto2_body), proto2_headers
+
+
+def _task_id(headers: dict[str, Any], payload: bytes) -> bytes:
+    task_id = headers.get("id")
+    return str(task_id).encode() if task_id else payload
+
+
+def event_from_task(body: Any, task_id: bytes) -> PluginEvent:
+    """The event of a ``process_event_with_plugins`` task from its protocol 2 body."""
+    args = body[0]
+    if not isinstance(args, list) or len(args) not in (TASK_ARG_COUNT - 1, TASK_ARG_COUNT):
+        count = len(args) if isinstance(args, list) else type(args).__name__
+        raise InvalidMessage("bad_arguments", f"expected {TASK_ARG_COUNT} positional arguments, got {count}")
+    distinct_id, ip, site_url, data, team_id, now = args[:6]
+    sent_at = args[6] if len(args) == TASK_ARG_COUNT else None
+    if not isinstance(data, dict):
+        raise InvalidMessage("data_not_object", f"data (argument 3) is a {type(data).__name__}, not an object")
+    event: PluginEvent = {
+        "distinct_id": distinct_id,
+        "ip": ip,
+        "site_url": site_url,
+        "team_id": team_id,
+        "now": now,
+        # A producer sending 6 args got kwargs ({}) here in the original: not a time.
+        "sent_at": sent_at if isinstance(sent_at, str) else None,
+    }
+    event.update(data)
+    event["team_id"] = _team_id(event.get("team_id"))
+    if event.get("distinct_id") is not None:
+        event["distinct_id"] = str(event["distinct_id"])
+    if not event.get("uuid"):
+        event["uuid"] = str(derived_uuid(task_id, event.get("now")))
+    return event
+
+
+def _team_id(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    raise InvalidMessage("bad_team_id", f"team_id {value!r} is not an integer")
+
+
+def derived_uuid(task_id: bytes, now: Any) -> str:
+    """A UUIDT-shaped uuid that is the same for every delivery of one message.
+
+    The time part is ``now`` (when the capture endpoint received the event),
+    so these ids sort like fresh UUIDTs; the other ten bytes come from a hash
+    of the task id."""
+    millis = 0
+    if isinstance(now, str):
+        try:
+            millis = int(datetime.fromisoformat(now.replace("Z", "+00:00")).timestamp() * 1000)
+        except ValueError:
+            millis = 0
+    digest = hashlib.blake2b(task_id, digest_size=10).digest()
+    value = (max(millis, 0) & 0xFFFF_FFFF_FFFF).to_bytes(6, "big") + digest
+    hex_value = value.hex()
+    return f"{hex_value[:8]}-{hex_value[8:12]}-{hex_value[12:16]}-{hex_value[16:20]}-{hex_value[20:]}"

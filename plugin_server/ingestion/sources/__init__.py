@@ -1,0 +1,1 @@
+"""Where ingestion messages come from: one :class:`~.base.Source` protocol, one module per queue."""
