@@ -1,0 +1,147 @@
+"""The Celery source on the real Redis: bulk, reliable takes; ack after the write; dead consumers' messages return."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from plugin_server.ingestion.decode import decode
+from plugin_server.ingestion.sources.celery import CelerySource
+from tests.ingestion.celery_tasks import celery_app, send_event_task, task_args
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def sources() -> Iterator[list[CelerySource]]:
+    """Every source a test makes, closed at the end."""
+    made: list[CelerySource] = []
+    yield made
+    for source in made:
+        source.close()
+
+
+def new_source(sources: list[CelerySource], queue: str, **options: object) -> CelerySource:
+    source = CelerySource(queue=queue, **options)  # type: ignore[arg-type]
+    source.start()
+    sources.append(source)
+    return source
+
+
+def send(queue: str, count: int, protocol: int = 2) -> list[str]:
+    """Send ``count`` tasks whose distinct ids are "0", "1", ...; returns them in order."""
+    with celery_app(protocol) as app:
+        for index in range(count):
+            send_event_task(app, queue, task_args(distinct_id=str(index)))
+    return [str(index) for index in range(count)]
+
+
+def distinct_ids(deliveries: list) -> list[str]:
+    return [decode(delivery, 10**7)["distinct_id"] for delivery in deliveries]
+
+
+def test_poll_takes_a_batch_in_queue_order_and_holds_it_until_ack(
+    sources: list[CelerySource], unique_name: str, redis_client: redis.Redis
+) -> None:
+    """poll moves up to N messages, oldest first, into the in-flight store; ack forgets them."""
+    sent = send(unique_name, 6)
+    source = new_source(sources, unique_name)
+    batch = source.poll(4, timeout=0)
+    assert distinct_ids(batch) == sent[:4]
+    assert redis_client.llen(unique_name) == 2
+    assert source.in_flight() == 4
+    source.ack(batch)
+    assert source.in_flight() == 0
+    rest = source.poll(10, timeout=0)
+    assert distinct_ids(rest) == sent[4:]
+    assert source.poll(10, timeout=0) == []
+
+
+def test_poll_waits_on_an_empty_queue_then_returns_nothing(sources: list[CelerySource], unique_name: str) -> None:
+    """On an empty queue poll blocks for about its timeout and returns an empty list."""
+    source = new_source(sources, unique_name)
+    started = time.monotonic()
+    assert source.poll(10, timeout=0.3) == []
+    assert 0.25 <= time.monotonic() - started < 2
+
+
+def test_poll_blocks_until_a_message_arrives(sources: list[CelerySource], unique_name: str, redis_client: redis.Redis) -> None:
+    """A message pushed while poll blocks is returned by that poll and held in flight."""
+    source = new_source(sources, unique_name)
+    # Another connection pushes while we block: BLMOVE wakes up at once.
+    pusher = threading.Timer(0.1, lambda: send(unique_name, 1))
+    pusher.start()
+    batch = source.poll(10, timeout=5)
+    pusher.join()
+    assert distinct_ids(batch) == ["0"]
+    assert source.in_flight() == 1
+
+
+def test_close_gives_unacknowledged_messages_back_oldest_first(sources: list[CelerySource], unique_name: str) -> None:
+    """Messages taken but not acknowledged return to the queue on close, and are taken again in order."""
+    sent = send(unique_name, 5)
+    first = new_source(sources, unique_name)
+    batch = first.poll(3, timeout=0)
+    first.ack(batch[:1])
+    first.close()
+    second = new_source(sources, unique_name)
+    assert distinct_ids(second.poll(10, timeout=0)) == sent[1:]
+
+
+def test_a_live_consumer_never_sees_another_live_consumers_messages(sources: list[CelerySource], unique_name: str) -> None:
+    """Two consumers on one queue split its messages; recovery leaves a live consumer's in-flight messages alone."""
+    send(unique_name, 4)
+    first = new_source(sources, unique_name)
+    second = new_source(sources, unique_name)
+    taken_first = first.poll(2, timeout=0)
+    assert second.recover() == 0
+    taken_second = second.poll(10, timeout=0)
+    assert sorted(distinct_ids(taken_first) + distinct_ids(taken_second)) == ["0", "1", "2", "3"]
+
+
+def test_a_dead_consumers_messages_go_back_to_the_queue(
+    sources: list[CelerySource], unique_name: str, redis_client: redis.Redis
+) -> None:
+    """When a consumer's heartbeat is gone (killed), a consumer starting later requeues its in-flight messages once."""
+    sent = send(unique_name, 5)
+    # A consumer that is killed: it polled, never acked, never closed.
+    dead = CelerySource(queue=unique_name)
+    dead.poll(3, timeout=0)
+    # Its heartbeat key expiring is what a SIGKILL amounts to.
+    redis_client.delete(f"@posthog-plugin-server/celery/{unique_name}/alive/{dead.consumer_id}")
+    survivor = new_source(sources, unique_name)
+    other = new_source(sources, unique_name)
+    assert other.recover() == 0  # already requeued by the survivor's start
+    assert distinct_ids(survivor.poll(10, timeout=0)) == sent
+    assert redis_client.sismember(f"@posthog-plugin-server/celery/{unique_name}/consumers", dead.consumer_id) == 0
+
+
+def test_a_dead_consumers_message_taken_while_blocking_goes_back(
+    sources: list[CelerySource], unique_name: str, redis_client: redis.Redis
+) -> None:
+    """A message a consumer received while blocking (its landing list) is not lost when it dies."""
+    dead = CelerySource(queue=unique_name)
+    dead.poll(1, timeout=0)  # registers it
+    send(unique_name, 1)
+    redis_client.blmove(unique_name, f"@posthog-plugin-server/celery/{unique_name}/landing/{dead.consumer_id}", 1)
+    redis_client.delete(f"@posthog-plugin-server/celery/{unique_name}/alive/{dead.consumer_id}")
+    survivor = new_source(sources, unique_name)
+    assert distinct_ids(survivor.poll(10, timeout=0)) == ["0"]
+
+
+def test_a_batch_is_bounded_by_bytes_too(sources: list[CelerySource], unique_name: str) -> None:
+    """A poll stops taking once the batch holds max_bytes, whatever max_messages says."""
+    send(unique_name, 5)
+    source = new_source(sources, unique_name, max_bytes=1)
+    assert len(source.poll(100, timeout=0)) == 1
+
+
+def test_protocol_1_messages_are_taken_too(sources: list[CelerySource], unique_name: str) -> None:
+    """Protocol 1 tasks on the queue decode to the same events."""
+    send(unique_name, 2, protocol=1)
+    source = new_source(sources, unique_name)
+    assert distinct_ids(source.poll(10, timeout=0)) == ["0", "1"]
