@@ -1,0 +1,203 @@
+"""The SQL of persons and distinct ids: one statement per table per batch.
+
+Every function takes an open cursor and does one round trip, whatever the
+number of rows: keys and rows travel as arrays and are expanded with
+``unnest``. Postgres specifics of the person side live here only (spec:
+ingestion.md §4 and §9, tables ``posthog_person``, ``posthog_persondistinctid``,
+``posthog_cohortpeople``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db.backends.utils import CursorWrapper
+
+from plugin_server.ingestion.distinct_ids import DistinctIdKey
+from plugin_server.ingestion.person_properties import jsonb_text
+
+_PERSON_COLUMNS = "p.id, p.uuid, p.team_id, p.created_at, p.properties::text, p.is_identified, p.is_user_id"
+
+
+@dataclass(slots=True, eq=False)
+class PersonRecord:
+    """A ``posthog_person`` row as the batch holds it; ``id`` is None until inserted.
+
+    ``stored_properties`` is the JSON text the database holds, taken when the
+    batch first changes the properties, so that an update that changes
+    nothing writes nothing."""
+
+    id: int | None
+    uuid: str
+    team_id: int
+    created_at: datetime
+    properties: dict[str, Any]
+    is_identified: bool
+    is_user_id: int | None = None
+    stored_properties: str | None = None
+    touched: bool = False
+    changed: bool = False
+    deleted: bool = False
+
+
+def _record(row: Sequence[Any]) -> PersonRecord:
+    return PersonRecord(
+        id=row[0],
+        uuid=str(row[1]),
+        team_id=row[2],
+        created_at=row[3],
+        properties=json.loads(row[4]),
+        is_identified=row[5],
+        is_user_id=row[6],
+    )
+
+
+def load_persons(cursor: CursorWrapper, keys: Collection[DistinctIdKey]) -> dict[DistinctIdKey, PersonRecord]:
+    """The persons owning these distinct ids, locked until the transaction ends.
+
+    The rows are locked in person id order, so two servers loading
+    overlapping batches wait for each other instead of deadlocking. Keys of
+    one person share one :class:`PersonRecord`."""
+    if not keys:
+        return {}
+    team_ids = [team_id for team_id, _ in keys]
+    distinct_ids = [distinct_id for _, distinct_id in keys]
+    cursor.execute(
+        f"""
+        SELECT k.team_id, k.distinct_id, {_PERSON_COLUMNS}
+        FROM unnest(%s::int[], %s::text[]) AS k(team_id, distinct_id)
+        JOIN posthog_persondistinctid pdi ON pdi.team_id = k.team_id AND pdi.distinct_id = k.distinct_id
+        JOIN posthog_person p ON p.id = pdi.person_id AND p.team_id = pdi.team_id
+        ORDER BY p.id
+        FOR NO KEY UPDATE OF pdi, p
+        """,
+        [team_ids, distinct_ids],
+    )
+    persons: dict[int, PersonRecord] = {}
+    found: dict[DistinctIdKey, PersonRecord] = {}
+    for row in cursor.fetchall():
+        person = persons.get(row[2])
+        if person is None:
+            person = persons[row[2]] = _record(row[2:])
+        found[(row[0], row[1])] = person
+    return found
+
+
+def fetch_person(cursor: CursorWrapper, team_id: int, distinct_id: str) -> PersonRecord | None:
+    """The person of one distinct id, both rows filtered by team (spec §4.7); no lock."""
+    cursor.execute(
+        f"""
+        SELECT {_PERSON_COLUMNS}
+        FROM posthog_person p JOIN posthog_persondistinctid pdi ON pdi.person_id = p.id
+        WHERE p.team_id = %s AND pdi.team_id = %s AND pdi.distinct_id = %s
+        """,
+        [team_id, team_id, distinct_id],
+    )
+    row = cursor.fetchone()
+    return None if row is None else _record(row)
+
+
+def insert_persons(cursor: CursorWrapper, persons: Sequence[PersonRecord]) -> None:
+    """Insert new persons in one statement and give each its row id.
+
+    The properties written become each record's ``stored_properties``."""
+    if not persons:
+        return
+    texts = [jsonb_text(person.properties) for person in persons]
+    cursor.execute(
+        """
+        INSERT INTO posthog_person (created_at, properties, team_id, is_user_id, is_identified, uuid)
+        SELECT created_at, properties, team_id, NULL, is_identified, uuid
+        FROM unnest(%s::timestamptz[], %s::jsonb[], %s::int[], %s::bool[], %s::uuid[])
+            AS v(created_at, properties, team_id, is_identified, uuid)
+        RETURNING id, uuid
+        """,
+        [
+            [person.created_at for person in persons],
+            texts,
+            [person.team_id for person in persons],
+            [person.is_identified for person in persons],
+            [person.uuid for person in persons],
+        ],
+    )
+    ids = {str(uuid): row_id for row_id, uuid in cursor.fetchall()}
+    for person, text in zip(persons, texts, strict=True):
+        person.id = ids[person.uuid]
+        person.stored_properties = text
+        person.touched = person.changed = False
+
+
+def insert_distinct_ids(cursor: CursorWrapper, rows: Sequence[tuple[int, str, int]]) -> set[DistinctIdKey]:
+    """Insert ``(team_id, distinct_id, person_id)`` rows in the given order; return the keys inserted.
+
+    A key another transaction holds already is skipped, not an error (ON
+    CONFLICT DO NOTHING waits for that transaction first), so the caller can
+    tell it lost a race without aborting its own transaction. Rows are
+    inserted in order, which is the order a person's distinct ids list in."""
+    if not rows:
+        return set()
+    cursor.execute(
+        """
+        INSERT INTO posthog_persondistinctid (team_id, distinct_id, person_id)
+        SELECT team_id, distinct_id, person_id
+        FROM unnest(%s::int[], %s::text[], %s::int[]) WITH ORDINALITY AS v(team_id, distinct_id, person_id, n)
+        ORDER BY n
+        ON CONFLICT (team_id, distinct_id) DO NOTHING
+        RETURNING team_id, distinct_id
+        """,
+        [[row[0] for row in rows], [row[1] for row in rows], [row[2] for row in rows]],
+    )
+    return {(team_id, distinct_id) for team_id, distinct_id in cursor.fetchall()}
+
+
+def update_persons(cursor: CursorWrapper, persons: Sequence[PersonRecord]) -> None:
+    """Write properties, is_identified and created_at of many persons in one statement."""
+    if not persons:
+        return
+    texts = [jsonb_text(person.properties) for person in persons]
+    cursor.execute(
+        """
+        UPDATE posthog_person AS p
+        SET properties = v.properties, is_identified = v.is_identified, created_at = v.created_at
+        FROM unnest(%s::int[], %s::jsonb[], %s::bool[], %s::timestamptz[])
+            AS v(id, properties, is_identified, created_at)
+        WHERE p.id = v.id
+        """,
+        [
+            [person.id for person in persons],
+            texts,
+            [person.is_identified for person in persons],
+            [person.created_at for person in persons],
+        ],
+    )
+    for person, text in zip(persons, texts, strict=True):
+        person.stored_properties = text
+        person.touched = person.changed = False
+
+
+def merge_rows(cursor: CursorWrapper, team_id: int, into_id: int, other_id: int) -> list[str]:
+    """Move every distinct id and cohort membership of ``other`` to ``into`` and delete ``other``.
+
+    One statement, so the merge is all or nothing with the caller's
+    transaction (the original ran these steps unprotected). Returns the
+    distinct ids moved."""
+    cursor.execute(
+        """
+        WITH moved AS (
+            UPDATE posthog_persondistinctid SET person_id = %(into)s
+            WHERE person_id = %(other)s AND team_id = %(team)s
+            RETURNING distinct_id
+        ), cohorts AS (
+            UPDATE posthog_cohortpeople SET person_id = %(into)s WHERE person_id = %(other)s
+        ), gone AS (
+            DELETE FROM posthog_person WHERE id = %(other)s
+        )
+        SELECT distinct_id FROM moved
+        """,
+        {"into": into_id, "other": other_id, "team": team_id},
+    )
+    return [row[0] for row in cursor.fetchall()]

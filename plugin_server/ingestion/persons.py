@@ -1,0 +1,118 @@
+"""Persons and distinct ids for a batch of events (spec: ingestion.md §3.4, §3.6 steps 6 and 8, §4, §6.3).
+
+The ingester builds one :class:`PersonUpdate` per event and calls
+:meth:`PersonManager.apply` inside its transaction, before it writes the
+events. The manager:
+
+- loads and row-locks the persons of the batch's distinct ids in one query
+  (distinct ids the cache knows, of events without ``$set``, need none);
+- replays identify / alias / merge, new persons and ``$set`` / ``$set_once`` /
+  ``$increment`` in event order, in memory;
+- writes new persons, new distinct ids and changed persons with one
+  multi-row statement each.
+
+Two servers ingesting one person at once are safe: rows are locked in id
+order, distinct ids are inserted with ``ON CONFLICT DO NOTHING``, and a batch
+that lost a race (or a deadlock) is rolled back to its savepoint and
+replayed on fresh rows, up to ``max_attempts`` times; then
+:class:`~plugin_server.exceptions.RetriableError` is raised.
+
+Metrics: ``ingestion.persons.created``, ``.merged``, ``.retries``,
+``.invalid_distinct_id``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, connection, transaction
+from django.utils import timezone
+
+from plugin_server.exceptions import RetriableError
+from plugin_server.ingestion.distinct_ids import DistinctIdCache
+from plugin_server.ingestion.person_batch import PersonBatch, RaceLost
+from plugin_server.ingestion.person_store import PersonRecord, fetch_person
+from plugin_server.metrics import get_metrics
+
+logger = logging.getLogger(__name__)
+
+METRIC_PERSON_RETRIES = "ingestion.persons.retries"
+
+# Deadlock detected, serialization failure: the batch can simply run again.
+_RETRIABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+@dataclass(slots=True)
+class PersonUpdate:
+    """What one event asks of the person side, in arrival order.
+
+    ``properties`` are the event's final properties, with ``$set``,
+    ``$set_once``, ``$increment``, ``alias`` and ``$anon_distinct_id``;
+    ``new_person_created_at`` is sent_at if given, else now (spec §3.6 step
+    6); ``person_uuid`` is a fresh UUIDT for a person the event may create
+    (spec §3.2)."""
+
+    team_id: int
+    distinct_id: str
+    event: str
+    properties: dict[str, Any]
+    new_person_created_at: datetime
+    person_uuid: str
+
+
+class PersonManager:
+    """Creates, merges and updates persons for batches of events; one per ingesting process.
+
+    Holds the distinct-id cache (``DISTINCT_ID_LRU_SIZE`` keys): a key enters
+    it only after the transaction that created or read its person commits.
+    """
+
+    def __init__(
+        self,
+        lru_size: int | None = None,
+        *,
+        clock: Callable[[], datetime] = timezone.now,
+        max_attempts: int = 5,
+    ) -> None:
+        self.distinct_ids = DistinctIdCache(lru_size if lru_size is not None else settings.DISTINCT_ID_LRU_SIZE)
+        self._clock = clock
+        self._max_attempts = max_attempts
+
+    def apply(self, updates: Sequence[PersonUpdate]) -> None:
+        """Apply the person side of a batch of events; call it inside the ingester's transaction.
+
+        Raises RetriableError if the batch keeps losing races to other
+        transactions; its own writes are then rolled back."""
+        if not updates:
+            return
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                # A savepoint: a lost race undoes only this batch's person work
+                # (and releases its row locks) while the caller's transaction goes on.
+                with transaction.atomic():
+                    with connection.cursor() as cursor:
+                        batch = PersonBatch(cursor, self.distinct_ids, self._clock)
+                        batch.run(updates)
+                    known = batch.known_keys()
+                    transaction.on_commit(lambda: self.distinct_ids.add(known))
+                return
+            except RaceLost as race:
+                reason = f"distinct ids created concurrently: {race.args[0]}"
+            except DatabaseError as error:
+                sqlstate = getattr(error.__cause__, "sqlstate", None)
+                if sqlstate not in _RETRIABLE_SQLSTATES:
+                    raise
+                reason = f"{type(error.__cause__).__name__}: {error}"
+            get_metrics().incr(METRIC_PERSON_RETRIES)
+            logger.info("replaying the person side of a batch (attempt %d): %s", attempt, reason)
+        raise RetriableError(f"persons of the batch still conflict after {self._max_attempts} attempts")
+
+    def person_for(self, team_id: int, distinct_id: str) -> PersonRecord | None:
+        """The person owning a distinct id in a team, or None (spec §4.7)."""
+        with connection.cursor() as cursor:
+            return fetch_person(cursor, team_id, distinct_id)
