@@ -31,6 +31,12 @@ INGESTION_SOURCE_RECOVERED = "ingestion.source.recovered"  # count: in-flight me
 DLQ_WRITTEN = "dlq.written"  # count, tag reason
 DLQ_REPLAYED = "dlq.replayed"  # count
 
+# --- Metric names of the events processor (port) -----------------------------------
+INGESTION_SANITISED = "ingestion.sanitised"  # count, tag team_id: NUL, lone surrogates or NaN replaced
+INGESTION_TIMESTAMP_IGNORED = "ingestion.timestamp_ignored"  # count, tags team_id, input
+INGESTION_BATCH_SPLIT = "ingestion.batch_split"  # count: a batch the database refused was bisected
+INGESTION_DEFINITION_NAME_TOO_LONG = "ingestion.definitions.name_too_long"  # count, tag team_id
+
 
 class MetricsBackend(Protocol):
     def incr(self, name: str, value: int = 1, tags: Tags | None = None) -> None: ...

@@ -177,6 +177,11 @@ CELERY_CONSUMER_HEARTBEAT_TTL = env_int("CELERY_CONSUMER_HEARTBEAT_TTL", 30, min
 # Seconds a graceful shutdown may take before the server exits anyway.
 SHUTDOWN_TIMEOUT = env_float("SHUTDOWN_TIMEOUT", 30.0)
 
+# --- Events processor (port) ----------------------------------------------------
+# An event whose JSON (as it leaves the plugins) is larger than this many bytes
+# is dead-lettered with reason event_too_large instead of stored.
+MAX_EVENT_SIZE_BYTES = env_int("MAX_EVENT_SIZE_BYTES", 1_048_576, minimum=1)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
