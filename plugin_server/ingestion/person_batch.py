@@ -111,7 +111,10 @@ class PersonBatch:
                 # A cached key owns a person already: no lookup unless its properties change.
                 if _has_property_update(update.properties) or not self._cache.contains(team_id, update.distinct_id):
                     keys.add((team_id, update.distinct_id))
-        return keys
+        unstorable = [key for key in keys if not is_storable_distinct_id(key[1])]
+        for team_id, distinct_id in unstorable:
+            self._count_invalid(team_id, distinct_id)
+        return keys.difference(unstorable)
 
     def _apply(self, update: PersonUpdate) -> None:
         self._person_uuid_taken = False
