@@ -9,6 +9,8 @@ import pytest
 import redis
 from django.conf import settings
 
+from plugin_server.metrics import RecordingMetrics, set_metrics
+
 
 @pytest.fixture
 def redis_client() -> Iterator[redis.Redis]:
@@ -23,3 +25,12 @@ def redis_client() -> Iterator[redis.Redis]:
 def unique_name() -> str:
     """A name no other test uses: for queues, topics, groups and key prefixes."""
     return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def recording_metrics() -> Iterator[RecordingMetrics]:
+    """Installs a RecordingMetrics backend for the test, then puts the default back."""
+    backend = RecordingMetrics()
+    set_metrics(backend)
+    yield backend
+    set_metrics(None)
