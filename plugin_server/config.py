@@ -7,11 +7,13 @@ does not freeze the settings of the moment) and dropped whenever Django's
 by the next call.
 
 Every field is the setting of the same name in upper case (spec: plugins.md
-§15), with three resolved for use: ``database_url`` is the database actually
-connected to (``POSTHOG_DB_*`` win over ``DATABASE_URL``), ``redis_url`` the
-Redis actually used (``POSTHOG_REDIS_HOST`` wins over ``REDIS_URL``) and
-``worker_concurrency`` a real count (0 means one per core). Fields whose
-metadata says ``secret`` are masked by :func:`masked_items`.
+§15; docs/configuration.md), some resolved for use: ``database_url`` is the
+database actually connected to (``POSTHOG_DB_*`` win over ``DATABASE_URL``),
+``redis_url`` the Redis actually used (``POSTHOG_REDIS_HOST`` wins over
+``REDIS_URL``), ``worker_concurrency`` a real count (0 means one per core).
+Fields whose metadata says ``secret`` are masked by
+:meth:`ServerConfig.masked_items`. A new setting gets a field here and a row
+in docs/configuration.md (tests/test_settings.py checks both).
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ class ServerConfig:
     web_port: int
     web_hostname: str
     log_level: str
-    sentry_dsn: str | None = dataclasses.field(metadata=_URL)
+    sentry_dsn: str | None = dataclasses.field(metadata=_SECRET)
     statsd_host: str | None
     statsd_port: int
     statsd_prefix: str | None
@@ -90,14 +92,25 @@ class ServerConfig:
     crash_if_no_persistent_job_queue: bool
     staleness_restart_seconds: int
     plugin_server_mode: str
+    jobs_workers: int
     # Ingestion
     disable_mmdb: bool
     internal_mmdb_server_port: int
     distinct_id_lru_size: int
     plugin_server_idle: bool
+    ingestion_batch_size: int
+    ingestion_poll_timeout: float
+    ingestion_max_message_bytes: int
+    ingestion_retry_attempts: int
+    ingestion_retry_backoff: float
+    ingestion_retry_backoff_max: float
+    celery_consumer_heartbeat_ttl: int
+    shutdown_timeout: float
+    max_event_size_bytes: int
     # Django
     secret_key: str = dataclasses.field(metadata=_SECRET)
     debug: bool
+    allowed_hosts: tuple[str, ...]
 
     @classmethod
     def from_settings(cls) -> ServerConfig:
@@ -168,6 +181,8 @@ _DERIVED: dict[str, Callable[[], Any]] = {
     "redis_url": _redis_url,
     "worker_concurrency": _worker_concurrency,
     "job_queues": _job_queues,
+    "jobs_workers": lambda: int(settings.Q_CLUSTER["workers"]),
+    "allowed_hosts": lambda: tuple(settings.ALLOWED_HOSTS),
 }
 
 _lock = threading.Lock()

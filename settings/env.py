@@ -9,6 +9,7 @@ that names the variable and what was expected.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -61,9 +62,16 @@ def env_float(name: str, default: float, environ: Mapping[str, str] = os.environ
 def env_url(name: str, default: str, schemes: tuple[str, ...], environ: Mapping[str, str] = os.environ) -> str:
     value = environ.get(name) or default
     parts = urlsplit(value)
-    if parts.scheme not in schemes or not (parts.hostname or parts.path.strip("/")):
+    try:
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+        valid = parts.scheme in schemes and bool(parts.hostname or parts.path.strip("/"))
+    except ValueError:
+        valid = False
+    if not valid:
         expected = " or ".join(f"{scheme}://..." for scheme in schemes)
-        raise ImproperlyConfigured(f"{name}={value!r} is not valid: expected a URL like {expected}")
+        # The message goes to logs and terminals: never echo the credentials.
+        shown = re.sub(r"//[^/@]*@", "//***@", value)
+        raise ImproperlyConfigured(f"{name}={shown!r} is not valid: expected a URL like {expected}")
     return value
 
 
