@@ -1,0 +1,144 @@
+"""Event and property definitions, and the team's first-event flag (spec: ingestion.md §6.2).
+
+Each process keeps, per team, the event names and property names it knows
+exist. A batch asks only about names it has not seen: the definitions of
+every team it has not loaded yet cost one query per table, the new names one
+multi-row ``INSERT ... ON CONFLICT DO NOTHING`` per table. When nothing is
+new, no query is made.
+
+The inserts run in their own short transaction, before the batch's main one,
+with rows sorted by (team, name): two servers inserting overlapping names
+then wait for each other instead of deadlocking, and no definition lock is
+held while the batch writes persons and events. A definition written for a
+batch that later fails is still a true fact (the event will be stored on
+retry), so nothing needs undoing. The ids are UUIDTs drawn in the order the
+names were met, so ordering by id lists definitions as the events had them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connection, transaction
+
+from plugin_server.ingestion.uuidt import uuidt
+from plugin_server.metrics import INGESTION_DEFINITION_NAME_TOO_LONG, get_metrics
+
+logger = logging.getLogger(__name__)
+
+NAME_MAX_LENGTH = 400  # posthog_eventdefinition.name and posthog_propertydefinition.name
+
+
+@dataclass(slots=True)
+class _KnownNames:
+    events: set[str] = field(default_factory=set)
+    properties: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class NewDefinitions:
+    """What one batch adds: (team, name) of events; (team, name, is_numerical) of properties."""
+
+    events: list[tuple[int, str]] = field(default_factory=list)
+    properties: list[tuple[int, str, bool]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.properties)
+
+
+def is_numerical(value: object) -> bool:
+    """A JSON number (booleans and numeric texts are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class DefinitionsManager:
+    """Writes the definitions a batch introduces; bounded to ``max_teams`` teams in memory."""
+
+    def __init__(self, max_teams: int = 1_000) -> None:
+        self._max_teams = max_teams
+        self._known: OrderedDict[int, _KnownNames] = OrderedDict()
+
+    def new_definitions(self, events: Iterable[tuple[int, str, Mapping[str, Any]]]) -> NewDefinitions:
+        """The definitions not yet known among (team id, event name, properties) triples."""
+        events = list(events)
+        self._load({team_id for team_id, _, _ in events})
+        new = NewDefinitions()
+        seen_events: set[tuple[int, str]] = set()
+        seen_properties: set[tuple[int, str]] = set()
+        for team_id, name, properties in events:
+            known = self._known[team_id]
+            if name not in known.events and (team_id, name) not in seen_events:
+                seen_events.add((team_id, name))
+                new.events.append((team_id, name))
+            for key, value in properties.items():
+                if key in known.properties or (team_id, key) in seen_properties:
+                    continue
+                seen_properties.add((team_id, key))
+                if len(key) > NAME_MAX_LENGTH:
+                    # Cannot be stored; skipping it keeps the rest of the batch's definitions.
+                    get_metrics().incr(INGESTION_DEFINITION_NAME_TOO_LONG, tags={"team_id": team_id})
+                    continue
+                new.properties.append((team_id, key, is_numerical(value)))
+        return new
+
+    def write(self, new: NewDefinitions) -> None:
+        """Insert the new definitions (one statement per table) and remember them."""
+        if not new:
+            return
+        event_ids = [str(uuidt()) for _ in new.events]
+        property_ids = [str(uuidt()) for _ in new.properties]
+        events = sorted(zip(new.events, event_ids), key=lambda row: row[0])
+        properties = sorted(zip(new.properties, property_ids), key=lambda row: row[0][:2])
+        with transaction.atomic(), connection.cursor() as cursor:
+            if events:
+                cursor.execute(
+                    "INSERT INTO posthog_eventdefinition (id, name, volume_30_day, query_usage_30_day, team_id)"
+                    " SELECT id, name, NULL, NULL, team_id FROM unnest(%s::uuid[], %s::varchar[], %s::int[])"
+                    " AS new (id, name, team_id) ON CONFLICT DO NOTHING",
+                    [[row_id for _, row_id in events], [name for (_, name), _ in events], [team for (team, _), _ in events]],
+                )
+            if properties:
+                cursor.execute(
+                    "INSERT INTO posthog_propertydefinition"
+                    " (id, name, is_numerical, volume_30_day, query_usage_30_day, team_id)"
+                    " SELECT id, name, is_numerical, NULL, NULL, team_id"
+                    " FROM unnest(%s::uuid[], %s::varchar[], %s::bool[], %s::int[]) AS new (id, name, is_numerical, team_id)"
+                    " ON CONFLICT DO NOTHING",
+                    [
+                        [row_id for _, row_id in properties],
+                        [name for (_, name, _), _ in properties],
+                        [numerical for (_, _, numerical), _ in properties],
+                        [team for (team, _, _), _ in properties],
+                    ],
+                )
+        # Only now: a rolled-back insert must not be remembered as done.
+        for team_id, name in new.events:
+            if team_id in self._known:
+                self._known[team_id].events.add(name)
+        for team_id, name, _ in new.properties:
+            if team_id in self._known:
+                self._known[team_id].properties.add(name)
+
+    def _load(self, team_ids: set[int]) -> None:
+        for team_id in team_ids & self._known.keys():
+            self._known.move_to_end(team_id)
+        missing = sorted(team_ids - self._known.keys())
+        if not missing:
+            return
+        loaded = {team_id: _KnownNames() for team_id in missing}
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT team_id, name FROM posthog_eventdefinition WHERE team_id = ANY(%s)", [missing])
+            for team_id, name in cursor.fetchall():
+                loaded[team_id].events.add(name)
+            cursor.execute("SELECT team_id, name FROM posthog_propertydefinition WHERE team_id = ANY(%s)", [missing])
+            for team_id, name in cursor.fetchall():
+                loaded[team_id].properties.add(name)
+        for team_id, names in loaded.items():
+            self._known[team_id] = names
+        while len(self._known) > max(self._max_teams, len(team_ids)):
+            self._known.popitem(last=False)
+        logger.debug("loaded definitions of %d teams", len(missing))

@@ -1,0 +1,224 @@
+"""From a plugin event to the rows to store (spec: ingestion.md §3.1–§3.6).
+
+:func:`check_event` is the gate: it turns every kind of bad input into an
+:class:`InvalidMessage` with a stable reason (never a crash, never a silent
+drop) and makes the event safe for Postgres. :func:`prepare_event` then does
+the per-event work that needs no I/O: event name, elements, ``$ip``,
+campaign and ``$initial_*`` properties, timestamps, the person update.
+Teams and definitions are looked up per batch by the ingester.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from plugin_server.events import PluginEvent
+from plugin_server.exceptions import InvalidMessage
+from plugin_server.ingestion.elements import extract_elements
+from plugin_server.ingestion.persons import PersonUpdate
+from plugin_server.ingestion.teams import TeamInfo
+from plugin_server.ingestion.timestamps import event_time, parse_iso
+from plugin_server.ingestion.uuidt import is_valid_uuid, render_for_error, uuidt
+from plugin_server.sinks.base import PreparedEvent, PreparedRecording
+
+EVENT_NAME_MAX_LENGTH = 200
+DISTINCT_ID_MAX_LENGTH = 200  # posthog_event.distinct_id, posthog_sessionrecordingevent.distinct_id
+SESSION_ID_MAX_LENGTH = 200
+CAMPAIGN_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term")
+INITIAL_KEYS = (*CAMPAIGN_KEYS, "$browser", "$browser_version", "$device_type", "$current_url", "$os", "$referring_domain", "$referrer")
+REPLACEMENT_CHARACTER = "\ufffd"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class Reason(str, enum.Enum):
+    """Why an event is dead-lettered: stable codes, stored on the dead letter and counted."""
+
+    NOT_AN_OBJECT = "not_an_object"
+    PROPERTIES_NOT_AN_OBJECT = "properties_not_an_object"
+    INVALID_UUID = "invalid_uuid"
+    INVALID_TEAM_ID = "invalid_team_id"
+    UNKNOWN_TEAM = "unknown_team"
+    MISSING_DISTINCT_ID = "missing_distinct_id"
+    DISTINCT_ID_TOO_LONG = "distinct_id_too_long"
+    INVALID_SESSION_ID = "invalid_session_id"
+    EVENT_TOO_LARGE = "event_too_large"
+    DATABASE_REJECTED = "database_rejected"
+
+
+def invalid(reason: Reason, message: str, team_id: int | None = None) -> InvalidMessage:
+    return InvalidMessage(reason.value, message, team_id)
+
+
+def _sanitised(value: Any) -> Any:
+    # Postgres refuses NUL in text and jsonb, any text that is not UTF-8 (lone
+    # surrogates from JSON "\ud800"), and NaN/Infinity in jsonb. Replace them
+    # rather than lose the event; the rest of the value is kept as it was.
+    if isinstance(value, str):
+        if "\x00" in value:
+            value = value.replace("\x00", REPLACEMENT_CHARACTER)
+        if not value.isascii():
+            value = _SURROGATE.sub(REPLACEMENT_CHARACTER, value)
+        return value
+    if isinstance(value, dict):
+        return {_sanitised(str(key)): _sanitised(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_sanitised(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _needs_sanitising(event: PluginEvent) -> tuple[bool, int]:
+    """Whether the event holds something Postgres refuses, and the size of its JSON."""
+    try:
+        text = json.dumps(event, ensure_ascii=False, allow_nan=False, default=str)
+    except ValueError:
+        return True, len(json.dumps(event, ensure_ascii=False, default=str).encode("utf-8", "replace"))
+    if "\\u0000" in text:
+        return True, len(text)
+    if text.isascii():
+        return False, len(text)
+    try:
+        return False, len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return True, len(text.encode("utf-8", "replace"))
+
+
+def _distinct_id_text(value: Any) -> str:
+    # As JavaScript's String() renders what capture endpoints send.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return value if isinstance(value, str) else str(value)
+
+
+def check_event(event: object, max_bytes: int) -> tuple[PluginEvent, bool]:
+    """The event, safe to prepare, and whether it had to be sanitised; or raise InvalidMessage."""
+    if not isinstance(event, dict):
+        raise invalid(Reason.NOT_AN_OBJECT, f"Event is not an object but {type(event).__name__}")
+    team_id = event.get("team_id")
+    if isinstance(team_id, bool) or not isinstance(team_id, (int, str)) or not str(team_id).lstrip("-").isdigit():
+        raise invalid(Reason.INVALID_TEAM_ID, f"Not a valid team id: {render_for_error(team_id)!r}")
+    team_id = int(team_id)
+    if "uuid" not in event:
+        raise invalid(Reason.INVALID_UUID, 'Not a valid UUID: "undefined"', team_id)
+    if not is_valid_uuid(event["uuid"]):
+        raise invalid(Reason.INVALID_UUID, f'Not a valid UUID: "{render_for_error(event["uuid"])}"', team_id)
+    if event.get("distinct_id") is None:
+        raise invalid(Reason.MISSING_DISTINCT_ID, "Event has no distinct_id", team_id)
+    properties = event.get("properties")
+    if properties is not None and not isinstance(properties, dict):
+        raise invalid(Reason.PROPERTIES_NOT_AN_OBJECT, f"Event properties are not an object but {type(properties).__name__}", team_id)
+    dirty, size = _needs_sanitising(event)
+    if size > max_bytes:
+        raise invalid(Reason.EVENT_TOO_LARGE, f"Event of {size} bytes is over the limit of {max_bytes} bytes", team_id)
+    if dirty:
+        event = _sanitised(event)
+    event = {**event, "team_id": team_id, "distinct_id": _distinct_id_text(event["distinct_id"])}
+    if len(event["distinct_id"]) > DISTINCT_ID_MAX_LENGTH:
+        raise invalid(Reason.DISTINCT_ID_TOO_LONG, f"distinct_id is longer than {DISTINCT_ID_MAX_LENGTH} characters", team_id)
+    return event, dirty
+
+
+def event_name(value: Any) -> str:
+    """§3.6 step 1: a non-text name as compact JSON (or its text form), first 200 characters."""
+    if not isinstance(value, str):
+        try:
+            value = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError):
+            value = str(value)
+    return value[:EVENT_NAME_MAX_LENGTH]
+
+
+def add_campaign_properties(properties: dict[str, Any]) -> None:
+    """§3.6 step 7: utm keys into ``$set``, ``$initial_*`` into ``$set_once`` (only if a utm key is present)."""
+    campaign = [key for key in CAMPAIGN_KEYS if key in properties]
+    if not campaign:
+        return
+    to_set = dict(properties["$set"]) if isinstance(properties.get("$set"), dict) else {}
+    to_set.update((key, properties[key]) for key in campaign)
+    to_set_once = dict(properties["$set_once"]) if isinstance(properties.get("$set_once"), dict) else {}
+    to_set_once.update((f"$initial_{key.removeprefix('$')}", properties[key]) for key in INITIAL_KEYS if key in properties)
+    properties["$set"] = to_set
+    properties["$set_once"] = to_set_once
+
+
+@dataclass(slots=True)
+class PreparedItem:
+    """One event's prepared row, its person update and its index in the batch."""
+
+    index: int
+    row: PreparedEvent | PreparedRecording
+    person_update: PersonUpdate
+    timestamp_ignored: str | None
+
+
+def prepare_event(index: int, event: PluginEvent, team: TeamInfo, received: datetime) -> PreparedItem:
+    """Everything §3.2–§3.6 does to one checked event without I/O.
+
+    ``received`` is the current time, the fallback for a missing ``now``."""
+    team_id = team.id
+    distinct_id: str = event["distinct_id"]
+    properties: dict[str, Any] = dict(event.get("properties") or {})
+    for key in ("$set", "$set_once"):
+        if event.get(key):
+            properties[key] = event[key]
+    now = parse_iso(event.get("now")) or received
+    sent_at = parse_iso(event.get("sent_at"))
+    when = event_time(event, now, sent_at)
+    name = event_name(event.get("event"))
+    event_uuid = event["uuid"]
+    update = PersonUpdate(
+        team_id=team_id,
+        distinct_id=distinct_id,
+        event=name,
+        properties=properties,
+        new_person_created_at=sent_at or received,
+        person_uuid=str(uuidt()),
+    )
+    if name == "$snapshot":
+        session_id = properties.get("$session_id")
+        if session_id is None or isinstance(session_id, (dict, list)) or len(str(session_id)) > SESSION_ID_MAX_LENGTH:
+            raise invalid(Reason.INVALID_SESSION_ID, f"$snapshot without a usable $session_id: {render_for_error(session_id)[:50]!r}", team_id)
+        recording = PreparedRecording(
+            uuid=uuid.UUID(event_uuid),
+            team_id=team_id,
+            distinct_id=distinct_id,
+            session_id=_distinct_id_text(session_id),
+            snapshot_data_json=json.dumps(properties.get("$snapshot_data"), ensure_ascii=False, default=str),
+            timestamp=when.timestamp,
+        )
+        return PreparedItem(index, recording, update, when.ignored)
+
+    elements = extract_elements(properties.get("$elements"))
+    if elements is not None:
+        del properties["$elements"]
+    ip = event.get("ip")
+    if ip and not team.anonymize_ips and "$ip" not in properties:
+        properties["$ip"] = ip
+    row = PreparedEvent(
+        uuid=uuid.UUID(event_uuid),
+        team_id=team_id,
+        distinct_id=distinct_id,
+        event=name,
+        properties=properties,
+        properties_json="",
+        timestamp=when.timestamp,
+        elements=elements or [],
+        site_url=event.get("site_url"),
+    )
+    return PreparedItem(index, row, update, when.ignored)
+
+
+def finish_event(row: PreparedEvent) -> None:
+    """Steps after definitions were read from the properties: campaign properties, then the JSON text."""
+    add_campaign_properties(row.properties)
+    row.properties_json = json.dumps(row.properties, ensure_ascii=False, default=str)

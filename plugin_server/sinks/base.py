@@ -1,0 +1,66 @@
+"""The Sink protocol and the prepared rows every sink writes.
+
+The ingester prepares a batch once (names, properties, timestamps,
+elements) and hands it to one sink: :class:`~plugin_server.sinks.postgres.PostgresSink`
+for the Postgres pipeline, a Kafka/ClickHouse sink later. A sink writes a
+whole batch in a bounded number of statements, inside the transaction the
+ingester holds, and keeps every storage-specific detail (element groups,
+elements chains, topics) to itself.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from plugin_server.ingestion.elements import Element
+
+
+@dataclass(slots=True)
+class PreparedEvent:
+    """A regular event ready to store (spec: ingestion.md §3.6, §3.7).
+
+    ``properties_json`` is the final properties as JSON text, encoded once and
+    already safe for Postgres jsonb (no NUL characters, no lone surrogates)."""
+
+    uuid: uuid.UUID
+    team_id: int
+    distinct_id: str
+    event: str
+    properties: dict[str, Any]
+    properties_json: str
+    timestamp: datetime
+    elements: list[Element] = field(default_factory=list)
+    site_url: str | None = None
+
+
+@dataclass(slots=True)
+class PreparedRecording:
+    """A ``$snapshot`` event ready to store as a session recording event (§3.5)."""
+
+    uuid: uuid.UUID
+    team_id: int
+    distinct_id: str
+    session_id: str
+    snapshot_data_json: str
+    timestamp: datetime
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    """Everything one ingested batch stores, in arrival order."""
+
+    events: list[PreparedEvent] = field(default_factory=list)
+    recordings: list[PreparedRecording] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.events) + len(self.recordings)
+
+
+class Sink(Protocol):
+    """Stores prepared batches. ``write`` runs inside the ingester's transaction;
+    it raises on failure and must store nothing partially on its own."""
+
+    def write(self, batch: PreparedBatch) -> None: ...

@@ -1,0 +1,147 @@
+"""The Postgres pipeline's sink: events, element groups, session recordings (spec: ingestion.md §3.5, §3.7, §5.2).
+
+A batch costs at most four statements, whatever its size: element groups,
+their elements, events, recordings. Each is one ``INSERT ... SELECT FROM
+unnest(...)`` taking one array per column, so the statement text (and its
+plan) is the same for every batch. Element groups already known to exist
+cost nothing: this process remembers (team, hash) pairs once their
+transaction has committed, in a bounded LRU.
+
+Element groups are inserted sorted by (team, hash) with ``ON CONFLICT DO
+NOTHING RETURNING``: only the groups this transaction really created get
+element rows, and two servers racing on one group wait for each other
+rather than deadlock or duplicate elements.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from django.db import connection, transaction
+from django.db.backends.utils import CursorWrapper
+
+from plugin_server.ingestion.elements import Element, elements_hash
+from plugin_server.sinks.base import PreparedBatch, PreparedEvent, PreparedRecording
+
+logger = logging.getLogger(__name__)
+
+_INSERT_GROUPS = (
+    "INSERT INTO posthog_elementgroup (team_id, hash)"
+    " SELECT team_id, hash FROM unnest(%s::int[], %s::varchar[]) AS new (team_id, hash)"
+    " ON CONFLICT DO NOTHING RETURNING id, team_id, hash"
+)
+_INSERT_ELEMENTS = (
+    'INSERT INTO posthog_element (text, tag_name, href, attr_id, nth_child, nth_of_type, attributes, "order",'
+    " event_id, attr_class, group_id)"
+    " SELECT text, tag_name, href, attr_id, nth_child, nth_of_type, attributes::jsonb, position, NULL,"
+    " CASE WHEN classes IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(classes::jsonb)) END,"
+    " group_id"
+    " FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[], %s::int[], %s::int[], %s::text[],"
+    " %s::int[], %s::text[], %s::int[])"
+    " AS new (text, tag_name, href, attr_id, nth_child, nth_of_type, attributes, position, classes, group_id)"
+)
+# created_at is the event's timestamp, as at v0.21.3 (spec: ingestion.md §12).
+_INSERT_EVENTS = (
+    "INSERT INTO posthog_event (created_at, event, distinct_id, properties, team_id, timestamp, elements, elements_hash)"
+    " SELECT timestamp, event, distinct_id, properties::jsonb, team_id, timestamp, elements::jsonb, elements_hash"
+    " FROM unnest(%s::timestamptz[], %s::varchar[], %s::varchar[], %s::text[], %s::int[], %s::text[], %s::varchar[])"
+    " AS new (timestamp, event, distinct_id, properties, team_id, elements, elements_hash)"
+)
+_INSERT_RECORDINGS = (
+    "INSERT INTO posthog_sessionrecordingevent (created_at, team_id, distinct_id, session_id, timestamp, snapshot_data)"
+    " SELECT timestamp, team_id, distinct_id, session_id, timestamp, snapshot_data::jsonb"
+    " FROM unnest(%s::timestamptz[], %s::int[], %s::varchar[], %s::varchar[], %s::text[])"
+    " AS new (timestamp, team_id, distinct_id, session_id, snapshot_data)"
+)
+
+
+class PostgresSink:
+    """Writes prepared batches to ``posthog_event``, ``posthog_elementgroup``/``posthog_element``
+    and ``posthog_sessionrecordingevent``.
+
+    ``known_groups`` bounds the memory of element groups known to exist
+    (about 150 bytes each)."""
+
+    def __init__(self, known_groups: int = 100_000) -> None:
+        self._known_groups_size = known_groups
+        self._known_groups: OrderedDict[tuple[int, str], None] = OrderedDict()
+
+    def write(self, batch: PreparedBatch) -> None:
+        """Store the batch; must run inside a transaction (the ingester's)."""
+        with connection.cursor() as cursor:
+            if batch.events:
+                hashes = [elements_hash(event.elements) if event.elements else "" for event in batch.events]
+                self._write_groups(
+                    cursor, [(event.team_id, digest, event.elements) for event, digest in zip(batch.events, hashes) if digest]
+                )
+                self._write_events(cursor, batch.events, hashes)
+            if batch.recordings:
+                self._write_recordings(cursor, batch.recordings)
+
+    def create_element_group(self, team_id: int, elements: list[Element]) -> str:
+        """Create (or find) the element group of ``elements`` for the team; returns its hash."""
+        digest = elements_hash(elements)
+        with transaction.atomic(), connection.cursor() as cursor:
+            self._write_groups(cursor, [(team_id, digest, elements)])
+        return digest
+
+    def _write_groups(self, cursor: CursorWrapper, groups: Sequence[tuple[int, str, list[Element]]]) -> None:
+        wanted: dict[tuple[int, str], list[Element]] = {}
+        for team_id, digest, elements in groups:
+            key = (team_id, digest)
+            if key in self._known_groups:
+                self._known_groups.move_to_end(key)
+            else:
+                wanted.setdefault(key, elements)
+        if not wanted:
+            return
+        keys = sorted(wanted)
+        cursor.execute(_INSERT_GROUPS, [[team_id for team_id, _ in keys], [digest for _, digest in keys]])
+        created = cursor.fetchall()
+        if created:
+            self._write_elements(cursor, [(group_id, wanted[(team_id, digest)]) for group_id, team_id, digest in created])
+        # Remember the groups only once they are sure to exist: a rolled-back batch created none.
+        transaction.on_commit(lambda: self._remember_groups(keys))
+
+    def _remember_groups(self, keys: list[tuple[int, str]]) -> None:
+        for key in keys:
+            self._known_groups[key] = None
+        while len(self._known_groups) > self._known_groups_size:
+            self._known_groups.popitem(last=False)
+
+    def _write_elements(self, cursor: CursorWrapper, groups: list[tuple[int, list[Element]]]) -> None:
+        columns: list[list[object]] = [[] for _ in range(10)]
+        for group_id, elements in groups:
+            for position, element in enumerate(elements):
+                row = (
+                    element.text,
+                    element.tag_name,
+                    element.href,
+                    element.attr_id,
+                    element.nth_child,
+                    element.nth_of_type,
+                    json.dumps(element.attributes),
+                    position,
+                    None if element.attr_class is None else json.dumps(element.attr_class),
+                    group_id,
+                )
+                for column, value in zip(columns, row):
+                    column.append(value)
+        cursor.execute(_INSERT_ELEMENTS, columns)
+
+    def _write_events(self, cursor: CursorWrapper, events: Sequence[PreparedEvent], hashes: list[str]) -> None:
+        elements = [json.dumps([element.to_event_json() for element in event.elements]) for event in events]
+        columns = _columns(events, "timestamp", "event", "distinct_id", "properties_json", "team_id")
+        cursor.execute(_INSERT_EVENTS, [*columns, elements, hashes])
+
+    def _write_recordings(self, cursor: CursorWrapper, recordings: Sequence[PreparedRecording]) -> None:
+        columns = _columns(recordings, "timestamp", "team_id", "distinct_id", "session_id", "snapshot_data_json")
+        cursor.execute(_INSERT_RECORDINGS, columns)
+
+
+def _columns(rows: Sequence[object], *names: str) -> list[list[object]]:
+    """One list per attribute: the arrays an ``unnest(...)`` insert takes."""
+    return [[getattr(row, name) for row in rows] for name in names]
