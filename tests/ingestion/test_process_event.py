@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -19,7 +18,6 @@ from plugin_server.models import (
     EventDefinition,
     OrganizationMembership,
     Person,
-    PersonDistinctId,
     PropertyDefinition,
     SessionRecordingEvent,
     Team,
@@ -27,6 +25,7 @@ from plugin_server.models import (
 )
 from plugin_server.sinks.postgres import PostgresSink
 from tests.factories import create_team
+from tests.ingestion.person_helpers import create_person, distinct_ids_of
 
 pytestmark = pytest.mark.django_db
 
@@ -91,17 +90,6 @@ def stored(result: IngestResult) -> IngestResult:
     return result
 
 
-def distinct_ids(person: Person) -> list[str]:
-    return list(PersonDistinctId.objects.filter(person=person).order_by("id").values_list("distinct_id", flat=True))
-
-
-def make_person(team: Team, ids: list[str], **fields: Any) -> Person:
-    person = Person.objects.create(team=team, **fields)
-    for distinct_id in ids:
-        PersonDistinctId.objects.create(team=team, person=person, distinct_id=distinct_id)
-    return person
-
-
 def test_capture_new_person(team: Team, ingester: Ingester) -> None:
     """capture new person: utm and $initial_* properties, elements and their hash, definitions in order."""
     properties = {
@@ -134,7 +122,7 @@ def test_capture_new_person(team: Team, ingester: Ingester) -> None:
     assert person.properties["$initial_utm_medium"] == "twitter"
     first = Event.objects.filter(team=team).order_by("id").first()
     assert (first.distinct_id, first.event) == ("2", "$autocapture")
-    assert distinct_ids(person) == ["2"]
+    assert distinct_ids_of(person) == ["2"]
     assert first.elements_hash == "0679137c0cd2408a2906839143e7a71f"
     elements = list(ElementRow.objects.filter(group__team=team, group__hash=first.elements_hash).order_by("order"))
     assert [(e.tag_name, e.attr_class, e.text, e.order) for e in elements] == [
@@ -169,9 +157,9 @@ def test_capture_bad_team(ingester: Ingester) -> None:
 
 def test_capture_no_element(team: Team, ingester: Ingester) -> None:
     """capture no element: a known person's $pageview is stored and its distinct ids are unchanged."""
-    person = make_person(team, ["asdfasdfasdf"])
+    person = create_person(team, ["asdfasdfasdf"])
     stored(process_event(ingester, "asdfasdfasdf", "", {"event": "$pageview", "properties": {}}, team.id))
-    assert distinct_ids(person) == ["asdfasdfasdf"]
+    assert distinct_ids_of(person) == ["asdfasdfasdf"]
     [event] = Event.objects.filter(team=team)
     assert (event.event, event.elements_hash, event.elements) == ("$pageview", "", [])
 
@@ -205,18 +193,18 @@ def test_ip(ingester: Ingester, ip: str | None, properties: dict[str, Any], anon
 
 def test_alias(team: Team, ingester: Ingester) -> None:
     """alias: $create_alias from a new id adds it to the person of the alias."""
-    person = make_person(team, ["old_distinct_id"])
+    person = create_person(team, ["old_distinct_id"])
     stored(process_event(ingester, "new_distinct_id", "", {"event": "$create_alias", "properties": {"alias": "old_distinct_id"}}, team.id))
     assert Event.objects.filter(team=team).count() == 1
-    assert distinct_ids(person) == ["old_distinct_id", "new_distinct_id"]
+    assert distinct_ids_of(person) == ["old_distinct_id", "new_distinct_id"]
 
 
 def test_alias_reverse(team: Team, ingester: Ingester) -> None:
     """alias reverse: $create_alias from the known id adds the new alias to its person."""
-    person = make_person(team, ["old_distinct_id"])
+    person = create_person(team, ["old_distinct_id"])
     stored(process_event(ingester, "old_distinct_id", "", {"event": "$create_alias", "properties": {"alias": "new_distinct_id"}}, team.id))
     assert Event.objects.filter(team=team).count() == 1
-    assert distinct_ids(person) == ["old_distinct_id", "new_distinct_id"]
+    assert distinct_ids_of(person) == ["old_distinct_id", "new_distinct_id"]
 
 
 def test_alias_before_person(team: Team, ingester: Ingester) -> None:
@@ -224,17 +212,17 @@ def test_alias_before_person(team: Team, ingester: Ingester) -> None:
     stored(process_event(ingester, "new_distinct_id", "", {"event": "$create_alias", "properties": {"alias": "old_distinct_id"}}, team.id))
     [person] = Person.objects.filter(team=team)
     assert Event.objects.filter(team=team).count() == 1
-    assert distinct_ids(person) == ["new_distinct_id", "old_distinct_id"]
+    assert distinct_ids_of(person) == ["new_distinct_id", "old_distinct_id"]
 
 
 def test_alias_both_existing(team: Team, ingester: Ingester) -> None:
     """alias both existing: the two persons are merged into one with both ids."""
-    make_person(team, ["old_distinct_id"])
-    make_person(team, ["new_distinct_id"])
+    create_person(team, ["old_distinct_id"])
+    create_person(team, ["new_distinct_id"])
     stored(process_event(ingester, "new_distinct_id", "", {"event": "$create_alias", "properties": {"alias": "old_distinct_id"}}, team.id))
     [person] = Person.objects.filter(team=team)
     assert Event.objects.filter(team=team).count() == 1
-    assert distinct_ids(person) == ["old_distinct_id", "new_distinct_id"]
+    assert distinct_ids_of(person) == ["old_distinct_id", "new_distinct_id"]
 
 
 def test_offset_timestamp(team: Team, ingester: Ingester) -> None:
@@ -276,13 +264,13 @@ def test_snapshot_event_stored_as_session_recording_event(team: Team, ingester: 
 
 def test_identify_set(team: Team, ingester: Ingester) -> None:
     """identify set: $set lands on the event and the person, who becomes identified; a later $set overwrites."""
-    person = make_person(team, ["distinct_id"])
+    person = create_person(team, ["distinct_id"])
     first_set = {"a_prop": "test-1", "c_prop": "test-1"}
     stored(process_event(ingester, "distinct_id", "", {"event": "$identify", "properties": {"token": "x", "$set": first_set}}, team.id))
     [event] = Event.objects.filter(team=team)
     assert event.properties["$set"] == first_set
     person.refresh_from_db()
-    assert (person.properties, person.is_identified, distinct_ids(person)) == (first_set, True, ["distinct_id"])
+    assert (person.properties, person.is_identified, distinct_ids_of(person)) == (first_set, True, ["distinct_id"])
     stored(process_event(ingester, "distinct_id", "", {"event": "$identify", "properties": {"$set": {"a_prop": "test-2", "b_prop": "test-2b"}}}, team.id))
     assert Event.objects.filter(team=team).count() == 2
     person.refresh_from_db()
@@ -291,30 +279,30 @@ def test_identify_set(team: Team, ingester: Ingester) -> None:
 
 def test_distinct_with_anonymous_id(team: Team, ingester: Ingester) -> None:
     """distinct with anonymous_id: $identify with $anon_distinct_id joins the ids; sending it again is harmless."""
-    make_person(team, ["anonymous_id"])
+    create_person(team, ["anonymous_id"])
     data = {"event": "$identify", "properties": {"$anon_distinct_id": "anonymous_id", "$set": {"a_prop": "test"}}}
     stored(process_event(ingester, "new_distinct_id", "", data, team.id))
     assert Event.objects.get(team=team).properties["$set"] == {"a_prop": "test"}
     [person] = Person.objects.filter(team=team)
-    assert (distinct_ids(person), person.properties) == (["anonymous_id", "new_distinct_id"], {"a_prop": "test"})
+    assert (distinct_ids_of(person), person.properties) == (["anonymous_id", "new_distinct_id"], {"a_prop": "test"})
     stored(process_event(ingester, "new_distinct_id", "", data, team.id))
     assert Person.objects.filter(team=team).count() == 1
 
 
 def test_distinct_with_anonymous_id_which_was_already_created(team: Team, ingester: Ingester) -> None:
     """An $identify joining two existing persons merges them, keeping the identified person's email."""
-    make_person(team, ["anonymous_id"])
-    make_person(team, ["new_distinct_id"], properties={"email": "someone@gmail.com"})
+    create_person(team, ["anonymous_id"])
+    create_person(team, ["new_distinct_id"], properties={"email": "someone@gmail.com"})
     data = {"event": "$identify", "properties": {"$anon_distinct_id": "anonymous_id"}}
     stored(process_event(ingester, "new_distinct_id", "", data, team.id))
     [person] = Person.objects.filter(team=team)
-    assert distinct_ids(person) == ["anonymous_id", "new_distinct_id"]
+    assert distinct_ids_of(person) == ["anonymous_id", "new_distinct_id"]
     assert person.properties["email"] == "someone@gmail.com"
 
 
 def test_set_is_identified(team: Team, ingester: Ingester) -> None:
     """set is_identified: $identify with empty properties marks the person identified."""
-    person = make_person(team, ["777"], is_identified=False)
+    person = create_person(team, ["777"], is_identified=False)
     stored(process_event(ingester, "777", "", {"event": "$identify", "properties": {}}, team.id))
     person.refresh_from_db()
     assert person.is_identified is True
@@ -360,12 +348,12 @@ def test_throws_with_bad_uuid(team: Team, ingester: Ingester, bad_uuid: Any, mes
 
 def test_any_event_can_do_set_on_props_user_exists(team: Team, ingester: Ingester) -> None:
     """Any event's $set updates an existing person and stays on the event."""
-    person = make_person(team, ["distinct_id"])
+    person = create_person(team, ["distinct_id"])
     to_set = {"a_prop": "test-1", "c_prop": "test-1"}
     stored(process_event(ingester, "distinct_id", "", {"event": "some_event", "properties": {"$set": to_set}}, team.id))
     assert Event.objects.get(team=team).properties["$set"] == to_set
     person.refresh_from_db()
-    assert (person.properties, distinct_ids(person)) == (to_set, ["distinct_id"])
+    assert (person.properties, distinct_ids_of(person)) == (to_set, ["distinct_id"])
 
 
 def test_any_event_can_do_set_on_props_new_user(team: Team, ingester: Ingester) -> None:
@@ -373,12 +361,12 @@ def test_any_event_can_do_set_on_props_new_user(team: Team, ingester: Ingester) 
     to_set = {"a_prop": "test-1", "c_prop": "test-1"}
     stored(process_event(ingester, "distinct_id", "", {"event": "some_event", "properties": {"$set": to_set}}, team.id))
     [person] = Person.objects.filter(team=team)
-    assert (person.properties, distinct_ids(person)) == (to_set, ["distinct_id"])
+    assert (person.properties, distinct_ids_of(person)) == (to_set, ["distinct_id"])
 
 
 def test_any_event_can_do_set_once_on_props(team: Team, ingester: Ingester) -> None:
     """$set_once only fills keys the person does not have."""
-    person = make_person(team, ["distinct_id"])
+    person = create_person(team, ["distinct_id"])
     first = {"a_prop": "test-1", "c_prop": "test-1"}
     stored(process_event(ingester, "distinct_id", "", {"event": "some_event", "properties": {"$set_once": first}}, team.id))
     stored(process_event(ingester, "distinct_id", "", {"event": "some_other_event", "properties": {"$set_once": {"a_prop": "test-2", "b_prop": "test-2b"}}}, team.id))
@@ -389,7 +377,7 @@ def test_any_event_can_do_set_once_on_props(team: Team, ingester: Ingester) -> N
 
 def test_increment_does_not_increment_non_numerical_props(team: Team, ingester: Ingester) -> None:
     """$increment leaves a non-numeric value alone."""
-    person = make_person(team, ["distinct_id"])
+    person = create_person(team, ["distinct_id"])
     stored(process_event(ingester, "distinct_id", "", {"event": "some_event", "properties": {"$set": {"hello": "world"}}}, team.id))
     stored(process_event(ingester, "distinct_id", "", {"event": "some_event", "properties": {"$increment": {"hello": 10000}}}, team.id))
     person.refresh_from_db()
@@ -415,26 +403,3 @@ def test_element_group(team: Team) -> None:
     other_team = create_team()
     assert sink.create_element_group(other_team.id, elements) == first_hash
     assert ElementRow.objects.count() == 4
-
-
-def test_reingested_batch_stores_nothing_twice(team: Team, ingester: Ingester) -> None:
-    """A re-delivered batch is stored once: the second time every uuid is a duplicate and no person changes twice."""
-    events = [
-        {"event": "E", "distinct_id": "a", "team_id": team.id, "uuid": str(uuidt()), "properties": {"$increment": {"n": 1}}},
-        {"event": "$snapshot", "distinct_id": "a", "team_id": team.id, "uuid": str(uuidt()), "properties": {"$session_id": "s"}},
-    ]
-    first = stored(ingester.ingest(events))
-    second = stored(ingester.ingest(events))
-    assert (len(first.stored), first.duplicates) == (2, [])
-    assert (second.stored, second.duplicates) == ([], [event["uuid"] for event in events])
-    assert Event.objects.filter(team=team).count() == 1 and SessionRecordingEvent.objects.filter(team=team).count() == 1
-    assert Person.objects.get(team=team).properties == {"n": 1}
-
-
-def test_same_uuid_twice_in_one_batch_is_stored_once(team: Team, ingester: Ingester) -> None:
-    """Two events with one uuid in a batch: the first is stored, the second is a duplicate."""
-    event_uuid = str(uuid.uuid4())
-    events = [{"event": name, "distinct_id": "a", "team_id": team.id, "uuid": event_uuid, "properties": {}} for name in ("first", "second")]
-    result = stored(ingester.ingest(events))
-    assert (result.stored, result.duplicates) == ([event_uuid], [event_uuid])
-    assert list(Event.objects.filter(team=team).values_list("event", flat=True)) == ["first"]

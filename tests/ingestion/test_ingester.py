@@ -1,0 +1,186 @@
+"""The Ingester's contract: bad input is returned, never raised or lost; re-delivery is idempotent; batches are cheap."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from plugin_server.ingestion.ingester import Ingester, IngestResult
+from plugin_server.ingestion.persons import PersonManager
+from plugin_server.ingestion.uuidt import uuidt
+from plugin_server.metrics import RecordingMetrics
+from plugin_server.models import Event, Person, PropertyDefinition, SessionRecordingEvent, Team
+from tests.factories import create_team
+
+pytestmark = pytest.mark.django_db
+
+NOW = datetime(2021, 5, 17, 10, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def team() -> Team:
+    return create_team(ingested_event=True)
+
+
+@pytest.fixture
+def ingester() -> Ingester:
+    return Ingester(persons=PersonManager(lru_size=10_000), clock=lambda: NOW, max_event_bytes=10_000)
+
+
+def event_of(team: Team, **fields: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "event": "$pageview",
+        "distinct_id": "user",
+        "team_id": team.id,
+        "uuid": str(uuidt()),
+        "now": NOW.isoformat(),
+        "sent_at": None,
+        "properties": {},
+    }
+    event.update(fields)
+    return event
+
+
+def reasons(result: IngestResult) -> list[str]:
+    return [error.reason for _, error in result.invalid]
+
+
+@pytest.mark.parametrize(
+    ("change", "reason", "message"),
+    [
+        (lambda event: "not an event", "not_an_object", "Event is not an object but str"),
+        (lambda event: {**event, "properties": ["a"]}, "properties_not_an_object", "Event properties are not an object but list"),
+        (lambda event: {k: v for k, v in event.items() if k != "uuid"}, "invalid_uuid", 'Not a valid UUID: "undefined"'),
+        (lambda event: {**event, "team_id": "two"}, "invalid_team_id", "Not a valid team id: 'two'"),
+        (lambda event: {**event, "distinct_id": None}, "missing_distinct_id", "Event has no distinct_id"),
+        (lambda event: {**event, "distinct_id": "x" * 201}, "distinct_id_too_long", "distinct_id is longer than 200 characters"),
+        (
+            lambda event: {**event, "event": "$snapshot", "properties": {"$snapshot_data": {}}},
+            "invalid_session_id",
+            "$snapshot without a usable $session_id: 'null'",
+        ),
+        (
+            lambda event: {**event, "properties": {"blob": "x" * 10_000}},
+            "event_too_large",
+            "over the limit of 10000 bytes",
+        ),
+    ],
+    ids=["not an object", "properties", "missing uuid", "team id", "no distinct id", "long distinct id", "session id", "too large"],
+)
+def test_bad_input_is_returned_invalid_and_the_rest_is_stored(team: Team, ingester: Ingester, change, reason, message) -> None:  # type: ignore[no-untyped-def]
+    """Each kind of bad event is returned with a stable reason and its message; the good events of the batch are stored."""
+    bad = change(event_of(team))
+    good = event_of(team, event="good")
+    result = ingester.ingest([bad, good])
+    [(returned, error)] = result.invalid
+    assert returned is bad
+    assert error.reason == reason and message in str(error)
+    assert result.stored == [good["uuid"]]
+    assert list(Event.objects.filter(team=team).values_list("event", flat=True)) == ["good"]
+
+
+def test_timestamp_in_the_year_30000_is_stored_at_now(team: Team, ingester: Ingester, recording_metrics: RecordingMetrics) -> None:
+    """A timestamp Python cannot hold (year 30000) is ignored: the event is stored at `now` and counted."""
+    result = ingester.ingest([event_of(team, timestamp="30000-01-01T00:00:00Z")])
+    assert len(result.stored) == 1
+    assert Event.objects.get(team=team).timestamp == NOW
+    assert recording_metrics.total("ingestion.timestamp_ignored") == 1
+
+
+def test_text_postgres_refuses_is_sanitised(team: Team, ingester: Ingester, recording_metrics: RecordingMetrics) -> None:
+    """NUL characters, lone surrogates and NaN are replaced (U+FFFD, null) instead of failing the batch."""
+    properties = {"nul": "a\x00b", "key\x00": 1, "surrogate": "x\ud800y", "nan": math.nan, "nested": [{"deep": "\x00"}]}
+    result = ingester.ingest([event_of(team, event="e\x00", distinct_id="d\x00", properties=properties)])
+    assert len(result.stored) == 1 and not result.invalid
+    event = Event.objects.get(team=team)
+    assert (event.event, event.distinct_id) == ("e\ufffd", "d\ufffd")
+    assert event.properties == {
+        "nul": "a\ufffdb",
+        "key\ufffd": 1,
+        "surrogate": "x\ufffdy",
+        "nan": None,
+        "nested": [{"deep": "\ufffd"}],
+    }
+    assert recording_metrics.total("ingestion.sanitised") == 1
+
+
+def test_a_row_the_database_refuses_is_isolated(team: Team, ingester: Ingester, recording_metrics: RecordingMetrics) -> None:
+    """An event the database refuses (a 2000-character tag name) is returned invalid; the 7 others are stored."""
+    events = [event_of(team, event=f"e{number}", distinct_id=f"user{number}") for number in range(8)]
+    events[5]["properties"] = {"$elements": [{"tag_name": "t" * 2000}]}
+    result = ingester.ingest(events)
+    assert reasons(result) == ["database_rejected"]
+    assert result.invalid[0][0] is events[5]
+    assert sorted(result.stored) == sorted(event["uuid"] for number, event in enumerate(events) if number != 5)
+    assert Event.objects.filter(team=team).count() == 7
+    assert recording_metrics.total("ingestion.batch_split") >= 1
+
+
+def test_a_property_name_too_long_for_a_definition_is_skipped(team: Team, ingester: Ingester) -> None:
+    """A property key over 400 characters gets no definition, and the event is still stored."""
+    ingester.ingest([event_of(team, properties={"k" * 401: 1, "short": 2})])
+    assert Event.objects.filter(team=team).count() == 1
+    assert list(PropertyDefinition.objects.filter(team=team).values_list("name", flat=True)) == ["short"]
+
+
+def test_reingested_batch_stores_nothing_twice(team: Team, ingester: Ingester) -> None:
+    """A re-delivered batch is stored once: the second time every uuid is a duplicate and no person changes twice."""
+    events = [
+        event_of(team, distinct_id="a", properties={"$increment": {"n": 1}}),
+        event_of(team, event="$snapshot", distinct_id="a", properties={"$session_id": "s"}),
+    ]
+    first = ingester.ingest(events)
+    second = ingester.ingest(events)
+    assert (len(first.stored), first.duplicates) == (2, [])
+    assert (second.stored, second.duplicates) == ([], [event["uuid"] for event in events])
+    assert Event.objects.filter(team=team).count() == 1 and SessionRecordingEvent.objects.filter(team=team).count() == 1
+    assert Person.objects.get(team=team).properties == {"n": 1}
+
+
+def test_same_uuid_twice_in_one_batch_is_stored_once(team: Team, ingester: Ingester) -> None:
+    """Two events with one uuid (in any case) in a batch: the first is stored, the second is a duplicate."""
+    first = event_of(team, event="first")
+    second = event_of(team, event="second", uuid=first["uuid"].upper())
+    result = ingester.ingest([first, second])
+    assert (result.stored, result.duplicates) == ([first["uuid"]], [second["uuid"]])
+    assert list(Event.objects.filter(team=team).values_list("event", flat=True)) == ["first"]
+
+
+def batch_of_teams(teams: list[Team], size: int, round_number: int) -> list[dict[str, Any]]:
+    """`size` autocapture events spread over the teams, 20 users a team, every 5th with $set."""
+    events = []
+    for number in range(size):
+        team = teams[number % len(teams)]
+        properties: dict[str, Any] = {
+            "$current_url": f"https://example.com/{number % 7}",
+            "$browser": "Firefox",
+            "price": number,
+            "$elements": [{"tag_name": "a", "nth_child": number % 3, "attr__class": "btn"}, {"tag_name": "div"}],
+        }
+        if number % 5 == 0:
+            properties["$set"] = {"round": round_number}
+        events.append(event_of(team, event=f"event-{number % 4}", distinct_id=f"user-{number % 20}", properties=properties))
+    return events
+
+
+def test_query_count_of_a_batch_does_not_grow_with_its_size(ingester: Ingester, django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
+    """With warm caches, 500 events of 10 teams (elements, definitions, $set) cost as many queries as 50, and few."""
+    teams = [create_team(ingested_event=True) for _ in range(10)]
+    with django_capture_on_commit_callbacks(execute=True):
+        ingester.ingest(batch_of_teams(teams, 500, 0))  # warm the caches: teams, definitions, groups, distinct ids
+    counts = {}
+    for size in (50, 500):
+        with django_capture_on_commit_callbacks(execute=True), CaptureQueriesContext(connection) as queries:
+            result = ingester.ingest(batch_of_teams(teams, size, size))
+        assert len(result.stored) == size and not result.invalid
+        counts[size] = len(queries.captured_queries)
+    assert counts[50] == counts[500], counts
+    assert counts[500] <= 8, counts
+    assert Event.objects.filter(team__in=teams).count() == 1050
+    rounds = [person.properties.get("round") for person in Person.objects.filter(team__in=teams)]
+    assert set(rounds) == {None, 500}, rounds  # the last $set of each person won
