@@ -89,8 +89,8 @@ class DefinitionsManager:
         """Insert the new definitions (one statement per table) and remember them."""
         if not new:
             return
-        event_ids = [str(uuidt()) for _ in new.events]
-        property_ids = [str(uuidt()) for _ in new.properties]
+        event_ids = [uuidt.text() for _ in new.events]
+        property_ids = [uuidt.text() for _ in new.properties]
         events = sorted(zip(new.events, event_ids), key=lambda row: row[0])
         properties = sorted(zip(new.properties, property_ids), key=lambda row: row[0][:2])
         with transaction.atomic(), connection.cursor() as cursor:

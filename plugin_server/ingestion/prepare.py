@@ -14,7 +14,6 @@ import enum
 import json
 import math
 import re
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -182,18 +181,18 @@ def prepare_event(index: int, event: PluginEvent, team: TeamInfo, received: date
         event=name,
         properties=properties,
         new_person_created_at=sent_at or received,
-        person_uuid=str(uuidt()),
+        person_uuid=uuidt.text(),
     )
     if name == "$snapshot":
         session_id = properties.get("$session_id")
         if session_id is None or isinstance(session_id, (dict, list)) or len(str(session_id)) > SESSION_ID_MAX_LENGTH:
             raise invalid(Reason.INVALID_SESSION_ID, f"$snapshot without a usable $session_id: {render_for_error(session_id)[:50]!r}", team_id)
         recording = PreparedRecording(
-            uuid=uuid.UUID(event_uuid),
+            uuid=event_uuid.lower(),
             team_id=team_id,
             distinct_id=distinct_id,
             session_id=_distinct_id_text(session_id),
-            snapshot_data_json=json.dumps(properties.get("$snapshot_data"), ensure_ascii=False, default=str),
+            snapshot_data=properties.get("$snapshot_data"),
             timestamp=when.timestamp,
         )
         return PreparedItem(index, recording, update, when.ignored)
@@ -205,12 +204,11 @@ def prepare_event(index: int, event: PluginEvent, team: TeamInfo, received: date
     if ip and not team.anonymize_ips and "$ip" not in properties:
         properties["$ip"] = ip
     row = PreparedEvent(
-        uuid=uuid.UUID(event_uuid),
+        uuid=event_uuid.lower(),
         team_id=team_id,
         distinct_id=distinct_id,
         event=name,
         properties=properties,
-        properties_json="",
         timestamp=when.timestamp,
         elements=elements or [],
         site_url=event.get("site_url"),
@@ -218,7 +216,3 @@ def prepare_event(index: int, event: PluginEvent, team: TeamInfo, received: date
     return PreparedItem(index, row, update, when.ignored)
 
 
-def finish_event(row: PreparedEvent) -> None:
-    """Steps after definitions were read from the properties: campaign properties, then the JSON text."""
-    add_campaign_properties(row.properties)
-    row.properties_json = json.dumps(row.properties, ensure_ascii=False, default=str)

@@ -10,7 +10,6 @@ elements chains, topics) to itself.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -22,15 +21,14 @@ from plugin_server.ingestion.elements import Element
 class PreparedEvent:
     """A regular event ready to store (spec: ingestion.md §3.6, §3.7).
 
-    ``properties_json`` is the final properties as JSON text, encoded once and
-    already safe for Postgres jsonb (no NUL characters, no lone surrogates)."""
+    Every text in it is already safe for Postgres (no NUL characters, no
+    lone surrogates, no NaN): see :func:`~plugin_server.ingestion.prepare.check_event`."""
 
-    uuid: uuid.UUID
+    uuid: str  # lower-case 8-4-4-4-12 text
     team_id: int
     distinct_id: str
     event: str
     properties: dict[str, Any]
-    properties_json: str
     timestamp: datetime
     elements: list[Element] = field(default_factory=list)
     site_url: str | None = None
@@ -40,11 +38,11 @@ class PreparedEvent:
 class PreparedRecording:
     """A ``$snapshot`` event ready to store as a session recording event (§3.5)."""
 
-    uuid: uuid.UUID
+    uuid: str  # lower-case 8-4-4-4-12 text
     team_id: int
     distinct_id: str
     session_id: str
-    snapshot_data_json: str
+    snapshot_data: Any
     timestamp: datetime
 
 

@@ -1,9 +1,10 @@
 """The Postgres pipeline's sink: events, element groups, session recordings (spec: ingestion.md §3.5, §3.7, §5.2).
 
 A batch costs at most four statements, whatever its size: element groups,
-their elements, events, recordings. Each is one ``INSERT ... SELECT FROM
-unnest(...)`` taking one array per column, so the statement text (and its
-plan) is the same for every batch. Element groups already known to exist
+their elements, events, recordings. Events and recordings are sent as one
+JSON document per batch (``INSERT ... SELECT FROM jsonb_to_recordset(%s)``),
+element groups and elements as one array per column (``unnest``), so the
+statement text (and its plan) is the same for every batch. Element groups already known to exist
 cost nothing: this process remembers (team, hash) pairs once their
 transaction has committed, in a bounded LRU.
 
@@ -46,15 +47,16 @@ _INSERT_ELEMENTS = (
 # created_at is the event's timestamp, as at v0.21.3 (spec: ingestion.md §12).
 _INSERT_EVENTS = (
     "INSERT INTO posthog_event (created_at, event, distinct_id, properties, team_id, timestamp, elements, elements_hash)"
-    " SELECT timestamp, event, distinct_id, properties::jsonb, team_id, timestamp, elements::jsonb, elements_hash"
-    " FROM unnest(%s::timestamptz[], %s::varchar[], %s::varchar[], %s::text[], %s::int[], %s::text[], %s::varchar[])"
-    " AS new (timestamp, event, distinct_id, properties, team_id, elements, elements_hash)"
+    " SELECT timestamp, event, distinct_id, properties, team_id, timestamp, elements, elements_hash"
+    " FROM jsonb_to_recordset(%s::jsonb) AS new (timestamp timestamptz, event varchar, distinct_id varchar,"
+    " properties jsonb, team_id int, elements jsonb, elements_hash varchar)"
 )
+# jsonb_to_recordset reads a JSON null as SQL NULL; the column wants the JSON null the client sent.
 _INSERT_RECORDINGS = (
     "INSERT INTO posthog_sessionrecordingevent (created_at, team_id, distinct_id, session_id, timestamp, snapshot_data)"
-    " SELECT timestamp, team_id, distinct_id, session_id, timestamp, snapshot_data::jsonb"
-    " FROM unnest(%s::timestamptz[], %s::int[], %s::varchar[], %s::varchar[], %s::text[])"
-    " AS new (timestamp, team_id, distinct_id, session_id, snapshot_data)"
+    " SELECT timestamp, team_id, distinct_id, session_id, timestamp, COALESCE(snapshot_data, 'null'::jsonb)"
+    " FROM jsonb_to_recordset(%s::jsonb) AS new (timestamp timestamptz, team_id int, distinct_id varchar,"
+    " session_id varchar, snapshot_data jsonb)"
 )
 
 
@@ -133,15 +135,35 @@ class PostgresSink:
         cursor.execute(_INSERT_ELEMENTS, columns)
 
     def _write_events(self, cursor: CursorWrapper, events: Sequence[PreparedEvent], hashes: list[str]) -> None:
-        elements = [json.dumps([element.to_event_json() for element in event.elements]) for event in events]
-        columns = _columns(events, "timestamp", "event", "distinct_id", "properties_json", "team_id")
-        cursor.execute(_INSERT_EVENTS, [*columns, elements, hashes])
+        rows = [
+            {
+                "timestamp": event.timestamp.isoformat(),
+                "event": event.event,
+                "distinct_id": event.distinct_id,
+                "properties": event.properties,
+                "team_id": event.team_id,
+                "elements": [element.to_event_json() for element in event.elements],
+                "elements_hash": digest,
+            }
+            for event, digest in zip(events, hashes)
+        ]
+        cursor.execute(_INSERT_EVENTS, [_json_text(rows)])
 
     def _write_recordings(self, cursor: CursorWrapper, recordings: Sequence[PreparedRecording]) -> None:
-        columns = _columns(recordings, "timestamp", "team_id", "distinct_id", "session_id", "snapshot_data_json")
-        cursor.execute(_INSERT_RECORDINGS, columns)
+        rows = [
+            {
+                "timestamp": recording.timestamp.isoformat(),
+                "team_id": recording.team_id,
+                "distinct_id": recording.distinct_id,
+                "session_id": recording.session_id,
+                "snapshot_data": recording.snapshot_data,
+            }
+            for recording in recordings
+        ]
+        cursor.execute(_INSERT_RECORDINGS, [_json_text(rows)])
 
 
-def _columns(rows: Sequence[object], *names: str) -> list[list[object]]:
-    """One list per attribute: the arrays an ``unnest(...)`` insert takes."""
-    return [[getattr(row, name) for row in rows] for name in names]
+def _json_text(rows: list[dict[str, object]]) -> str:
+    # The whole batch as one JSON document: encoded by the C encoder in one call
+    # and sent as one parameter, where arrays of texts would be escaped item by item.
+    return json.dumps(rows, ensure_ascii=False, default=str)

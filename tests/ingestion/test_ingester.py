@@ -136,7 +136,7 @@ def test_reingested_batch_stores_nothing_twice(team: Team, ingester: Ingester) -
     ]
     first = ingester.ingest(events)
     second = ingester.ingest(events)
-    assert (len(first.stored), first.duplicates) == (2, [])
+    assert (len(first.stored), first.duplicates, first.invalid) == (2, [], [])
     assert (second.stored, second.duplicates) == ([], [event["uuid"] for event in events])
     assert Event.objects.filter(team=team).count() == 1 and SessionRecordingEvent.objects.filter(team=team).count() == 1
     assert Person.objects.get(team=team).properties == {"n": 1}
