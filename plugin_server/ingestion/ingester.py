@@ -10,7 +10,9 @@ One :meth:`Ingester.ingest` call per batch:
    transactions, nothing when nothing is new);
 4. in ONE transaction: claim the event uuids (a re-delivered event is
    skipped here, before it could touch a person twice), apply the person
-   updates of the fresh events, and let the sink write them.
+   updates of the fresh events, and let the sink write them;
+5. after the commit, send webhook tasks for the stored events of teams
+   with hooks (:mod:`.webhooks`).
 
 When ``ingest`` returns, the batch is durable. A service failure raises
 :class:`RetriableError` with nothing committed by step 4. If the database
@@ -42,6 +44,7 @@ from plugin_server.ingestion.definitions import DefinitionsManager
 from plugin_server.ingestion.persons import PersonManager
 from plugin_server.ingestion.prepare import PreparedItem, Reason, add_campaign_properties, check_event, invalid, prepare_event
 from plugin_server.ingestion.teams import TeamInfo, TeamManager, Telemetry
+from plugin_server.ingestion.webhooks import CeleryWebhooks
 from plugin_server.metrics import get_metrics
 from plugin_server.sinks.base import PreparedBatch, PreparedEvent, Sink
 
@@ -81,6 +84,7 @@ class Ingester:
         teams: TeamManager | None = None,
         definitions: DefinitionsManager | None = None,
         telemetry: Telemetry | None = None,
+        webhooks: CeleryWebhooks | None = None,
         max_event_bytes: int | None = None,
     ) -> None:
         if sink is None:
@@ -93,6 +97,7 @@ class Ingester:
         self.definitions = definitions if definitions is not None else DefinitionsManager()
         self._clock = clock
         self._telemetry = telemetry
+        self.webhooks = webhooks if webhooks is not None else CeleryWebhooks()
         self._max_event_bytes = max_event_bytes if max_event_bytes is not None else settings.MAX_EVENT_SIZE_BYTES
 
     def ingest(self, events: Sequence[PluginEvent]) -> IngestResult:
@@ -103,7 +108,8 @@ class Ingester:
                 items = self._prepare(events, result)
                 if items:
                     self._write_definitions(items, events)
-                    self._store(items, events, result)
+                    stored = self._store(items, events, result)
+                    self._send_webhooks(stored)
             except (OperationalError, InterfaceError) as error:
                 raise RetriableError(f"database unavailable: {error}") from error
         return result
@@ -167,7 +173,8 @@ class Ingester:
         except Exception:  # noqa: BLE001 -- product telemetry must never stop ingestion
             logger.exception("first-event telemetry failed", extra={"team_id": team.id})
 
-    def _store(self, items: list[PreparedItem], events: Sequence[PluginEvent], result: IngestResult) -> None:
+    def _store(self, items: list[PreparedItem], events: Sequence[PluginEvent], result: IngestResult) -> list[PreparedEvent]:
+        """Store the items in one transaction; returns the regular events stored."""
         try:
             with transaction.atomic():
                 fresh, duplicates = self._claim(items)
@@ -180,14 +187,14 @@ class Ingester:
                         batch.recordings.append(item.row)
                 self.sink.write(batch)
         except (DataError, IntegrityError) as error:
-            self._store_in_halves(items, events, result, error)
-            return
+            return self._store_in_halves(items, events, result, error)
         result.stored.extend(events[item.index]["uuid"] for item in fresh)
         result.duplicates.extend(events[item.index]["uuid"] for item in duplicates)
+        return batch.events
 
     def _store_in_halves(
         self, items: list[PreparedItem], events: Sequence[PluginEvent], result: IngestResult, error: Exception
-    ) -> None:
+    ) -> list[PreparedEvent]:
         if len(items) == 1:
             item = items[0]
             logger.warning(
@@ -196,11 +203,17 @@ class Ingester:
             result.invalid.append(
                 (events[item.index], invalid(Reason.DATABASE_REJECTED, f"The database refused the event: {error}", item.row.team_id))
             )
-            return
+            return []
         get_metrics().incr(metrics.INGESTION_BATCH_SPLIT)
         middle = len(items) // 2
-        for half in (items[:middle], items[middle:]):
-            self._store(half, events, result)
+        return self._store(items[:middle], events, result) + self._store(items[middle:], events, result)
+
+    def _send_webhooks(self, stored: list[PreparedEvent]) -> None:
+        # The answer per team is cached 30 s: most batches ask no query here.
+        wanted = {team_id for team_id in {row.team_id for row in stored} if self.teams.should_send_webhooks(team_id)}
+        calls = [(row.row_id, row.site_url) for row in stored if row.team_id in wanted and row.row_id is not None]
+        if calls:
+            self.webhooks.send(calls)
 
     def _claim(self, items: list[PreparedItem]) -> tuple[list[PreparedItem], list[PreparedItem]]:
         """The items whose uuid was not stored before, and those whose uuid was."""

@@ -32,6 +32,7 @@ class PreparedEvent:
     timestamp: datetime
     elements: list[Element] = field(default_factory=list)
     site_url: str | None = None
+    row_id: int | None = None  # set by a sink that stores rows with ids (posthog_event.id)
 
 
 @dataclass(slots=True)

@@ -50,6 +50,7 @@ _INSERT_EVENTS = (
     " SELECT timestamp, event, distinct_id, properties, team_id, timestamp, elements, elements_hash"
     " FROM jsonb_to_recordset(%s::jsonb) AS new (timestamp timestamptz, event varchar, distinct_id varchar,"
     " properties jsonb, team_id int, elements jsonb, elements_hash varchar)"
+    " RETURNING id"
 )
 # jsonb_to_recordset reads a JSON null as SQL NULL; the column wants the JSON null the client sent.
 _INSERT_RECORDINGS = (
@@ -148,6 +149,9 @@ class PostgresSink:
             for event, digest in zip(events, hashes)
         ]
         cursor.execute(_INSERT_EVENTS, [_json_text(rows)])
+        # Rows come back in insertion order, which is the document's order (ids are for webhooks).
+        for event, (row_id,) in zip(events, cursor.fetchall()):
+            event.row_id = row_id
 
     def _write_recordings(self, cursor: CursorWrapper, recordings: Sequence[PreparedRecording]) -> None:
         rows = [

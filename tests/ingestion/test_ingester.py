@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 from datetime import datetime, timezone
 from typing import Any
@@ -184,3 +186,33 @@ def test_query_count_of_a_batch_does_not_grow_with_its_size(ingester: Ingester, 
     assert Event.objects.filter(team__in=teams).count() == 1050
     rounds = [person.properties.get("round") for person in Person.objects.filter(team__in=teams)]
     assert set(rounds) == {None, 500}, rounds  # the last $set of each person won
+
+
+def test_webhook_tasks_are_sent_for_teams_with_hooks(ingester: Ingester, redis_client, unique_name: str) -> None:  # type: ignore[no-untyped-def]
+    """A team with a Slack webhook gets one post_event_to_webhook task per stored event: [event id, site_url]."""
+    from django.conf import settings
+
+    from plugin_server.ingestion.webhooks import CeleryWebhooks
+
+    hooked, quiet = create_team(slack_incoming_webhook="https://hooks.slack.com/x"), create_team()
+    ingester.webhooks = CeleryWebhooks(broker_url=settings.REDIS_URL, queue=unique_name)
+    events = [event_of(hooked, event="one", site_url="https://app"), event_of(quiet), event_of(hooked, event="two", site_url="https://app")]
+    try:
+        assert len(ingester.ingest(events).stored) == 3
+        messages = [json.loads(raw) for raw in reversed(redis_client.lrange(unique_name, 0, -1))]
+    finally:
+        redis_client.delete(unique_name)
+    assert [message["headers"]["task"] for message in messages] == ["posthog.tasks.webhooks.post_event_to_webhook"] * 2
+    calls = [json.loads(base64.b64decode(message["body"]))[0] for message in messages]
+    assert [(Event.objects.get(id=event_id).event, site_url) for event_id, site_url in calls] == [("one", "https://app"), ("two", "https://app")]
+
+
+def test_an_unreachable_broker_loses_no_event(ingester: Ingester, recording_metrics: RecordingMetrics) -> None:
+    """If the webhook broker is down the events stay stored and the failure is counted, not raised."""
+    from plugin_server.ingestion.webhooks import CeleryWebhooks
+
+    team = create_team(slack_incoming_webhook="https://hooks.slack.com/x")
+    ingester.webhooks = CeleryWebhooks(broker_url="redis://127.0.0.1:1/0", queue="nowhere")
+    assert len(ingester.ingest([event_of(team)]).stored) == 1
+    assert Event.objects.filter(team=team).count() == 1
+    assert recording_metrics.total("hooks.send_task_failed") == 1
