@@ -119,7 +119,8 @@ def check_event(event: object, max_bytes: int) -> tuple[PluginEvent, bool]:
     dirty, size = _needs_sanitising(event)
     if size > max_bytes:
         raise invalid(Reason.EVENT_TOO_LARGE, f"Event of {size} bytes is over the limit of {max_bytes} bytes", team_id)
-    if dirty:
+    # A plugin may have used a non-text key; JSON would turn it into text, so do the same now.
+    if dirty or (properties and not all(type(key) is str for key in properties)):
         event = _sanitised(event)
     event = {**event, "team_id": team_id, "distinct_id": _distinct_id_text(event["distinct_id"])}
     if len(event["distinct_id"]) > DISTINCT_ID_MAX_LENGTH:

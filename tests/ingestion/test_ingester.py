@@ -95,8 +95,8 @@ def test_timestamp_in_the_year_30000_is_stored_at_now(team: Team, ingester: Inge
 
 
 def test_text_postgres_refuses_is_sanitised(team: Team, ingester: Ingester, recording_metrics: RecordingMetrics) -> None:
-    """NUL characters, lone surrogates and NaN are replaced (U+FFFD, null) instead of failing the batch."""
-    properties = {"nul": "a\x00b", "key\x00": 1, "surrogate": "x\ud800y", "nan": math.nan, "nested": [{"deep": "\x00"}]}
+    """NUL characters, lone surrogates and NaN are replaced (U+FFFD, null), keys made text, instead of failing the batch."""
+    properties = {"nul": "a\x00b", "key\x00": 1, "surrogate": "x\ud800y", "nan": math.nan, "nested": [{"deep": "\x00"}], 7: "seven"}
     result = ingester.ingest([event_of(team, event="e\x00", distinct_id="d\x00", properties=properties)])
     assert len(result.stored) == 1 and not result.invalid
     event = Event.objects.get(team=team)
@@ -107,6 +107,7 @@ def test_text_postgres_refuses_is_sanitised(team: Team, ingester: Ingester, reco
         "surrogate": "x\ufffdy",
         "nan": None,
         "nested": [{"deep": "\ufffd"}],
+        "7": "seven",
     }
     assert recording_metrics.total("ingestion.sanitised") == 1
 
