@@ -42,3 +42,10 @@ class PluginLoadError(PluginError):
 
 class WorkerDied(PluginServerError):
     """A worker process died (memory limit, crash) while running a task."""
+
+
+class MetaCallError(PluginError):
+    """A plugin's meta call (cache, storage, fetch, ...) was refused or failed.
+
+    The message is meant for the plugin author: the worker re-raises it inside
+    the plugin, where it can be caught like any other exception."""

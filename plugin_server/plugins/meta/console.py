@@ -1,0 +1,43 @@
+"""How ``print`` and ``meta.logger`` arguments become one log line.
+
+Free of Django imports, so a worker may format arguments that cannot cross
+the pipe (an exception object, an instance of a plugin's class) before
+sending them. The rules are the original console's (spec: plugins.md §6.8):
+arguments joined by single spaces, a dict or list as compact JSON, an error
+as ``Name: message``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+# A log line longer than this is cut: one chatty plugin must not fill the
+# log table or the writer's buffer.
+MAX_MESSAGE_CHARS = 8_192
+TRUNCATED_SUFFIX = "… (truncated)"
+
+
+def format_log_argument(value: object) -> str:
+    """One argument as the original console printed it."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {value}"
+    if isinstance(value, (dict, list, tuple)):
+        try:
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+        except (TypeError, ValueError):
+            # Circular or unsortable containers still deserve a line.
+            return repr(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def format_log_message(args: Sequence[object]) -> str:
+    """All arguments as one line, cut at :data:`MAX_MESSAGE_CHARS`."""
+    message = " ".join(format_log_argument(value) for value in args)
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - len(TRUNCATED_SUFFIX)] + TRUNCATED_SUFFIX
+    return message

@@ -1,0 +1,233 @@
+"""Plugin log entries (``posthog_pluginlogentry``), written in batches.
+
+Every ``print``, ``meta.logger`` call, recorded error and load/unload message
+of a plugin becomes one entry (spec: plugins.md §5.2, §6.8). Entries are
+buffered by :class:`PluginLogWriter` and written with one multi-row INSERT
+per flush, so a plugin that logs on every event costs no round trip per
+event.
+
+Tuning: ``flush_size`` entries trigger a flush in the caller (back-pressure
+on the plugin that logs); call :meth:`PluginLogWriter.flush` at batch
+boundaries, or start the background flusher for a time bound. The buffer
+never holds more than ``max_buffer`` entries: when the database is away the
+oldest entries are dropped and counted. Metrics: ``logs.entries_created``
+(tagged source, team_id, plugin_id), ``logs.entries_dropped``,
+``logs.flush_failed``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Literal
+
+from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection, transaction
+
+from plugin_server.metrics import get_metrics
+from plugin_server.models import PluginLogEntry
+from plugin_server.plugins.meta.context import PluginContext
+from plugin_server.plugins.meta.console import format_log_message
+
+logger = logging.getLogger(__name__)
+
+LogSource = Literal["SYSTEM", "PLUGIN", "CONSOLE"]
+LogType = Literal["DEBUG", "LOG", "INFO", "WARN", "ERROR"]
+
+# meta.logger / console method → entry type. ``print`` is ``log``.
+LOG_METHODS: dict[str, LogType] = {
+    "debug": "DEBUG",
+    "log": "LOG",
+    "info": "INFO",
+    "warn": "WARN",
+    "warning": "WARN",
+    "error": "ERROR",
+}
+
+# One id per server start (spec: plugins.md §5.2, ``instance_id``).
+SERVER_INSTANCE_ID = uuid.uuid4()
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One row of ``posthog_pluginlogentry``, not yet written."""
+
+    team_id: int | None
+    plugin_id: int
+    plugin_config_id: int
+    source: LogSource
+    type: LogType
+    message: str
+    timestamp: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    instance_id: uuid.UUID = SERVER_INSTANCE_ID
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+    @classmethod
+    def for_context(
+        cls, ctx: PluginContext, source: LogSource, type: LogType, message: str, timestamp: datetime | None = None
+    ) -> LogEntry:
+        return cls(
+            team_id=ctx.team_id,
+            plugin_id=ctx.plugin_id,
+            plugin_config_id=ctx.plugin_config_id,
+            source=source,
+            type=type,
+            message=message,
+            timestamp=timestamp or datetime.now(timezone.utc),
+        )
+
+
+def insert_log_entries(entries: Sequence[LogEntry], chunk_size: int = 1000) -> None:
+    """Write entries with one INSERT per ``chunk_size`` rows; raises DatabaseError."""
+    if not entries:
+        return
+    rows = [
+        PluginLogEntry(
+            id=entry.id,
+            # The column is NOT NULL; a config without a team (global) logs under team 0.
+            team_id=entry.team_id if entry.team_id is not None else 0,
+            plugin_id=entry.plugin_id,
+            plugin_config_id=entry.plugin_config_id,
+            timestamp=entry.timestamp,
+            source=entry.source,
+            type=entry.type,
+            # Postgres text cannot hold NUL; a plugin printing one must not poison the batch.
+            message=entry.message.replace("\x00", "\ufffd"),
+            instance_id=entry.instance_id,
+        )
+        for entry in entries
+    ]
+    # A savepoint when called inside a transaction: a refused batch must not
+    # poison the caller's transaction.
+    with transaction.atomic():
+        PluginLogEntry.objects.bulk_create(rows, batch_size=chunk_size)
+    counts = collections.Counter((entry.source, entry.team_id, entry.plugin_id) for entry in entries)
+    metrics = get_metrics()
+    for (source, team_id, plugin_id), count in counts.items():
+        metrics.incr("logs.entries_created", count, {"source": source, "team_id": team_id or 0, "plugin_id": plugin_id})
+
+
+class PluginLogWriter:
+    """Buffers plugin log entries and writes them in multi-row INSERTs.
+
+    Thread-safe: the meta host may serve several workers from several
+    threads. Writing happens outside the lock, so a slow database delays only
+    the thread that flushes.
+    """
+
+    def __init__(self, flush_size: int = 500, max_buffer: int = 5_000, flush_interval: float = 1.0) -> None:
+        if not 0 < flush_size <= max_buffer:
+            raise ValueError("flush_size must be between 1 and max_buffer")
+        self.flush_size = flush_size
+        self.max_buffer = max_buffer
+        self.flush_interval = flush_interval
+        self._buffer: collections.deque[LogEntry] = collections.deque()
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._retry_at = 0.0
+
+    def add(self, entry: LogEntry) -> None:
+        """Buffer one entry; flushes in the caller once ``flush_size`` are waiting."""
+        dropped = 0
+        with self._lock:
+            self._buffer.append(entry)
+            while len(self._buffer) > self.max_buffer:
+                self._buffer.popleft()
+                dropped += 1
+            # After a failed write, wait for the retry time: no flush storm on a dead database.
+            due = len(self._buffer) >= self.flush_size and time.monotonic() >= self._retry_at
+        if dropped:
+            get_metrics().incr("logs.entries_dropped", dropped)
+        if due:
+            self.flush()
+
+    def log(self, ctx: PluginContext, source: LogSource, type: LogType, *args: object) -> None:
+        """Buffer one entry whose message is ``args`` formatted like the console."""
+        self.add(LogEntry.for_context(ctx, source, type, format_log_message(args)))
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._buffer)
+
+    def flush(self) -> int:
+        """Write every buffered entry now; returns how many were written.
+
+        Errors are logged and counted, never raised: a plugin's log must never
+        stop ingestion (spec: plugins.md §5.2). When the database is away the
+        entries go back to the front of the buffer (bounded by ``max_buffer``)
+        and inline flushes pause for ``flush_interval``. When the database
+        refuses the batch itself, the entries are written one by one so one
+        unwritable entry costs only itself.
+        """
+        with self._flush_lock:
+            with self._lock:
+                entries = list(self._buffer)
+                self._buffer.clear()
+            if not entries:
+                return 0
+            try:
+                insert_log_entries(entries)
+            except (OperationalError, InterfaceError):
+                logger.exception("plugin log: database unavailable, keeping %d entries", len(entries))
+                get_metrics().incr("logs.flush_failed")
+                self._requeue(entries)
+                self._retry_at = time.monotonic() + self.flush_interval
+                return 0
+            except DatabaseError:
+                logger.exception("plugin log: batch of %d entries refused, writing one by one", len(entries))
+                get_metrics().incr("logs.flush_failed")
+                return self._insert_one_by_one(entries)
+            self._retry_at = 0.0
+            return len(entries)
+
+    def _requeue(self, entries: list[LogEntry]) -> None:
+        with self._lock:
+            room = self.max_buffer - len(self._buffer)
+            kept = entries[-room:] if room > 0 else []
+            self._buffer.extendleft(reversed(kept))
+        if len(entries) > len(kept):
+            get_metrics().incr("logs.entries_dropped", len(entries) - len(kept))
+
+    def _insert_one_by_one(self, entries: list[LogEntry]) -> int:
+        written = 0
+        for entry in entries:
+            try:
+                insert_log_entries([entry])
+            except DatabaseError:
+                logger.exception(
+                    "plugin log: entry dropped", extra={"plugin_config_id": entry.plugin_config_id, "team_id": entry.team_id}
+                )
+                get_metrics().incr("logs.entries_dropped")
+            else:
+                written += 1
+        return written
+
+    def start(self) -> None:
+        """Flush every ``flush_interval`` seconds in a daemon thread until :meth:`close`."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="plugin-log-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_interval):
+            self.flush()
+            # This thread has its own connection; drop it if it went stale.
+            close_old_connections()
+        connection.close()
+
+    def close(self) -> None:
+        """Stop the background flusher (if any) and write what is left."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop.set()
+            thread.join(timeout=10)
+        self.flush()
