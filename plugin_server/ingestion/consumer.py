@@ -1,0 +1,335 @@
+"""The consumer loop: poll → decode → plugins → ingest → dead letters → ack → on_event.
+
+One batch at a time, whichever :class:`~.sources.base.Source` it is given:
+
+1. ``Source.poll`` takes up to ``INGESTION_BATCH_SIZE`` messages (blocking at
+   most ``INGESTION_POLL_TIMEOUT`` s on an empty queue).
+2. Each is decoded; one that cannot be becomes a dead letter.
+3. ``WorkerPool.process_events`` runs the teams' plugins (events a plugin
+   drops are left out).
+4. ``Ingester.ingest`` stores the batch durably; events it finds invalid
+   (unknown team, bad timestamp, ...) become dead letters.
+5. Dead letters are written (one INSERT), then the whole batch is
+   acknowledged: every message is now stored, dropped on purpose, or kept as
+   a dead letter.
+6. ``WorkerPool.on_events`` runs ``on_event``/``on_snapshot``.
+
+Back-pressure is structural: the loop polls only when the previous batch is
+acknowledged, so at most one batch (bounded in messages and bytes) is held,
+however long the queue. Delivery is at least once: a crash before step 5
+leaves the batch unacknowledged and the source delivers it again; the event
+uuid makes the second store a no-op.
+
+Errors, three paths: ``InvalidMessage`` → dead letter; ``RetriableError``
+(a service away) → the same work retried with exponential backoff, and after
+``INGESTION_RETRY_ATTEMPTS`` the batch is dead-lettered as ``storage_failed``
+(if even that write fails, it is retried until it succeeds or the loop is
+stopped, leaving the batch unacknowledged); any other error while ingesting
+is bisected down to the event that causes it, which is dead-lettered as
+``ingest_error`` while the rest of the batch is stored.
+
+Stopping: :meth:`Consumer.stop` only sets a flag (safe from a signal
+handler); the batch in hand is finished and acknowledged, then ``run``
+returns. A stop during retries abandons the batch unacknowledged: the source
+gives it back on close.
+
+Metrics: ``ingestion.batch_size``, ``ingestion.batch_time``,
+``ingestion.plugins_time``, ``ingestion.ingest_time`` (by the ingester),
+``ingestion.events_stored``, ``ingestion.events_duplicate``,
+``ingestion.events_dropped``, ``ingestion.retries``, plus ``dlq.written``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from django.conf import settings
+from django.db import connections
+
+from plugin_server.events import Delivery, PluginEvent
+from plugin_server.exceptions import InvalidMessage, RetriableError, WorkerDied
+from plugin_server.ingestion.decode import decode
+from plugin_server.ingestion.dlq import INGEST_ERROR, STORAGE_FAILED, DeadLetterEntry, DeadLetterStore
+from plugin_server.ingestion.sources.base import Source
+from plugin_server.metrics import (
+    INGESTION_BATCH_SIZE,
+    INGESTION_BATCH_TIME,
+    INGESTION_EVENTS_DROPPED,
+    INGESTION_EVENTS_DUPLICATE,
+    INGESTION_EVENTS_STORED,
+    INGESTION_PLUGINS_TIME,
+    INGESTION_RETRIES,
+    get_metrics,
+    timed,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class IngestOutcome(Protocol):
+    """What ``Ingester.ingest`` returns (``plugin_server.ingestion.ingester.IngestResult``)."""
+
+    stored: list[Any]
+    duplicates: list[Any]
+    invalid: list[tuple[PluginEvent, InvalidMessage]]
+
+
+class EventIngester(Protocol):
+    def ingest(self, events: Sequence[PluginEvent]) -> IngestOutcome: ...
+
+
+class PluginRunner(Protocol):
+    """The part of ``WorkerPool`` the loop uses."""
+
+    def process_events(self, events: list[PluginEvent]) -> list[PluginEvent]: ...
+
+    def on_events(self, events: list[PluginEvent]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerOptions:
+    """The loop's tuning, resolved once from the settings of the same names."""
+
+    batch_size: int
+    poll_timeout: float
+    max_message_bytes: int
+    retry_attempts: int
+    retry_backoff: float
+    retry_backoff_max: float
+
+    @classmethod
+    def from_settings(cls, **overrides: Any) -> ConsumerOptions:
+        values: dict[str, Any] = {
+            "batch_size": settings.INGESTION_BATCH_SIZE,
+            "poll_timeout": settings.INGESTION_POLL_TIMEOUT,
+            "max_message_bytes": settings.INGESTION_MAX_MESSAGE_BYTES,
+            "retry_attempts": settings.INGESTION_RETRY_ATTEMPTS,
+            "retry_backoff": settings.INGESTION_RETRY_BACKOFF,
+            "retry_backoff_max": settings.INGESTION_RETRY_BACKOFF_MAX,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+class _Abandoned(Exception):
+    """The loop was stopped while a batch was being retried: leave it unacknowledged."""
+
+
+class _RetriesExhausted(Exception):
+    """A RetriableError outlived every retry."""
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What became of one batch's events (merged across bisected ingest calls)."""
+
+    kept: list[PluginEvent] = field(default_factory=list)  # stored or already stored
+    stored: int = 0
+    duplicates: int = 0
+    letters: list[DeadLetterEntry] = field(default_factory=list)
+
+
+class Consumer:
+    """Runs batches from one source through plugins and storage, acknowledging after the write."""
+
+    def __init__(
+        self,
+        source: Source,
+        ingester: EventIngester,
+        pool: PluginRunner | None = None,
+        dead_letters: DeadLetterStore | None = None,
+        options: ConsumerOptions | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.ingester = ingester
+        self.pool = pool
+        self.dead_letters = dead_letters or DeadLetterStore()
+        self.options = options or ConsumerOptions.from_settings()
+        self._clock = clock
+        self._stopping = threading.Event()
+        self._paused = False
+        # Heartbeat for status/readiness: when the loop last went round.
+        self.last_iteration: float = clock()
+        self.batches = 0
+
+    # --- control -------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to finish its batch and return; safe to call from a signal handler."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def pause(self) -> None:
+        """Stop taking messages (what is in hand is finished)."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def run(self) -> None:
+        """Run batches until :meth:`stop`; then return (the caller closes the source)."""
+        while not self._stopping.is_set():
+            if self._paused:
+                self.last_iteration = self._clock()
+                self._stopping.wait(min(self.options.poll_timeout, 0.1))
+                continue
+            self.run_once()
+
+    # --- one batch -----------------------------------------------------------------
+    def run_once(self) -> int:
+        """Take, process, store and acknowledge one batch; returns the number of messages taken."""
+        self.last_iteration = self._clock()
+        if self._paused:
+            return 0
+        deliveries = self.source.poll(self.options.batch_size, self.options.poll_timeout)
+        if not deliveries:
+            return 0
+        started = time.perf_counter()
+        _recycle_connections()
+        try:
+            self._process(deliveries)
+        except _Abandoned:
+            logger.warning("consumer stopped while retrying: %d messages left unacknowledged", len(deliveries))
+            return len(deliveries)
+        metrics = get_metrics()
+        metrics.gauge(INGESTION_BATCH_SIZE, len(deliveries))
+        metrics.timing(INGESTION_BATCH_TIME, (time.perf_counter() - started) * 1000)
+        self.batches += 1
+        return len(deliveries)
+
+    def _process(self, deliveries: list[Delivery]) -> None:
+        letters: list[DeadLetterEntry] = []
+        events: list[PluginEvent] = []
+        by_uuid: dict[str, Delivery] = {}
+        for delivery in deliveries:
+            try:
+                event = decode(delivery, self.options.max_message_bytes)
+            except InvalidMessage as error:
+                letters.append(self._letter(delivery, error.reason, str(error), team_id=error.team_id))
+                continue
+            events.append(event)
+            by_uuid[str(event.get("uuid"))] = delivery
+        outcome = _Outcome()
+        if events:
+            processed = self._plugins(events)
+            get_metrics().incr(INGESTION_EVENTS_DROPPED, len(events) - len(processed))
+            if processed:
+                self._ingest(processed, by_uuid, outcome)
+        letters.extend(outcome.letters)
+        metrics = get_metrics()
+        metrics.incr(INGESTION_EVENTS_STORED, outcome.stored)
+        metrics.incr(INGESTION_EVENTS_DUPLICATE, outcome.duplicates)
+        if letters:
+            self._retrying(lambda: self.dead_letters.write(letters), forever=True)
+        self.source.ack(deliveries)
+        if outcome.kept and self.pool is not None:
+            # After the ack: a plugin's on_event never holds up the queue, and
+            # an event whose storage is not durable never reaches it.
+            self.pool.on_events(outcome.kept)
+
+    def _plugins(self, events: list[PluginEvent]) -> list[PluginEvent]:
+        if self.pool is None:
+            return events
+        pool = self.pool
+        with timed(INGESTION_PLUGINS_TIME):
+            return self._retrying(lambda: pool.process_events(events))
+
+    def _ingest(self, events: list[PluginEvent], by_uuid: dict[str, Delivery], outcome: _Outcome) -> None:
+        try:
+            result = self._retrying(lambda: self.ingester.ingest(events))
+        except _RetriesExhausted as error:
+            for event in events:
+                outcome.letters.append(self._event_letter(event, by_uuid, STORAGE_FAILED, str(error)))
+            return
+        except (_Abandoned, InvalidMessage):
+            raise
+        except Exception as error:  # noqa: BLE001 -- an input that breaks the ingester must not stop the loop
+            if len(events) == 1:
+                logger.exception("ingesting an event failed", extra={"event_uuid": events[0].get("uuid")})
+                outcome.letters.append(self._event_letter(events[0], by_uuid, INGEST_ERROR, f"{type(error).__name__}: {error}"))
+                return
+            # Find the culprit by halves: the other events are still stored,
+            # in a bounded number (log2 of the batch) of extra round trips.
+            middle = len(events) // 2
+            self._ingest(events[:middle], by_uuid, outcome)
+            self._ingest(events[middle:], by_uuid, outcome)
+            return
+        invalid_uuids = {str(event.get("uuid")) for event, _ in result.invalid}
+        outcome.kept.extend(event for event in events if str(event.get("uuid")) not in invalid_uuids)
+        outcome.stored += len(result.stored)
+        outcome.duplicates += len(result.duplicates)
+        for event, invalid in result.invalid:
+            outcome.letters.append(self._event_letter(event, by_uuid, invalid.reason, str(invalid), invalid.team_id))
+
+    def _retrying(self, work: Callable[[], T], forever: bool = False) -> T:
+        """``work()``, retried with exponential backoff while a service is away."""
+        attempt = 0
+        while True:
+            try:
+                return work()
+            except (RetriableError, WorkerDied) as error:
+                attempt += 1
+                get_metrics().incr(INGESTION_RETRIES)
+                if not forever and attempt >= self.options.retry_attempts:
+                    raise _RetriesExhausted(f"gave up after {attempt} attempts: {error}") from error
+                delay = min(self.options.retry_backoff * 2 ** (attempt - 1), self.options.retry_backoff_max)
+                logger.warning("retrying in %.1fs after: %s", delay, error, extra={"attempt": attempt})
+                if self._stopping.wait(delay):
+                    raise _Abandoned() from error
+                # A dropped database connection must be replaced before the retry.
+                _recycle_connections()
+
+    # --- dead letters --------------------------------------------------------------
+    def _letter(self, delivery: Delivery, reason: str, error: str, team_id: int | None = None, event_uuid: str | None = None) -> DeadLetterEntry:
+        return DeadLetterEntry(
+            source=self.source.name.value,
+            queue=delivery.queue,
+            reason=reason,
+            error=error,
+            payload=delivery.payload,
+            team_id=team_id,
+            event_uuid=event_uuid,
+        )
+
+    def _event_letter(
+        self, event: PluginEvent, by_uuid: dict[str, Delivery], reason: str, error: str, team_id: int | None = None
+    ) -> DeadLetterEntry:
+        event_uuid = event.get("uuid")
+        delivery = by_uuid.get(str(event_uuid))
+        team = team_id if team_id is not None else _int_or_none(event.get("team_id"))
+        if delivery is not None:
+            # The raw message, so that a replay runs the whole pipeline again.
+            return self._letter(delivery, reason, error, team, str(event_uuid))
+        # A plugin changed the uuid: keep the event as it left the plugins.
+        payload = json.dumps(event, default=str).encode()
+        return DeadLetterEntry(self.source.name.value, "", reason, error, payload, team, str(event_uuid) if event_uuid else None)
+
+
+def _recycle_connections() -> None:
+    """Close database connections that broke or outlived CONN_MAX_AGE.
+
+    Django only does this around requests; a long-lived loop does it at batch
+    boundaries and before a retry. A connection inside a transaction (a test's
+    wrapping one) is left alone: closing it would end that transaction."""
+    for conn in connections.all(initialized_only=True):
+        if not conn.in_atomic_block:
+            conn.close_if_unusable_or_obsolete()
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
