@@ -5,6 +5,22 @@ export VENV="${VENV:-$ROOT/.venv}"
 export SERVICES_DIR="${SERVICES_DIR:-$ROOT/.services}"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/posthog}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
+# The broker bin/services starts (Tansu) or finds; the settings' own default is
+# none, so that a deployment must name its brokers. ClickHouse: CLICKHOUSE_HOST
+# (localhost), CLICKHOUSE_PORT (9000, native) and CLICKHOUSE_HTTP_PORT (8123)
+# keep the settings' defaults unless set.
+export KAFKA_HOSTS="${KAFKA_HOSTS:-127.0.0.1:9092}"
+
+apt_install() {
+    # Install Debian packages: as root, or through sudo when there is one.
+    local sudo=()
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null || { echo "apt-get install $* needs root (or sudo)" >&2; return 1; }
+        sudo=(sudo)
+    fi
+    "${sudo[@]}" apt-get update -q
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 "$@"
+}
 
 ensure_venv() {
     # Create the virtualenv and install the pinned requirements once; again
@@ -13,7 +29,8 @@ ensure_venv() {
     local want
     want="$(cat "$ROOT"/requirements*.txt | sha256sum | cut -d' ' -f1)"
     if [ ! -x "$VENV/bin/python" ]; then
-        python3 -m venv "$VENV"
+        # Debian's own python3 ships venv's pip bootstrap separately.
+        python3 -m venv --clear "$VENV" || { apt_install python3-venv && python3 -m venv --clear "$VENV"; }
     fi
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/requirements-dev.txt"

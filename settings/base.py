@@ -119,6 +119,11 @@ CLICKHOUSE_USER = env_str("CLICKHOUSE_USER", "default")
 CLICKHOUSE_PASSWORD = env_str("CLICKHOUSE_PASSWORD", None)
 CLICKHOUSE_CA = env_str("CLICKHOUSE_CA", None)
 CLICKHOUSE_SECURE = env_bool("CLICKHOUSE_SECURE", False)
+# --- ClickHouse ports (port; the local services part, bin/services) ---------------
+# The native protocol port (clickhouse-driver) and the HTTP port; bin/services
+# starts its server on these when nothing answers there.
+CLICKHOUSE_PORT = env_int("CLICKHOUSE_PORT", 9000)
+CLICKHOUSE_HTTP_PORT = env_int("CLICKHOUSE_HTTP_PORT", 8123)
 
 # --- Plugins and workers --------------------------------------------------------
 BASE_DIR = env_str("BASE_DIR", ".") or "."
