@@ -1,0 +1,69 @@
+"""The server's liveness in Redis, as the PostHog app reads it (spec: plugins.md §9.2, §14.1).
+
+Every 5 s a daemon thread writes ``@posthog-plugin-server/ping`` (ISO time,
+TTL 60 s) and ``@posthog-plugin-server/version``; at start it writes
+``@posthog-plugin-server/enabled-job-queues`` (the JOB_QUEUES types, JSON
+encoded). ``./manage.py healthcheck`` reads the ping key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from datetime import datetime, timezone
+
+import redis
+
+from plugin_server import __version__
+from plugin_server.redis_client import get_redis
+
+logger = logging.getLogger(__name__)
+
+PING_KEY = "@posthog-plugin-server/ping"
+VERSION_KEY = "@posthog-plugin-server/version"
+JOB_QUEUES_KEY = "@posthog-plugin-server/enabled-job-queues"
+PING_INTERVAL = 5.0
+PING_TTL = 60
+
+
+class StatusHeartbeat:
+    """Keeps the ping key fresh while the server runs."""
+
+    def __init__(self, job_queues: str = "", client: redis.Redis | None = None, interval: float = PING_INTERVAL) -> None:
+        self._redis = client or get_redis()
+        self._job_queues = job_queues
+        self._interval = interval
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self) -> None:
+        """Write the ping and version keys once."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(PING_KEY, datetime.now(timezone.utc).isoformat(timespec="milliseconds"), ex=PING_TTL)
+            pipe.set(VERSION_KEY, __version__)
+            pipe.execute()
+
+    def start(self) -> None:
+        self._redis.set(JOB_QUEUES_KEY, json.dumps(self._job_queues))
+        self.beat()
+        self._thread = threading.Thread(target=self._run, name="status-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                self.beat()
+            except redis.RedisError:
+                logger.warning("status: could not write the ping key", exc_info=True)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def read_ping(client: redis.Redis | None = None) -> str | None:
+    """The last ping written by any server, or None when none is alive."""
+    value = (client or get_redis()).get(PING_KEY)
+    return value.decode() if value is not None else None
