@@ -33,11 +33,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.conf import settings
 from django.db import DataError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from plugin_server import metrics
+from plugin_server.config import get_config
 from plugin_server.events import PluginEvent
 from plugin_server.exceptions import InvalidMessage, RetriableError
 from plugin_server.ingestion.definitions import DefinitionsManager
@@ -98,7 +98,7 @@ class Ingester:
         self._clock = clock
         self._telemetry = telemetry
         self.webhooks = webhooks if webhooks is not None else CeleryWebhooks()
-        self._max_event_bytes = max_event_bytes if max_event_bytes is not None else settings.MAX_EVENT_SIZE_BYTES
+        self._max_event_bytes = max_event_bytes if max_event_bytes is not None else get_config().max_event_size_bytes
 
     def ingest(self, events: Sequence[PluginEvent]) -> IngestResult:
         """Store the batch; durable when this returns. Raises RetriableError if a service is away."""

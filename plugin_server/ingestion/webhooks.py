@@ -20,8 +20,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from django.conf import settings
-
+from plugin_server.config import get_config
 from plugin_server.metrics import get_metrics
 from plugin_server.redis_client import redis_url
 
@@ -44,7 +43,7 @@ class CeleryWebhooks:
         """One task per (posthog_event id, site_url); never raises for a broker failure."""
         if not calls:
             return
-        queue = self._queue or settings.CELERY_DEFAULT_QUEUE
+        queue = self._queue or get_config().celery_default_queue
         try:
             app = self._celery()
             with app.producer_or_acquire() as producer:
