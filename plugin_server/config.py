@@ -66,6 +66,8 @@ class ServerConfig:
     clickhouse_password: str | None = dataclasses.field(metadata=_SECRET)
     clickhouse_ca: str | None
     clickhouse_secure: bool
+    clickhouse_port: int
+    clickhouse_http_port: int
     # Plugins and workers
     base_dir: str
     plugins_reload_pubsub_channel: str

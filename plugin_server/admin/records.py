@@ -1,0 +1,106 @@
+"""Admin pages for organizations and teams, and read-only lists of plugin logs and dead letters."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+
+from plugin_server.models import DeadLetter, Organization, PluginLogEntry, Team
+
+# Bytes of a dead letter's payload shown on its page.
+PAYLOAD_PREVIEW_BYTES = 64 * 1024
+
+
+class OrganizationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Organizations; plugins run only where ``plugins_access_level`` is above none."""
+
+    list_display = ("name", "plugins_access_level", "created_at")
+    list_filter = ("plugins_access_level",)
+    search_fields = ("name",)
+    readonly_fields = ("id", "created_at", "updated_at")
+    fields = ("id", "name", "plugins_access_level", "created_at", "updated_at")
+
+
+class TeamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Teams (projects); a new team gets a random api token when none is given."""
+
+    list_display = ("id", "name", "organization", "api_token", "anonymize_ips", "ingested_event")
+    list_display_links = ("id", "name")
+    list_select_related = ("organization",)
+    search_fields = ("=id", "name", "=api_token")
+    autocomplete_fields = ("organization",)
+    readonly_fields = ("uuid", "ingested_event", "created_at", "updated_at")
+    fields = ("organization", "name", "api_token", "anonymize_ips", "session_recording_opt_in", "app_urls", "timezone", "uuid", "ingested_event", "created_at", "updated_at")
+
+    def save_model(self, request: HttpRequest, obj: Team, form: Any, change: bool) -> None:
+        if not obj.api_token:
+            obj.api_token = secrets.token_urlsafe(32)
+        super().save_model(request, obj, form, change)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Viewable, never added, changed or deleted here: the server writes these rows."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class PluginLogEntryAdmin(ReadOnlyAdmin):
+    """Plugin log entries, newest first; filter by type and source, or by ``?plugin_config_id=``."""
+
+    list_display = ("timestamp", "config_link", "team_id", "source", "type", "short_message")
+    list_filter = ("type", "source")
+    search_fields = ("message",)
+    ordering = ("-timestamp",)
+    # Counting every entry of a large table is slow; the pages do not need it.
+    show_full_result_count = False
+    # Filters by id through the query string (the config page links here).
+    ID_FILTERS = frozenset({"plugin_config_id", "team_id", "plugin_id"})
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+        return lookup in self.ID_FILTERS or super().lookup_allowed(lookup, value, request)
+
+    @admin.display(description="plugin config", ordering="plugin_config_id")
+    def config_link(self, entry: PluginLogEntry) -> str:
+        url = reverse("admin:posthog_pluginconfig_change", args=[entry.plugin_config_id])
+        return format_html('<a href="{}">{}</a>', url, entry.plugin_config_id)
+
+    @admin.display(description="message")
+    def short_message(self, entry: PluginLogEntry) -> str:
+        return entry.message if len(entry.message) <= 200 else entry.message[:200] + "…"
+
+
+class DeadLetterAdmin(ReadOnlyAdmin):
+    """Messages that could not be ingested; replay them with ``./manage.py dead_letters``."""
+
+    list_display = ("created_at", "source", "queue", "reason", "team_id", "event_uuid", "replayed_at")
+    list_filter = ("source", "reason", ("replayed_at", admin.EmptyFieldListFilter))
+    search_fields = ("=event_uuid", "error")
+    ordering = ("-created_at",)
+    show_full_result_count = False
+    readonly_fields = ("id", "created_at", "source", "queue", "reason", "error", "team_id", "event_uuid", "replayed_at", "payload_text")
+    fields = readonly_fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[DeadLetter]:
+        queryset = super().get_queryset(request)
+        # Payloads can be large: load them only on the one letter's page.
+        return queryset if request.resolver_match and request.resolver_match.url_name.endswith("_change") else queryset.defer("payload")
+
+    @admin.display(description="payload")
+    def payload_text(self, letter: DeadLetter) -> str:
+        payload = bytes(letter.payload or b"")
+        shown = payload[:PAYLOAD_PREVIEW_BYTES].decode("utf-8", errors="backslashreplace")
+        more = f"\n… {len(payload) - PAYLOAD_PREVIEW_BYTES:,} more bytes" if len(payload) > PAYLOAD_PREVIEW_BYTES else ""
+        return format_html('<pre style="white-space: pre-wrap">{}{}</pre>', shown, more)
