@@ -1,0 +1,364 @@
+"""The plugin worker process: entry point, task loop and the child side of ``meta``.
+
+Started by :class:`plugin_server.workers.pool.WorkerProcess` with a fresh
+interpreter (``python -I``, scrubbed environment, no inherited fds but its
+pipes), it imports the sandbox, locks itself down
+(:mod:`plugin_server.workers.hardening`), says hello, then serves tasks one
+at a time: configure, process, process_batch, on_events, task, schedule,
+teardown, stop. It never imports Django and never sees a credential.
+
+Everything a plugin does outside pure computation is a request to the main
+process: the ``meta.cache/storage/fetch/geoip/jobs`` proxies send ``meta``
+frames and wait for the answer; ``print``, ``meta.logger`` and
+``posthog.capture`` are fire-and-forget and travel with the task's result,
+so a chatty plugin costs no round trip per line. Both buffers are bounded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from plugin_server.exceptions import PluginError
+from plugin_server.plugins.lifecycle import SCHEDULE_KEYS, ConfigSpec, Instances
+from plugin_server.plugins.meta.console import format_log_message
+from plugin_server.plugins.meta.wire import FetchResponse
+from plugin_server.plugins.runner import (
+    TaskNotFound,
+    run_on_event,
+    run_process_event,
+    run_process_event_batch,
+    run_task,
+)
+from plugin_server.plugins.time_limit import call_with_time_limit, register_waiting_code, timeout_deferred
+from plugin_server.workers import protocol
+from plugin_server.workers.hardening import harden
+
+# Per task: more log lines or errors than this are counted, not kept.
+MAX_LOG_LINES = 10_000
+MAX_ERRORS = 1_000
+MAX_STACK_CHARS = 4_000
+LOG_TYPES = {"debug": "DEBUG", "log": "LOG", "info": "INFO", "warn": "WARN", "warning": "WARN", "error": "ERROR"}
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-safe deep copy: what an event looked like at the moment of an error."""
+    return json.loads(json.dumps(value, default=str))
+
+
+class ApiProxy:
+    """``meta.cache`` / ``meta.storage`` / ``meta.geoip``: each method a request to the main process."""
+
+    def __init__(self, call: Callable[[str, tuple[Any, ...], dict[str, Any]], Any], methods: frozenset[str]) -> None:
+        self._call = call
+        self._methods = methods
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("_") or name not in self._methods:
+            raise AttributeError(name)
+        return lambda *args, **kwargs: self._call(name, args, kwargs)
+
+
+class JobRunner:
+    """``meta.jobs.<name>(payload)``: choose when it runs."""
+
+    def __init__(self, enqueue: Callable[[dict[str, Any]], Any]) -> None:
+        self._enqueue = enqueue
+
+    def run_now(self) -> Any:
+        return self._enqueue({})
+
+    def run_in(self, seconds: float = 0, minutes: float = 0, hours: float = 0, days: float = 0) -> Any:
+        return self._enqueue({"seconds": seconds + 60 * minutes + 3600 * hours + 86400 * days})
+
+    def run_at(self, when: Any) -> Any:
+        return self._enqueue({"run_at": when.isoformat() if hasattr(when, "isoformat") else str(when)})
+
+    runNow = run_now  # noqa: N815  (the original's names)
+    runIn = run_in  # noqa: N815
+    runAt = run_at  # noqa: N815
+
+
+class JobsProxy:
+    """``meta.jobs``: any attribute is a job name (checked when the job runs, spec §6.4)."""
+
+    def __init__(self, call: Callable[[str, tuple[Any, ...], dict[str, Any]], Any]) -> None:
+        self._call = call
+
+    def __getattr__(self, name: str) -> Callable[[Any], JobRunner]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda payload=None: JobRunner(lambda when: self._call("enqueue", (name, payload), when))
+
+
+class Logger:
+    """``meta.logger`` (and ``print``): lines buffered into the task's result."""
+
+    def __init__(self, emit: Callable[[str, tuple[Any, ...]], None]) -> None:
+        self._emit = emit
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        if name not in LOG_TYPES:
+            raise AttributeError(name)
+        kind = LOG_TYPES[name]
+        return lambda *args: self._emit(kind, args)
+
+
+class Capture:
+    """The ``posthog`` global: ``posthog.capture(event, properties)``, fire-and-forget."""
+
+    def __init__(self, defer: Callable[[str, tuple[Any, ...], dict[str, Any]], None]) -> None:
+        self._defer = defer
+
+    def capture(self, event: str, properties: dict[str, Any] | None = None) -> None:
+        self._defer("capture", (event, _plain(properties or {})), {})
+
+
+class PluginMeta:
+    """The ``meta`` argument of every plugin function (python-plugins.md)."""
+
+    def __init__(self, **parts: Any) -> None:
+        self.config = parts["config"]
+        self.attachments = parts["attachments"]
+        self.global_ = parts["global_"]
+        self.cache = parts["cache"]
+        self.storage = parts["storage"]
+        self.geoip = parts["geoip"]
+        self.jobs = parts["jobs"]
+        self.logger = parts["logger"]
+        self.fetch = parts["fetch"]
+
+
+class WorkerRuntime:
+    """The worker's side of everything: meta requests, limits, result buffers."""
+
+    def __init__(self, read_fd: int, write_fd: int, marker: protocol.ProgressMarker, sandbox: Any) -> None:
+        self.read_fd = read_fd
+        self.write_fd = write_fd
+        self.marker = marker
+        self.sandbox = sandbox
+        self.task_timeout = 30.0
+        self.allowed_calls: dict[str, frozenset[str]] = {}
+        self.instances = Instances(self)
+        self._next_id = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.logs: list[list[Any]] = []
+        self.errors: list[list[Any]] = []
+        self.system_events: list[dict[str, Any]] = []
+        self.deferred: list[list[Any]] = []
+        self.dropped = 0
+        self.exit_after = False
+
+    # --- Runtime protocol (plugin_server.plugins.lifecycle) ----------------------
+
+    def make_meta(self, spec: ConfigSpec) -> PluginMeta:
+        def api(name: str) -> ApiProxy:
+            return ApiProxy(lambda method, args, kwargs: self.request(spec, name, method, args, kwargs),
+                            self.allowed_calls.get(name, frozenset()))
+
+        return PluginMeta(
+            config=dict(spec.config),
+            attachments={key: dict(value) for key, value in spec.attachments.items()},
+            global_={},
+            cache=api("cache"),
+            storage=api("storage"),
+            geoip=api("geoip"),
+            jobs=JobsProxy(lambda method, args, when: self.request(spec, "jobs", method, args, when)),
+            logger=Logger(lambda kind, args: self.log(spec, kind, args)),
+            fetch=lambda *args, **kwargs: FetchResponse.from_wire(self.request(spec, "fetch", "fetch", args, kwargs)),
+        )
+
+    def make_globals(self, spec: ConfigSpec) -> dict[str, object]:
+        def plugin_print(*args: Any, **_ignored: Any) -> None:
+            self.log(spec, "LOG", args)
+
+        capture = Capture(lambda method, args, kwargs: self.defer(spec, "posthog", method, args, kwargs))
+        return {"print": plugin_print, "posthog": capture}
+
+    def compile(self, spec: ConfigSpec, injected: dict[str, object]) -> Any:
+        return self.sandbox.compile_plugin(spec.code, injected)
+
+    def call(self, spec: ConfigSpec, fn: Callable[..., Any], args: tuple[Any, ...], limit: float, item: int) -> Any:
+        self.marker.set(time.monotonic() + limit, spec.plugin_config_id, item)
+        try:
+            return call_with_time_limit(fn, *args, seconds=limit)
+        except MemoryError:
+            # The plugin's garbage is gone once this unwinds, but the heap may
+            # be fragmented: finish the task, then hand over to a fresh worker.
+            self.exit_after = True
+            raise PluginError("Plugin exceeded the worker memory limit; its worker was replaced") from None
+        finally:
+            self.marker.set(time.monotonic() + self.task_timeout, 0, item)
+
+    def error(self, spec: ConfigSpec, error: BaseException | str, event: dict[str, Any] | None) -> None:
+        if len(self.errors) >= MAX_ERRORS:
+            self.dropped += 1
+            return
+        if isinstance(error, BaseException):
+            stack = "".join(traceback.format_exception(error))[-MAX_STACK_CHARS:]
+            self.errors.append([spec.plugin_config_id, type(error).__name__, str(error), stack, _plain(event)])
+        else:
+            self.errors.append([spec.plugin_config_id, None, error, None, _plain(event)])
+
+    def system(self, spec: ConfigSpec, what: str, **details: Any) -> None:
+        self.system_events.append({"cfg": spec.plugin_config_id, "what": what, **details})
+
+    # --- meta, logs ---------------------------------------------------------------
+
+    def log(self, spec: ConfigSpec, kind: str, args: tuple[Any, ...]) -> None:
+        if len(self.logs) >= MAX_LOG_LINES:
+            self.dropped += 1
+            return
+        now = datetime.now(timezone.utc).isoformat()
+        self.logs.append([spec.plugin_config_id, kind, format_log_message(args), now])
+
+    def defer(self, spec: ConfigSpec, api: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if len(self.deferred) >= MAX_LOG_LINES:
+            self.dropped += 1
+            return
+        self.deferred.append([spec.plugin_config_id, api, method, _plain(list(args)), _plain(kwargs)])
+
+    def request(self, spec: ConfigSpec, api: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """One meta call to the main process; waits for its answer."""
+        self._next_id += 1
+        request_id = self._next_id
+        message = {"t": "meta", "id": request_id, "cfg": spec.plugin_config_id, "api": api, "method": method,
+                   "args": _plain(list(args)), "kwargs": _plain(kwargs)}
+        # A deadline passing meanwhile is raised after the answer: a frame is never cut in half.
+        with timeout_deferred():
+            protocol.send_to_main(self.write_fd, message)
+            while True:
+                kind, reply = protocol.receive_from_main(self.read_fd)
+                if kind == "meta_reply" and reply["id"] == request_id:
+                    break
+        if "error" in reply:
+            raise PluginError(reply["error"])
+        return reply["value"]
+
+    # --- tasks ---------------------------------------------------------------------
+
+    def handle(self, kind: str, payload: dict[str, Any]) -> Any:
+        instances = self.instances
+        if kind == "init":
+            self.task_timeout = float(payload["task_timeout"])
+            self.allowed_calls = {api: frozenset(methods) for api, methods in payload["allowed_calls"].items()}
+            return True
+        if kind == "configure":
+            instances.configure(payload["specs"])
+            return True
+        if kind == "process":
+            chains = payload["chains"]
+            skip = payload.get("skip", {})
+            events = payload["events"]
+            return [
+                run_process_event(self, instances, chains.get(event.get("team_id"), ()), event, index,
+                                  frozenset(skip.get(index, ())))
+                for index, event in enumerate(events)
+            ]
+        if kind == "process_batch":
+            by_team: dict[Any, list[dict[str, Any]]] = {}
+            for event in payload["events"]:
+                by_team.setdefault(event.get("team_id"), []).append(event)
+            return [kept for team, events in by_team.items()
+                    for kept in run_process_event_batch(self, instances, payload["chains"].get(team, ()), events)]
+        if kind == "on_events":
+            chains = payload["chains"]
+            for index, event in enumerate(payload["events"]):
+                run_on_event(self, instances, chains.get(event.get("team_id"), ()), event, index)
+            return None
+        if kind == "task":
+            instance = instances.get(payload["cfg"])
+            if instance is None:
+                raise TaskNotFound(f"Plugin config {payload['cfg']} is not loaded in this worker")
+            return run_task(self, instance, payload["kind"], payload["name"], payload.get("payload"), payload["limit"])
+        if kind == "schedule":
+            schedule: dict[str, list[int]] = {key: [] for key in SCHEDULE_KEYS.values()}
+            for instance in instances.all():
+                instance = instances.get(instance.spec.plugin_config_id) or instance
+                for name in instance.tasks()["schedule"]:
+                    schedule[SCHEDULE_KEYS[name]].append(instance.spec.plugin_config_id)
+            return schedule
+        if kind == "teardown":
+            instances.teardown(payload.get("cfgs"))
+            return True
+        if kind == "hello":
+            return f"hello {payload.get('name', '')}!"
+        raise ValueError(f'Worker task "{kind}" not found')
+
+    def serve(self) -> None:
+        while True:
+            kind, payload = protocol.receive_from_main(self.read_fd)
+            if kind == "stop":
+                self.instances.teardown()
+                self._send_result(True)
+                return
+            self.reset()
+            self.marker.set(time.monotonic() + self.task_timeout, 0, -1)
+            try:
+                value = self.handle(kind, payload)
+            except MemoryError:
+                # The heap may be in any state now: answer, then let a fresh worker take over.
+                self.exit_after = True
+                value, failure = None, "MemoryError: the worker ran out of memory"
+            except (PluginError, LookupError, ValueError, TypeError, KeyError) as error:
+                value, failure = None, f"{type(error).__name__}: {error}"
+            else:
+                failure = None
+            self.marker.set(0.0, 0, -1)
+            self._send_result(value, failure)
+            if self.exit_after:
+                return
+
+    def _send_result(self, value: Any, failure: str | None = None) -> None:
+        message: dict[str, Any] = {
+            "t": "result",
+            "value": value,
+            "errors": self.errors,
+            "logs": self.logs,
+            "system": self.system_events,
+            "deferred": self.deferred,
+            "dropped": self.dropped,
+            "exit": self.exit_after,
+        }
+        if failure is not None:
+            message["failure"] = failure
+        protocol.send_to_main(self.write_fd, message)
+
+
+register_waiting_code(WorkerRuntime.request.__code__)
+
+
+def _preload(sandbox: Any) -> None:
+    """Import now what plugins may import later: after chroot nothing can be read from disk."""
+    for name in getattr(sandbox, "PRELOAD_MODULES", ()):
+        importlib.import_module(name)
+    for name in ("encodings.idna", "encodings.latin_1", "encodings.ascii", "encodings.utf_16", "encodings.utf_32"):
+        importlib.import_module(name)
+
+
+def main(argv: list[str]) -> None:
+    """``read_fd write_fd marker_fd memory_limit_mb empty_dir``."""
+    read_fd, write_fd, marker_fd, memory_mb = (int(value) for value in argv[:4])
+    empty_dir = argv[4]
+    sandbox = importlib.import_module("plugin_server.plugins.sandbox")
+    _preload(sandbox)
+    marker = protocol.ProgressMarker(marker_fd)
+    report = harden(memory_mb, empty_dir, (read_fd, write_fd, marker_fd))
+    protocol.send_to_main(write_fd, {"t": "hello", "pid": os.getpid(), "applied": report.applied,
+                                     "skipped": report.skipped})
+    runtime = WorkerRuntime(read_fd, write_fd, marker, sandbox)
+    try:
+        runtime.serve()
+    except protocol.WorkerDied:
+        # The main process went away: nothing left to serve.
+        pass
+    sys.stdout.flush()
