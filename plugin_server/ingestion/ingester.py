@@ -133,8 +133,8 @@ class Ingester:
         for index, event in checked:
             team = teams.get(event["team_id"])
             if team is None:
-                error = invalid(Reason.UNKNOWN_TEAM, f"No team found with ID {event['team_id']}. Can't ingest event.", event["team_id"])
-                result.invalid.append((events[index], error))
+                unknown = invalid(Reason.UNKNOWN_TEAM, f"No team found with ID {event['team_id']}. Can't ingest event.", event["team_id"])
+                result.invalid.append((events[index], unknown))
                 continue
             key = event["uuid"].lower()
             if key in seen:

@@ -120,22 +120,22 @@ def check_event(event: object, max_bytes: int) -> tuple[PluginEvent, bool]:
     if size > max_bytes:
         raise invalid(Reason.EVENT_TOO_LARGE, f"Event of {size} bytes is over the limit of {max_bytes} bytes", team_id)
     # A plugin may have used a non-text key; JSON would turn it into text, so do the same now.
-    if dirty or (properties and not all(type(key) is str for key in properties)):
-        event = _sanitised(event)
-    event = {**event, "team_id": team_id, "distinct_id": _distinct_id_text(event["distinct_id"])}
-    if len(event["distinct_id"]) > DISTINCT_ID_MAX_LENGTH:
+    clean: PluginEvent = _sanitised(event) if dirty or (properties and not all(type(key) is str for key in properties)) else event
+    checked = {**clean, "team_id": team_id, "distinct_id": _distinct_id_text(clean["distinct_id"])}
+    if len(checked["distinct_id"]) > DISTINCT_ID_MAX_LENGTH:
         raise invalid(Reason.DISTINCT_ID_TOO_LONG, f"distinct_id is longer than {DISTINCT_ID_MAX_LENGTH} characters", team_id)
-    return event, dirty
+    return checked, dirty
 
 
 def event_name(value: Any) -> str:
     """§3.6 step 1: a non-text name as compact JSON (or its text form), first 200 characters."""
-    if not isinstance(value, str):
-        try:
-            value = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        except (TypeError, ValueError):
-            value = str(value)
-    return value[:EVENT_NAME_MAX_LENGTH]
+    if isinstance(value, str):
+        return value[:EVENT_NAME_MAX_LENGTH]
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = str(value)
+    return text[:EVENT_NAME_MAX_LENGTH]
 
 
 def add_campaign_properties(properties: dict[str, Any]) -> None:

@@ -10,11 +10,11 @@ cache is bounded: the least recently used teams are dropped past
 from __future__ import annotations
 
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
+from uuid import UUID
 
 from django.db import ProgrammingError, connection, transaction
 
@@ -31,8 +31,8 @@ class TeamInfo:
     """The columns of ``posthog_team`` ingestion needs."""
 
     id: int
-    uuid: uuid.UUID
-    organization_id: uuid.UUID
+    uuid: UUID
+    organization_id: UUID
     anonymize_ips: bool
     ingested_event: bool
     slack_incoming_webhook: str | None
@@ -106,7 +106,7 @@ class TeamManager:
         self._mark_ingested(candidates)
         return [self._teams[team_id][1] for team_id in sorted(changed) if team_id in self._teams]
 
-    def organization_user_distinct_ids(self, organization_id: uuid.UUID) -> list[str]:
+    def organization_user_distinct_ids(self, organization_id: UUID) -> list[str]:
         """The distinct ids of the organization's users, for first-event telemetry."""
         return [
             distinct_id
