@@ -184,7 +184,7 @@ class PersonBatch:
         if not storable:
             return
         # The event's own person uuid (spec §3.2) for its first new person.
-        uuid = str(uuidt()) if self._person_uuid_taken else update.person_uuid
+        uuid = uuidt.text() if self._person_uuid_taken else update.person_uuid
         self._person_uuid_taken = True
         person = PersonRecord(None, uuid, update.team_id, created_at, {}, is_identified)
         self._new_persons.append(person)

@@ -61,7 +61,10 @@ def load_persons(cursor: CursorWrapper, keys: Collection[DistinctIdKey]) -> dict
 
     The rows are locked in person id order, so two servers loading
     overlapping batches wait for each other instead of deadlocking. Keys of
-    one person share one :class:`PersonRecord`."""
+    one person share one :class:`PersonRecord`. The person is joined by its
+    primary key alone (the distinct id row is already filtered by team): a
+    second join condition on ``team_id`` lets the planner pick the team index
+    and scan every person of the team per key when statistics are missing."""
     if not keys:
         return {}
     team_ids = [team_id for team_id, _ in keys]
@@ -71,7 +74,7 @@ def load_persons(cursor: CursorWrapper, keys: Collection[DistinctIdKey]) -> dict
         SELECT k.team_id, k.distinct_id, {_PERSON_COLUMNS}
         FROM unnest(%s::int[], %s::text[]) AS k(team_id, distinct_id)
         JOIN posthog_persondistinctid pdi ON pdi.team_id = k.team_id AND pdi.distinct_id = k.distinct_id
-        JOIN posthog_person p ON p.id = pdi.person_id AND p.team_id = pdi.team_id
+        JOIN posthog_person p ON p.id = pdi.person_id
         ORDER BY p.id
         FOR NO KEY UPDATE OF pdi, p
         """,
