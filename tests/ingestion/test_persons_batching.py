@@ -214,3 +214,40 @@ def test_a_batch_that_loses_a_creation_race_is_replayed_on_the_winners_person():
     assert person.properties == {"by": "b", "from_a": True}
     assert _orphan_persons() == 0
     assert metrics.total("ingestion.persons.retries") == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_chosen_as_deadlock_victim_is_replayed():
+    """Another session holds person 2 and then asks for person 1, which the batch locked: Postgres
+    aborts the batch's person work (deadlock); it is rolled back to its savepoint and replayed."""
+    team = create_team()
+    first = create_person(team, ["one"])
+    second = create_person(team, ["two"])
+    metrics = RecordingMetrics()
+    set_metrics(metrics)
+    holding_second = threading.Event()
+
+    def other_session() -> None:
+        with transaction.atomic(), connection.cursor() as cursor:
+            # A long timeout here makes the batch's session the one that detects the deadlock.
+            cursor.execute("SET LOCAL deadlock_timeout = '30s'")
+            cursor.execute("SELECT id FROM posthog_person WHERE id = %s FOR UPDATE", [second.id])
+            holding_second.set()
+            _wait_until_a_backend_waits_for_a_lock()
+            cursor.execute("SELECT id FROM posthog_person WHERE id = %s FOR UPDATE", [first.id])
+
+    def server() -> None:
+        assert holding_second.wait(timeout=20)
+        with transaction.atomic():
+            PersonManager().apply(
+                [person_update(team, "one", **{"$set": {"v": 1}}), person_update(team, "two", **{"$set": {"v": 2}})]
+            )
+
+    try:
+        _run_together([other_session, server])
+    finally:
+        set_metrics(None)
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.properties, second.properties) == ({"v": 1}, {"v": 2})
+    assert metrics.total("ingestion.persons.retries") == 1
