@@ -67,19 +67,23 @@ class ApiProxy:
 
 
 class JobRunner:
-    """``meta.jobs.<name>(payload)``: choose when it runs."""
+    """``meta.jobs.<name>(payload)``: choose when it runs (served by meta/jobs.py)."""
 
-    def __init__(self, enqueue: Callable[[dict[str, Any]], Any]) -> None:
-        self._enqueue = enqueue
+    def __init__(self, call: Callable[[str, tuple[Any, ...], dict[str, Any]], Any], name: str, payload: Any) -> None:
+        self._call = call
+        self._name = name
+        self._payload = payload
 
     def run_now(self) -> Any:
-        return self._enqueue({})
+        return self._call("run_now", (self._name, self._payload), {})
 
-    def run_in(self, seconds: float = 0, minutes: float = 0, hours: float = 0, days: float = 0) -> Any:
-        return self._enqueue({"seconds": seconds + 60 * minutes + 3600 * hours + 86400 * days})
+    def run_in(self, duration: float | None = None, unit: str | None = None, **keywords: float) -> Any:
+        if duration is not None:
+            keywords.update(duration=duration, unit=unit)  # type: ignore[dict-item]
+        return self._call("run_in", (self._name, self._payload), keywords)
 
     def run_at(self, when: Any) -> Any:
-        return self._enqueue({"run_at": when.isoformat() if hasattr(when, "isoformat") else str(when)})
+        return self._call("run_at", (self._name, self._payload, when.isoformat() if hasattr(when, "isoformat") else when), {})
 
     runNow = run_now  # noqa: N815  (the original's names)
     runIn = run_in  # noqa: N815
@@ -92,10 +96,10 @@ class JobsProxy:
     def __init__(self, call: Callable[[str, tuple[Any, ...], dict[str, Any]], Any]) -> None:
         self._call = call
 
-    def __getattr__(self, name: str) -> Callable[[Any], JobRunner]:
+    def __getattr__(self, name: str) -> Callable[..., JobRunner]:
         if name.startswith("_"):
             raise AttributeError(name)
-        return lambda payload=None: JobRunner(lambda when: self._call("enqueue", (name, payload), when))
+        return lambda payload=None: JobRunner(self._call, name, payload)
 
 
 class Logger:
@@ -172,7 +176,7 @@ class WorkerRuntime:
             cache=api("cache"),
             storage=api("storage"),
             geoip=api("geoip"),
-            jobs=JobsProxy(lambda method, args, when: self.request(spec, "jobs", method, args, when)),
+            jobs=JobsProxy(lambda method, args, kwargs: self.request(spec, "jobs", method, args, kwargs)),
             logger=Logger(lambda kind, args: self.log(spec, kind, args)),
             fetch=lambda *args, **kwargs: FetchResponse.from_wire(self.request(spec, "fetch", "fetch", args, kwargs)),
         )
@@ -231,8 +235,12 @@ class WorkerRuntime:
         """One meta call to the main process; waits for its answer."""
         self._next_id += 1
         request_id = self._next_id
+        try:
+            arguments = json.loads(json.dumps([list(args), kwargs]))
+        except (TypeError, ValueError) as error:
+            raise PluginError(f"meta.{api}.{method}(): arguments must be JSON values ({error})") from None
         message = {"t": "meta", "id": request_id, "cfg": spec.plugin_config_id, "api": api, "method": method,
-                   "args": _plain(list(args)), "kwargs": _plain(kwargs)}
+                   "args": arguments[0], "kwargs": arguments[1]}
         # A deadline passing meanwhile is raised after the answer: a frame is never cut in half.
         with timeout_deferred():
             protocol.send_to_main(self.write_fd, message)

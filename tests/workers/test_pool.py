@@ -6,7 +6,8 @@ import pytest
 
 from plugin_server.models import PluginConfig, PluginLogEntry
 from plugin_server.workers.pool import WorkerPool
-from tests.factories import create_plugin, create_plugin_config, create_team
+from tests.factories import create_team
+from tests.workers.helpers import event, install
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -26,21 +27,11 @@ TEARDOWN_RAISES = (
 )
 
 
-def _install(source: str, team=None, **fields):
-    team = team or create_team()
-    plugin = create_plugin(organization=team.organization, source=source)
-    return create_plugin_config(team=team, plugin=plugin, **fields)
-
-
-def _event(team_id: int, distinct_id: str = "a", n: int = 0) -> dict:
-    return {"event": f"e{n}", "distinct_id": distinct_id, "team_id": team_id, "properties": {"n": n}}
-
-
 def test_process_events_runs_the_team_chain(make_pool):
     """It runs the team's plugin on its events and sets $plugins_succeeded / $plugins_failed."""
-    config = _install(RENAME)
+    config = install(RENAME)
     pool = make_pool()
-    out = pool.process_events([_event(config.team_id)])
+    out = pool.process_events([event(config.team_id)])
     assert out[0]["event"] == "renamed"
     assert out[0]["properties"]["$plugins_succeeded"] == [f"{config.plugin.name} ({config.id})"]
     assert out[0]["properties"]["$plugins_failed"] == []
@@ -48,19 +39,19 @@ def test_process_events_runs_the_team_chain(make_pool):
 
 def test_teams_without_plugins_skip_the_workers(make_pool):
     """It hands back events of teams with no plugin in force untouched, as the same objects."""
-    _install(RENAME)
+    install(RENAME)
     other = create_team()
     pool = make_pool()
-    event = _event(other.id)
-    out = pool.process_events([event])
-    assert out == [event] and out[0] is event and "$plugins_succeeded" not in event["properties"]
+    untouched = event(other.id)
+    out = pool.process_events([untouched])
+    assert out == [untouched] and out[0] is untouched and "$plugins_succeeded" not in untouched["properties"]
 
 
 def test_one_persons_events_stay_on_one_worker_in_order(make_pool):
     """It sends all events of one (team, distinct_id) to one worker and keeps the input order."""
-    config = _install(APPEND_PID)
+    config = install(APPEND_PID)
     pool = make_pool(concurrency=2)
-    events = [_event(config.team_id, f"person-{i % 7}", i) for i in range(70)]
+    events = [event(config.team_id, f"person-{i % 7}", i) for i in range(70)]
     out = pool.process_events(events)
     assert [e["properties"]["n"] for e in out] == list(range(70))
     by_person: dict[str, set] = {}
@@ -73,13 +64,13 @@ def test_one_persons_events_stay_on_one_worker_in_order(make_pool):
 def test_plugin_order_and_drop(make_pool):
     """It runs plugins in config order; a plugin returning None drops the event for the later ones."""
     team = create_team()
-    first = _install("def process_event(event, meta):\n    event['properties']['order'] = ['first']\n    return event\n", team, order=2)
-    _install("def process_event(event, meta):\n    event['properties']['order'] = ['zero']\n    return event\n", team, order=1)
-    _install(
+    first = install("def process_event(event, meta):\n    event['properties']['order'] = ['first']\n    return event\n", team, order=2)
+    install("def process_event(event, meta):\n    event['properties']['order'] = ['zero']\n    return event\n", team, order=1)
+    install(
         "def process_event(event, meta):\n    return None if event['event'] == 'drop me' else event\n", team, order=3
     )
     pool = make_pool()
-    out = pool.process_events([_event(team.id), {**_event(team.id), "event": "drop me"}])
+    out = pool.process_events([event(team.id), {**event(team.id), "event": "drop me"}])
     assert len(out) == 1 and out[0]["properties"]["order"] == ["first"]
     assert first.id in pool.inventory.chains[team.id]
 
@@ -87,10 +78,10 @@ def test_plugin_order_and_drop(make_pool):
 def test_raising_plugin_is_recorded_and_the_event_goes_on(make_pool):
     """It records a plugin's exception on its config, logs it, marks it failed, and keeps the event."""
     team = create_team()
-    broken = _install("def process_event(event, meta):\n    raise ValueError('error thrown in plugin')\n", team, order=1)
-    fine = _install(RENAME, team, order=2)
+    broken = install("def process_event(event, meta):\n    raise ValueError('error thrown in plugin')\n", team, order=1)
+    fine = install(RENAME, team, order=2)
     pool = make_pool()
-    out = pool.process_events([_event(team.id) for _ in range(4)])
+    out = pool.process_events([event(team.id) for _ in range(4)])
     assert len(out) == 4 and all(e["event"] == "renamed" for e in out)
     assert out[0]["properties"]["$plugins_failed"] == [f"{broken.plugin.name} ({broken.id})"]
     assert out[0]["properties"]["$plugins_succeeded"] == [f"{fine.plugin.name} ({fine.id})"]
@@ -101,18 +92,18 @@ def test_raising_plugin_is_recorded_and_the_event_goes_on(make_pool):
 
 def test_changing_team_id_drops_the_event_with_an_error(make_pool):
     """It drops an event whose team_id a plugin changed, and records the spec's error."""
-    config = _install("def process_event(event, meta):\n    event['team_id'] = 400\n    return event\n")
+    config = install("def process_event(event, meta):\n    event['team_id'] = 400\n    return event\n")
     pool = make_pool()
-    assert pool.process_events([_event(config.team_id)]) == []
+    assert pool.process_events([event(config.team_id)]) == []
     config.refresh_from_db()
     assert config.error["message"] == "Illegal Operation: Plugin tried to change teamID"
 
 
 def test_setup_failure_disables_the_config(make_pool):
     """It disables a config whose setup_plugin raises, logs the SYSTEM error, and passes events on."""
-    config = _install("def setup_plugin(meta):\n    raise RuntimeError('no setup')\ndef process_event(event, meta):\n    return None\n")
+    config = install("def setup_plugin(meta):\n    raise RuntimeError('no setup')\ndef process_event(event, meta):\n    return None\n")
     pool = make_pool()
-    out = pool.process_events([_event(config.team_id)])
+    out = pool.process_events([event(config.team_id)])
     assert len(out) == 1
     config.refresh_from_db()
     assert config.enabled is False and config.error["message"] == "no setup"
@@ -124,9 +115,9 @@ def test_setup_failure_disables_the_config(make_pool):
 
 def test_successful_setup_clears_the_error_and_logs(make_pool):
     """It clears an old error and writes "Plugin loaded" when an instance starts."""
-    config = _install(RENAME, error={"message": "old"})
+    config = install(RENAME, error={"message": "old"})
     pool = make_pool(concurrency=1)
-    pool.process_events([_event(config.team_id)])
+    pool.process_events([event(config.team_id)])
     config.refresh_from_db()
     assert config.error is None
     assert PluginLogEntry.objects.filter(plugin_config_id=config.id, source="SYSTEM", type="INFO", message__startswith="Plugin loaded").exists()
@@ -134,18 +125,18 @@ def test_successful_setup_clears_the_error_and_logs(make_pool):
 
 def test_print_goes_to_the_plugin_log(make_pool):
     """It writes print() lines as CONSOLE/LOG entries of the config."""
-    config = _install("def process_event(event, meta):\n    print('logged event', 987)\n    return event\n")
+    config = install("def process_event(event, meta):\n    print('logged event', 987)\n    return event\n")
     pool = make_pool()
-    pool.process_events([_event(config.team_id)])
+    pool.process_events([event(config.team_id)])
     entry = PluginLogEntry.objects.get(plugin_config_id=config.id, source="CONSOLE")
     assert (entry.type, entry.message) == ("LOG", "logged event 987")
 
 
 def test_endless_loop_times_out_in_the_worker(make_pool):
     """It stops `while True: pass` after TASK_TIMEOUT with the spec's message; the event goes on."""
-    config = _install("def process_event(event, meta):\n    while True:\n        pass\n")
+    config = install("def process_event(event, meta):\n    while True:\n        pass\n")
     pool = make_pool(task_timeout=1.0)
-    out = pool.process_events([_event(config.team_id)])
+    out = pool.process_events([event(config.team_id)])
     assert len(out) == 1
     config.refresh_from_db()
     assert config.error["message"].startswith("Script execution timed out after looping for 1 second")
@@ -154,13 +145,13 @@ def test_endless_loop_times_out_in_the_worker(make_pool):
 def test_uninterruptible_call_costs_only_its_worker(make_pool):
     """It kills a worker stuck in C code past TASK_TIMEOUT + grace, records a timeout, and retries the rest."""
     team = create_team()
-    hog = _install(
+    hog = install(
         "def process_event(event, meta):\n    if event['event'] == 'e1':\n        sum(range(10**15))\n    return event\n",
         team,
     )
     pool = make_pool(concurrency=1, task_timeout=1.0, grace=0.5)
     pid = pool.workers()[0].pid
-    out = pool.process_events([_event(team.id, n=i) for i in range(3)])
+    out = pool.process_events([event(team.id, n=i) for i in range(3)])
     assert [e["event"] for e in out] == ["e0", "e1", "e2"]
     assert out[1]["properties"]["$plugins_failed"] == [f"{hog.plugin.name} ({hog.id})"]
     assert out[2]["properties"]["$plugins_succeeded"] == [f"{hog.plugin.name} ({hog.id})"]
@@ -172,34 +163,34 @@ def test_uninterruptible_call_costs_only_its_worker(make_pool):
 def test_memory_limit_costs_only_its_worker(make_pool):
     """It records a plugin that exceeds WORKER_MEMORY_LIMIT_MB, replaces the worker, and goes on."""
     team = create_team()
-    hog = _install("def process_event(event, meta):\n    event['big'] = [0] * (200 * 1024 * 1024)\n    return event\n", team, order=1)
-    fine = _install(RENAME, team, order=2)
+    hog = install("def process_event(event, meta):\n    event['big'] = [0] * (200 * 1024 * 1024)\n    return event\n", team, order=1)
+    fine = install(RENAME, team, order=2)
     pool = make_pool(concurrency=1, memory_limit_mb=300)
     pid = pool.workers()[0].pid
-    out = pool.process_events([_event(team.id)])
+    out = pool.process_events([event(team.id)])
     assert out[0]["event"] == "renamed" and "big" not in out[0]
     hog.refresh_from_db()
     assert "memory" in hog.error["message"]
     replaced = pool.workers()[0]
     assert replaced is None or replaced.pid != pid
-    assert pool.process_events([_event(team.id)])[0]["event"] == "renamed"
+    assert pool.process_events([event(team.id)])[0]["event"] == "renamed"
     assert PluginConfig.objects.get(id=fine.id).error is None
 
 
 def test_reload_keeps_unchanged_instances_and_tears_down_removed(make_pool):
     """It keeps meta.global_ of unchanged configs across a reload and tears down a disabled one."""
     team = create_team()
-    keep = _install(APPEND_PID, team, order=1)
-    gone = _install(
+    keep = install(APPEND_PID, team, order=1)
+    gone = install(
         TEARDOWN_RAISES,
         team,
         order=2,
     )
     pool = make_pool(concurrency=1)
-    before = pool.process_events([_event(team.id)])[0]["properties"]["seen_by"]
+    before = pool.process_events([event(team.id)])[0]["properties"]["seen_by"]
     PluginConfig.objects.filter(id=gone.id).update(enabled=False)
     pool.reload()
-    out = pool.process_events([_event(team.id)])[0]
+    out = pool.process_events([event(team.id)])[0]
     assert out["properties"]["seen_by"] == before
     assert out["properties"]["$plugins_succeeded"] == [f"{keep.plugin.name} ({keep.id})"]
     gone.refresh_from_db()
@@ -208,9 +199,9 @@ def test_reload_keeps_unchanged_instances_and_tears_down_removed(make_pool):
 
 def test_stop_tears_plugins_down(make_pool):
     """It calls teardown_plugin at shutdown and records its error (spec: Teardown)."""
-    config = _install(TEARDOWN_RAISES)
+    config = install(TEARDOWN_RAISES)
     pool = make_pool()
-    pool.process_events([_event(config.team_id)])
+    pool.process_events([event(config.team_id)])
     config.refresh_from_db()
     assert config.error is None
     pool.stop()
@@ -220,7 +211,7 @@ def test_stop_tears_plugins_down(make_pool):
 
 def test_scheduled_tasks_and_jobs(make_pool):
     """It lists scheduled tasks per config, runs them, and runs jobs; a missing job raises."""
-    config = _install(
+    config = install(
         "def run_every_minute(meta):\n    print('tick')\n"
         "def runEveryDay(meta):\n    return 1\n"
         "def add(payload, meta):\n    print('job', payload['n'])\n    return payload['n'] + 1\n"
@@ -238,11 +229,11 @@ def test_scheduled_tasks_and_jobs(make_pool):
 
 def test_on_events_runs_on_event_and_on_snapshot(make_pool):
     """It calls on_event for events and on_snapshot for $snapshot events."""
-    config = _install(
+    config = install(
         "def on_event(event, meta):\n    print('event', event['event'])\n"
         "def on_snapshot(event, meta):\n    print('snapshot', event['event'])\n"
     )
     pool = make_pool()
-    pool.on_events([_event(config.team_id), {**_event(config.team_id), "event": "$snapshot"}])
+    pool.on_events([event(config.team_id), {**event(config.team_id), "event": "$snapshot"}])
     messages = sorted(PluginLogEntry.objects.filter(plugin_config_id=config.id, source="CONSOLE").values_list("message", flat=True))
     assert messages == ["event e0", "snapshot $snapshot"]
