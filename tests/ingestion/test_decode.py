@@ -178,3 +178,11 @@ def test_a_protocol_2_body_of_the_wrong_shape_is_invalid() -> None:
 def test_other_content_encodings_are_invalid() -> None:
     """content-encoding other than utf-8 is refused, as the original does."""
     assert reason_of(raw(envelope(b"[[], {}, {}]", **{"content-encoding": "binary"}))) == "bad_content_type"
+
+
+def test_event_data_is_plain_json(sent: Callable[..., Delivery]) -> None:
+    """An object that looks like kombu's typed JSON ({"__type__", "__value__"}) stays a plain object in the event."""
+    typed = {"__type__": "datetime", "__value__": "2021-01-01T00:00:00"}
+    unknown = {"__type__": "nonsense", "__value__": 1}
+    event = decode(sent(task_args({"event": "e", "properties": {"typed": typed, "unknown": unknown}})), LIMIT)
+    assert event["properties"] == {"typed": typed, "unknown": unknown}
