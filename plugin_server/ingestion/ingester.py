@@ -107,7 +107,12 @@ class Ingester:
             try:
                 items = self._prepare(events, result)
                 if items:
-                    self._write_definitions(items, events)
+                    regular = [item.row for item in items if isinstance(item.row, PreparedEvent)]
+                    # Definitions see the properties after $ip and before the campaign step (§3.6 step 5).
+                    self.definitions.write(self.definitions.new_definitions((row.team_id, row.event, row.properties) for row in regular))
+                    for row in regular:
+                        add_campaign_properties(row.properties)
+                    self._record_first_events(items, events)
                     stored = self._store(items, events, result)
                     self._send_webhooks(stored)
             except (OperationalError, InterfaceError) as error:
@@ -140,25 +145,19 @@ class Ingester:
             if key in seen:
                 result.duplicates.append(event["uuid"])
                 continue
-            seen.add(key)
             try:
                 item = prepare_event(index, event, team, received)
             except InvalidMessage as error:
                 result.invalid.append((events[index], error))
                 continue
+            seen.add(key)
             if item.timestamp_ignored:
                 backend.incr(metrics.INGESTION_TIMESTAMP_IGNORED, tags={"team_id": team.id, "input": item.timestamp_ignored})
             items.append(item)
         return items
 
-    def _write_definitions(self, items: list[PreparedItem], events: Sequence[PluginEvent]) -> None:
-        regular = [item.row for item in items if isinstance(item.row, PreparedEvent)]
-        # Definitions see the properties after $ip and before the campaign step (§3.6 step 5).
-        new = self.definitions.new_definitions((row.team_id, row.event, row.properties) for row in regular)
-        self.definitions.write(new)
-        for row in regular:
-            add_campaign_properties(row.properties)
-        first_events = self.teams.record_first_events({row.team_id for row in regular})
+    def _record_first_events(self, items: list[PreparedItem], events: Sequence[PluginEvent]) -> None:
+        first_events = self.teams.record_first_events({item.row.team_id for item in items if isinstance(item.row, PreparedEvent)})
         if first_events and self._telemetry is not None:
             for team in first_events:
                 first = next(item for item in items if item.row.team_id == team.id)

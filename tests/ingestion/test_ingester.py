@@ -154,6 +154,14 @@ def test_same_uuid_twice_in_one_batch_is_stored_once(team: Team, ingester: Inges
     assert list(Event.objects.filter(team=team).values_list("event", flat=True)) == ["first"]
 
 
+def test_a_valid_event_is_not_a_duplicate_of_an_invalid_one(team: Team, ingester: Ingester) -> None:
+    """If the first event with a uuid is invalid, the next event with that uuid is stored, not skipped."""
+    bad = event_of(team, event="$snapshot", properties={})
+    good = event_of(team, uuid=bad["uuid"])
+    result = ingester.ingest([bad, good])
+    assert (reasons(result), result.stored, result.duplicates) == (["invalid_session_id"], [good["uuid"]], [])
+
+
 def batch_of_teams(teams: list[Team], size: int, round_number: int) -> list[dict[str, Any]]:
     """`size` autocapture events spread over the teams, 20 users a team, every 5th with $set."""
     events = []
