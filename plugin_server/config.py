@@ -98,6 +98,11 @@ class ServerConfig:
     # Ingestion
     disable_mmdb: bool
     internal_mmdb_server_port: int
+    mmdb_path: str
+    # Plugin meta API
+    plugin_fetch_timeout: float
+    plugin_fetch_max_response_bytes: int
+    plugin_fetch_allow_private_networks: bool
     distinct_id_lru_size: int
     plugin_server_idle: bool
     ingestion_batch_size: int

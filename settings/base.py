@@ -206,3 +206,14 @@ Q_CLUSTER = {
     "catch_up": False,
     "sync": False,
 }
+
+# --- Plugin meta API (port) -------------------------------------------------------
+# meta.fetch: the longest a request may take (a plugin may ask for less), the
+# largest response body, and whether loopback/private addresses may be reached
+# (off in production; tests turn it on for their local HTTP server).
+PLUGIN_FETCH_TIMEOUT = env_float("PLUGIN_FETCH_TIMEOUT", 10.0)
+PLUGIN_FETCH_MAX_RESPONSE_BYTES = env_int("PLUGIN_FETCH_MAX_RESPONSE_BYTES", 10 * 1024 * 1024, minimum=1)
+PLUGIN_FETCH_ALLOW_PRIVATE_NETWORKS = env_bool("PLUGIN_FETCH_ALLOW_PRIVATE_NETWORKS", False)
+# meta.geoip: an uncompressed GeoLite2/GeoIP2 City MMDB file ("" = none; the
+# MMDB service may hand the host a database of its own instead).
+MMDB_PATH = env_str("MMDB_PATH", "") or ""

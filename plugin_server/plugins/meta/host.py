@@ -22,7 +22,11 @@ from django.db import DatabaseError
 
 from plugin_server.exceptions import MetaCallError
 from plugin_server.plugins.meta.cache import PluginCache
+from plugin_server.plugins.meta.capture import PluginCapture
 from plugin_server.plugins.meta.context import PluginContext
+from plugin_server.plugins.meta.fetch import PluginFetch
+from plugin_server.plugins.meta.geoip import GeoIPLocator
+from plugin_server.plugins.meta.jobs import PluginJobs
 from plugin_server.plugins.meta.logger import LOG_METHODS, LogEntry, LogSource, LogType, PluginLogWriter
 from plugin_server.plugins.meta.storage import PluginStorageAPI
 
@@ -34,6 +38,10 @@ ALLOWED_CALLS: dict[str, frozenset[str]] = {
     "cache": frozenset({"set", "get", "incr", "expire", "lpush", "lrange", "llen"}),
     "storage": frozenset({"get", "set", "delete"}),
     "logger": frozenset(LOG_METHODS),
+    "fetch": frozenset({"fetch"}),
+    "posthog": frozenset({"capture"}),
+    "jobs": frozenset({"run_now", "run_in", "run_at"}),
+    "geoip": frozenset({"locate"}),
 }
 
 # Failures of the services behind meta: the plugin gets a MetaCallError, the
@@ -70,12 +78,22 @@ class MetaHost:
         log_writer: PluginLogWriter | None = None,
         cache: PluginCache | None = None,
         storage: PluginStorageAPI | None = None,
+        fetch: PluginFetch | None = None,
+        capture: PluginCapture | None = None,
+        geoip: GeoIPLocator | None = None,
     ) -> None:
         self.log_writer = log_writer or PluginLogWriter()
+        self.capture = capture or PluginCapture()
+        # Public so the MMDB service can swap a fresh database in (GeoIPLocator.use).
+        self.geoip = geoip or GeoIPLocator()
         self._apis: dict[str, object] = {
             "cache": cache or PluginCache(),
             "storage": storage or PluginStorageAPI(),
             "logger": _LoggerAPI(self.log_writer),
+            "fetch": fetch or PluginFetch(),
+            "posthog": self.capture,
+            "jobs": PluginJobs(self.log_writer),
+            "geoip": self.geoip,
         }
         self._signatures: dict[tuple[str, str], inspect.Signature] = {}
 
@@ -110,3 +128,4 @@ class MetaHost:
     def close(self) -> None:
         """Flush and stop background work; the host is not used afterwards."""
         self.log_writer.close()
+        self.capture.flush()

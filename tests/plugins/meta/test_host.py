@@ -95,3 +95,36 @@ def test_service_failure_becomes_meta_error(ctx: PluginContext, host: MetaHost) 
     broken = MetaHost(cache=PluginCache(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)))
     with pytest.raises(MetaCallError, match=r"meta.cache.get failed: ConnectionError"):
         broken.call(ctx, "cache", "get", ["k"], {})
+
+
+def test_geoip_through_the_host(ctx: PluginContext, host: MetaHost) -> None:
+    """It serves meta.geoip.locate, and the 'not available' error when GeoIP is disabled."""
+    from pathlib import Path
+
+    from django.test import override_settings
+
+    mmdb = Path(__file__).resolve().parents[2] / "data" / "GeoLite2-City-Test.mmdb"
+    with override_settings(DISABLE_MMDB=False, MMDB_PATH=str(mmdb)):
+        assert host.call(ctx, "geoip", "locate", ["89.160.20.129"], {})["city"]["names"]["en"] == "Linköping"
+        assert host.call(ctx, "geoip", "locate", ["asdfgh"], {}) is None
+    with override_settings(DISABLE_MMDB=True):
+        with pytest.raises(MetaCallError, match="IP location capabilities are not available in this PostHog instance!"):
+            host.call(ctx, "geoip", "locate", ["89.160.20.129"], {})
+
+
+def test_capture_through_the_host(ctx: PluginContext, host: MetaHost, unique_name: str, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """It serves posthog.capture: one task lands on the plugins queue."""
+    from django.test import override_settings
+
+    with override_settings(PLUGINS_CELERY_QUEUE=unique_name):
+        host.call(ctx, "posthog", "capture", ["my-new-event"], {"properties": {"random": "properties"}})
+    try:
+        assert redis_client.llen(unique_name) == 1
+    finally:
+        redis_client.delete(unique_name)
+
+
+def test_fetch_refusal_through_the_host(ctx: PluginContext, host: MetaHost) -> None:
+    """It serves meta.fetch with the settings' limits: a loopback address is refused by default."""
+    with pytest.raises(MetaCallError, match="is not a public address"):
+        host.call(ctx, "fetch", "fetch", ["http://127.0.0.1:9/"], {})
