@@ -13,6 +13,7 @@ The rules are the original's (spec: ingestion.md §3.4, §3.6 steps 6 and 8,
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,6 @@ from plugin_server.ingestion.person_properties import (
 )
 from plugin_server.ingestion.person_store import PersonRecord
 from plugin_server.ingestion.uuidt import uuidt
-from plugin_server.metrics import get_metrics
 
 if TYPE_CHECKING:
     from plugin_server.ingestion.persons import PersonUpdate
@@ -40,9 +40,6 @@ logger = logging.getLogger(__name__)
 # posthog_persondistinctid.distinct_id is varchar(400); Postgres text cannot hold NUL.
 MAX_DISTINCT_ID_LENGTH = 400
 
-METRIC_PERSONS_CREATED = "ingestion.persons.created"
-METRIC_PERSONS_MERGED = "ingestion.persons.merged"
-METRIC_INVALID_DISTINCT_ID = "ingestion.persons.invalid_distinct_id"
 
 
 class RaceLost(Exception):
@@ -71,8 +68,10 @@ class PersonBatch:
         self._new_distinct_ids: list[tuple[PersonRecord, str]] = []
         self._to_update: list[PersonRecord] = []
         self._person_uuid_taken = False
+        # Persons inserted and merged away; counted by the manager once the batch succeeded.
         self.created = 0
         self.merged = 0
+        self.invalid: Counter[int] = Counter()  # unstorable distinct ids per team
 
     def known_keys(self) -> list[DistinctIdKey]:
         """Every key that owns a person once the batch commits (for the distinct-id cache)."""
@@ -188,7 +187,6 @@ class PersonBatch:
         self._person_uuid_taken = True
         person = PersonRecord(None, uuid, update.team_id, created_at, {}, is_identified)
         self._new_persons.append(person)
-        self.created += 1
         for distinct_id in storable:
             self._new_distinct_ids.append((person, distinct_id))
             self._persons[(update.team_id, distinct_id)] = person
@@ -212,7 +210,7 @@ class PersonBatch:
             MAX_DISTINCT_ID_LENGTH,
             extra={"team_id": team_id, "distinct_id_length": len(distinct_id)},
         )
-        get_metrics().incr(METRIC_INVALID_DISTINCT_ID, tags={"team_id": team_id})
+        self.invalid[team_id] += 1
 
     def _merge(self, into: PersonRecord, other: PersonRecord) -> None:
         """Merge ``other`` into ``into``: the survivor's properties win, the earliest created_at stays."""
@@ -249,11 +247,14 @@ class PersonBatch:
         """Insert the pending persons and distinct ids (one statement each)."""
         if self._new_persons:
             person_store.insert_persons(self._cursor, self._new_persons)
-            get_metrics().incr(METRIC_PERSONS_CREATED, len(self._new_persons))
+            self.created += len(self._new_persons)
             self._new_persons = []
         if self._new_distinct_ids:
-            rows = [(person.team_id, distinct_id, person.id) for person, distinct_id in self._new_distinct_ids]
-            inserted = person_store.insert_distinct_ids(self._cursor, rows)  # type: ignore[arg-type]
+            rows: list[tuple[int, str, int]] = []
+            for person, distinct_id in self._new_distinct_ids:
+                assert person.id is not None  # every pending person was inserted just above
+                rows.append((person.team_id, distinct_id, person.id))
+            inserted = person_store.insert_distinct_ids(self._cursor, rows)
             if len(inserted) < len(rows):
                 raise RaceLost(sorted({(team_id, did) for team_id, did, _ in rows} - inserted)[:5])
             self._new_distinct_ids = []

@@ -41,7 +41,10 @@ from plugin_server.metrics import get_metrics
 
 logger = logging.getLogger(__name__)
 
+METRIC_PERSONS_CREATED = "ingestion.persons.created"
+METRIC_PERSONS_MERGED = "ingestion.persons.merged"
 METRIC_PERSON_RETRIES = "ingestion.persons.retries"
+METRIC_INVALID_DISTINCT_ID = "ingestion.persons.invalid_distinct_id"
 
 # Deadlock detected, serialization failure: the batch can simply run again.
 _RETRIABLE_SQLSTATES = frozenset({"40P01", "40001"})
@@ -100,6 +103,7 @@ class PersonManager:
                         batch.run(updates)
                     known = batch.known_keys()
                     transaction.on_commit(lambda: self.distinct_ids.add(known))
+                self._count(batch)
                 return
             except RaceLost as race:
                 reason = f"distinct ids created concurrently: {race.args[0]}"
@@ -111,6 +115,15 @@ class PersonManager:
             get_metrics().incr(METRIC_PERSON_RETRIES)
             logger.info("replaying the person side of a batch (attempt %d): %s", attempt, reason)
         raise RetriableError(f"persons of the batch still conflict after {self._max_attempts} attempts")
+
+    def _count(self, batch: PersonBatch) -> None:
+        backend = get_metrics()
+        if batch.created:
+            backend.incr(METRIC_PERSONS_CREATED, batch.created)
+        if batch.merged:
+            backend.incr(METRIC_PERSONS_MERGED, batch.merged)
+        for team_id, count in batch.invalid.items():
+            backend.incr(METRIC_INVALID_DISTINCT_ID, count, tags={"team_id": team_id})
 
     def person_for(self, team_id: int, distinct_id: str) -> PersonRecord | None:
         """The person owning a distinct id in a team, or None (spec §4.7)."""

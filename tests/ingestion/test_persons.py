@@ -6,7 +6,6 @@ import pytest
 from django.db import transaction
 
 from plugin_server.ingestion.persons import PersonManager
-from plugin_server.metrics import RecordingMetrics, set_metrics
 from plugin_server.models import CohortPeople, Cohort, Person, PersonDistinctId
 from tests.factories import create_team
 from tests.ingestion.person_helpers import (
@@ -31,10 +30,11 @@ def manager() -> PersonManager:
     return PersonManager(lru_size=100)
 
 
-def test_new_distinct_id_creates_a_person(team, manager):
+def test_new_distinct_id_creates_a_person(team, manager, recording_metrics):
     """A regular event from an unseen distinct id creates a person: created at sent_at, the event's uuid, {}."""
     update = person_update(team, "2")
     apply_batch(manager, update)
+    assert recording_metrics.total("ingestion.persons.created") == 1
     [person] = persons_of(team)
     assert (person.properties, person.is_identified, person.created_at) == ({}, False, SENT_AT)
     assert str(person.uuid) == update.person_uuid
@@ -91,13 +91,14 @@ def test_alias_before_person(team, manager):
     assert person.is_identified is False
 
 
-def test_alias_both_existing_merges_into_the_new_person(team, manager):
+def test_alias_both_existing_merges_into_the_new_person(team, manager, recording_metrics):
     """alias both existing: the persons merge; the survivor holds [old, new], cohorts follow it."""
     old = create_person(team, ["old_distinct_id"], properties={"a": "old", "only_old": 1})
     new = create_person(team, ["new_distinct_id"], properties={"a": "new"})
     cohort = Cohort.objects.create(team=team, name="c")
     CohortPeople.objects.create(cohort=cohort, person=old)
     apply_batch(manager, person_update(team, "new_distinct_id", "$create_alias", alias="old_distinct_id"))
+    assert recording_metrics.total("ingestion.persons.merged") == 1
     [survivor] = persons_of(team)
     assert survivor.id == new.id
     assert sorted(distinct_ids_of(survivor)) == ["new_distinct_id", "old_distinct_id"]
@@ -273,16 +274,11 @@ def test_rolled_back_batch_leaves_no_cached_key(team, manager, django_capture_on
     assert [distinct_ids_of(p) for p in persons_of(team)] == [["d"]]
 
 
-def test_unstorable_distinct_id_is_counted_not_fatal(team, manager):
+def test_unstorable_distinct_id_is_counted_not_fatal(team, manager, recording_metrics):
     """A distinct id too long for its column (or holding NUL) creates no person, is counted, and the batch goes on."""
-    metrics = RecordingMetrics()
-    set_metrics(metrics)
-    try:
-        apply_batch(manager, person_update(team, "x" * 401), person_update(team, "a\x00b"), person_update(team, "ok"))
-    finally:
-        set_metrics(None)
+    apply_batch(manager, person_update(team, "x" * 401), person_update(team, "a\x00b"), person_update(team, "ok"))
     assert [distinct_ids_of(p) for p in persons_of(team)] == [["ok"]]
-    assert metrics.total("ingestion.persons.invalid_distinct_id") == 2
+    assert recording_metrics.total("ingestion.persons.invalid_distinct_id") == 2
 
 
 def test_unstorable_property_values_are_replaced(team, manager):

@@ -17,7 +17,6 @@ from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
 from plugin_server.ingestion.persons import PersonManager, PersonUpdate
-from plugin_server.metrics import RecordingMetrics, set_metrics
 from plugin_server.models import Person, PersonDistinctId, Team
 from tests.factories import create_team
 from tests.ingestion.person_helpers import create_person, person_update
@@ -187,12 +186,10 @@ def _wait_until_a_backend_waits_for_a_lock(deadline_seconds: float = 20.0) -> No
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_batch_that_loses_a_creation_race_is_replayed_on_the_winners_person():
+def test_a_batch_that_loses_a_creation_race_is_replayed_on_the_winners_person(recording_metrics):
     """Server B creates "d" first (uncommitted); server A, which also found "d" new, waits, loses, and
     replays its batch: A's $set lands on B's person and A leaves no orphan person behind."""
     team = create_team()
-    metrics = RecordingMetrics()
-    set_metrics(metrics)
     b_inserted = threading.Event()
 
     def server_b() -> None:
@@ -206,25 +203,21 @@ def test_a_batch_that_loses_a_creation_race_is_replayed_on_the_winners_person():
         with transaction.atomic():
             PersonManager().apply([person_update(team, "d", **{"$set": {"from_a": True}})])
 
-    try:
-        _run_together([server_b, server_a])
-    finally:
-        set_metrics(None)
+    _run_together([server_b, server_a])
     [person] = Person.objects.filter(team=team)
     assert person.properties == {"by": "b", "from_a": True}
     assert _orphan_persons() == 0
-    assert metrics.total("ingestion.persons.retries") == 1
+    assert recording_metrics.total("ingestion.persons.retries") == 1
+    assert recording_metrics.total("ingestion.persons.created") == 1
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_batch_chosen_as_deadlock_victim_is_replayed():
+def test_a_batch_chosen_as_deadlock_victim_is_replayed(recording_metrics):
     """Another session holds person 2 and then asks for person 1, which the batch locked: Postgres
     aborts the batch's person work (deadlock); it is rolled back to its savepoint and replayed."""
     team = create_team()
     first = create_person(team, ["one"])
     second = create_person(team, ["two"])
-    metrics = RecordingMetrics()
-    set_metrics(metrics)
     holding_second = threading.Event()
 
     def other_session() -> None:
@@ -243,11 +236,8 @@ def test_a_batch_chosen_as_deadlock_victim_is_replayed():
                 [person_update(team, "one", **{"$set": {"v": 1}}), person_update(team, "two", **{"$set": {"v": 2}})]
             )
 
-    try:
-        _run_together([other_session, server])
-    finally:
-        set_metrics(None)
+    _run_together([other_session, server])
     first.refresh_from_db()
     second.refresh_from_db()
     assert (first.properties, second.properties) == ({"v": 1}, {"v": 2})
-    assert metrics.total("ingestion.persons.retries") == 1
+    assert recording_metrics.total("ingestion.persons.retries") == 1
