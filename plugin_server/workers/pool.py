@@ -268,11 +268,14 @@ class WorkerPool:
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Read the plugin configs and start the workers (plugins are set up lazily)."""
+    def start(self, inventory: Inventory | None = None) -> None:
+        """Read the plugin configs and start the workers (plugins are set up lazily).
+
+        ``inventory`` replaces reading the database (``run_plugin`` runs a
+        plugin that is not installed)."""
         self.empty_dir = tempfile.mkdtemp(prefix="plugin-worker-root-")
         os.chmod(self.empty_dir, 0o555)
-        self.inventory = load_inventory(self._code_cache)
+        self.inventory = inventory if inventory is not None else load_inventory(self._code_cache)
         self._contexts.update(self.inventory.contexts)
         self._slots = [_Slot(self, index) for index in range(max(1, self.settings.concurrency))]
         futures = []
