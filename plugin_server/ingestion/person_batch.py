@@ -64,6 +64,8 @@ class PersonBatch:
         self._persons: dict[DistinctIdKey, PersonRecord] = {}
         # Keys looked up in the database this batch: only these may be "new".
         self._queried: set[DistinctIdKey] = set()
+        # Keys looked up only to know whether they own a person (not locked, never changed).
+        self._existing: set[DistinctIdKey] = set()
         self._new_persons: list[PersonRecord] = []
         self._new_distinct_ids: list[tuple[PersonRecord, str]] = []
         self._to_update: list[PersonRecord] = []
@@ -75,12 +77,14 @@ class PersonBatch:
 
     def known_keys(self) -> list[DistinctIdKey]:
         """Every key that owns a person once the batch commits (for the distinct-id cache)."""
-        return list(self._persons)
+        return [*self._persons, *self._existing]
 
     def run(self, updates: Sequence[PersonUpdate]) -> None:
         """Apply every update in order, then write what is left."""
-        self._queried = self._keys_to_load(updates)
-        self._persons = person_store.load_persons(self._cursor, self._queried)
+        to_lock, to_probe = self._keys_to_load(updates)
+        self._queried = to_lock | to_probe
+        self._persons = person_store.load_persons(self._cursor, to_lock)
+        self._existing = person_store.existing_distinct_ids(self._cursor, to_probe)
         for update in updates:
             self._apply(update)
         self._flush()
@@ -92,8 +96,11 @@ class PersonBatch:
                 changed.append(person)
         person_store.update_persons(self._cursor, changed)
 
-    def _keys_to_load(self, updates: Sequence[PersonUpdate]) -> set[DistinctIdKey]:
+    def _keys_to_load(self, updates: Sequence[PersonUpdate]) -> tuple[set[DistinctIdKey], set[DistinctIdKey]]:
+        """The keys whose persons this batch may change (to load and lock), and those it only
+        needs to know exist (plain events of ids the cache does not hold)."""
         keys: set[DistinctIdKey] = set()
+        probe: set[DistinctIdKey] = set()
         for update in updates:
             team_id = update.team_id
             if update.event == "$create_alias":
@@ -107,13 +114,16 @@ class PersonBatch:
                     keys.add((team_id, str(anon)))
                 keys.add((team_id, update.distinct_id))
             elif update.event != "$snapshot":
-                # A cached key owns a person already: no lookup unless its properties change.
-                if _has_property_update(update.properties) or not self._cache.contains(team_id, update.distinct_id):
+                if _has_property_update(update.properties):
                     keys.add((team_id, update.distinct_id))
-        unstorable = [key for key in keys if not is_storable_distinct_id(key[1])]
+                elif not self._cache.contains(team_id, update.distinct_id):
+                    # A cached key owns a person already: no lookup at all.
+                    probe.add((team_id, update.distinct_id))
+        probe -= keys
+        unstorable = [key for key in keys | probe if not is_storable_distinct_id(key[1])]
         for team_id, distinct_id in unstorable:
             self._count_invalid(team_id, distinct_id)
-        return keys.difference(unstorable)
+        return keys.difference(unstorable), probe.difference(unstorable)
 
     def _apply(self, update: PersonUpdate) -> None:
         self._person_uuid_taken = False
@@ -128,7 +138,7 @@ class PersonBatch:
         if update.event == "$snapshot":
             return
         key = (team_id, distinct_id)
-        if key not in self._persons and key in self._queried:
+        if key in self._queried and key not in self._persons and key not in self._existing:
             self._create(update, [distinct_id], update.new_person_created_at, is_identified=False)
         if _has_property_update(update.properties):
             self._update_properties(update)

@@ -90,6 +90,21 @@ def load_persons(cursor: CursorWrapper, keys: Collection[DistinctIdKey]) -> dict
     return found
 
 
+def existing_distinct_ids(cursor: CursorWrapper, keys: Collection[DistinctIdKey]) -> set[DistinctIdKey]:
+    """Which of these keys own a person already; no lock (the batch will not change them)."""
+    if not keys:
+        return set()
+    cursor.execute(
+        """
+        SELECT k.team_id, k.distinct_id
+        FROM unnest(%s::int[], %s::text[]) AS k(team_id, distinct_id)
+        JOIN posthog_persondistinctid pdi ON pdi.team_id = k.team_id AND pdi.distinct_id = k.distinct_id
+        """,
+        [[team_id for team_id, _ in keys], [distinct_id for _, distinct_id in keys]],
+    )
+    return {(team_id, distinct_id) for team_id, distinct_id in cursor.fetchall()}
+
+
 def fetch_person(cursor: CursorWrapper, team_id: int, distinct_id: str) -> PersonRecord | None:
     """The person of one distinct id, both rows filtered by team (spec §4.7); no lock."""
     cursor.execute(

@@ -66,6 +66,22 @@ def test_new_persons_cost_one_statement_per_table():
 
 
 @pytest.mark.django_db
+def test_plain_events_of_uncached_ids_only_probe_without_locks():
+    """Events without $set of ids the cache does not hold cost one unlocked lookup and create only the missing."""
+    team = create_team()
+    for i in range(50):
+        create_person(team, [f"user-{i}"])
+    manager = PersonManager(lru_size=1000)
+    updates = [person_update(team, f"user-{i % 60}") for i in range(200)]
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        manager.apply(updates)
+    statements = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
+    assert len(statements) == 3  # probe, persons, distinct ids
+    assert not any("FOR NO KEY UPDATE" in sql for sql in statements)
+    assert Person.objects.filter(team=team).count() == 60
+
+
+@pytest.mark.django_db
 def test_a_mixed_batch_of_many_teams_has_a_bounded_cost():
     """Identify, alias and plain events over three teams still cost a fixed number of statements (no merge)."""
     teams = [create_team() for _ in range(3)]
