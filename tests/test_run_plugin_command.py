@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -95,3 +98,24 @@ def test_bad_input_is_a_clear_error(tmp_path):
         _run(str(_folder(tmp_path)), event=["{nope"])
     with pytest.raises(CommandError, match="key=value"):
         _run(str(_folder(tmp_path)), event=["{}"], config=["novalue"])
+
+
+def test_new_plugin_scaffold_passes_its_test_and_runs_in_the_sandbox(tmp_path):
+    """new_plugin writes a plugin whose own test passes and which run_plugin runs cleanly."""
+    out = io.StringIO()
+    call_command("new_plugin", "hello-world", directory=str(tmp_path), stdout=out)
+    folder = tmp_path / "hello-world"
+    assert sorted(p.name for p in folder.iterdir()) == ["main.py", "plugin.json", "test_main.py"]
+    tested = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:django", "-c", os.devnull, "test_main.py"],
+        capture_output=True, text=True, cwd=folder, timeout=60,
+        # As a plugin author runs it: outside this project's Django settings.
+        env={key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"},
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    output = _run(str(folder), event=['{"event": "$pageview"}'], config=["greeting=hey"])
+    assert json.loads(output.splitlines()[0].split(": ", 1)[1])["properties"]["greeting"] == "hey"
+    with pytest.raises(CommandError, match="already exists"):
+        call_command("new_plugin", "hello-world", directory=str(tmp_path), stdout=out)
+    with pytest.raises(CommandError, match="not a valid plugin name"):
+        call_command("new_plugin", "Bad Name", directory=str(tmp_path), stdout=out)
