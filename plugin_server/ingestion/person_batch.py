@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,30 @@ logger = logging.getLogger(__name__)
 # posthog_persondistinctid.distinct_id is varchar(400); Postgres text cannot hold NUL.
 MAX_DISTINCT_ID_LENGTH = 400
 
+
+
+@dataclass(frozen=True, slots=True)
+class DistinctIdChange:
+    """A ``posthog_persondistinctid`` row added or moved, as ``clickhouse_person_unique_id`` carries it."""
+
+    id: int
+    team_id: int
+    distinct_id: str
+    person_uuid: str
+
+
+@dataclass(slots=True)
+class PersonChanges:
+    """What one batch wrote, in order, for a sink that mirrors persons (the Kafka pipeline, spec §4.1–§4.5).
+
+    ``created`` persons were inserted (their final state at insert),
+    ``updated`` persons were written again, ``distinct_ids`` were added or
+    moved, ``deleted`` persons were merged away."""
+
+    created: list[PersonRecord] = field(default_factory=list)
+    updated: list[PersonRecord] = field(default_factory=list)
+    distinct_ids: list[DistinctIdChange] = field(default_factory=list)
+    deleted: list[PersonRecord] = field(default_factory=list)
 
 
 class RaceLost(Exception):
@@ -74,6 +99,7 @@ class PersonBatch:
         self.created = 0
         self.merged = 0
         self.invalid: Counter[int] = Counter()  # unstorable distinct ids per team
+        self.changes = PersonChanges()
 
     def known_keys(self) -> list[DistinctIdKey]:
         """Every key that owns a person once the batch commits (for the distinct-id cache)."""
@@ -95,6 +121,7 @@ class PersonBatch:
             if person.changed or jsonb_text(person.properties) != person.stored_properties:
                 changed.append(person)
         person_store.update_persons(self._cursor, changed)
+        self.changes.updated.extend(changed)
 
     def _keys_to_load(self, updates: Sequence[PersonUpdate]) -> tuple[set[DistinctIdKey], set[DistinctIdKey]]:
         """The keys whose persons this batch may change (to load and lock), and those it only
@@ -233,7 +260,11 @@ class PersonBatch:
         into.changed = True
         self._flush()  # both persons and all their distinct ids must be rows now
         assert into.id is not None and other.id is not None
-        person_store.merge_rows(self._cursor, into.team_id, into.id, other.id)
+        moved = person_store.merge_rows(self._cursor, into.team_id, into.id, other.id)
+        self.changes.distinct_ids.extend(
+            DistinctIdChange(row_id, into.team_id, distinct_id, into.uuid) for row_id, distinct_id in moved
+        )
+        self.changes.deleted.append(other)
         other.deleted = True
         for key, person in self._persons.items():
             if person is other:
@@ -258,6 +289,7 @@ class PersonBatch:
         if self._new_persons:
             person_store.insert_persons(self._cursor, self._new_persons)
             self.created += len(self._new_persons)
+            self.changes.created.extend(self._new_persons)
             self._new_persons = []
         if self._new_distinct_ids:
             rows: list[tuple[int, str, int]] = []
@@ -266,5 +298,9 @@ class PersonBatch:
                 rows.append((person.team_id, distinct_id, person.id))
             inserted = person_store.insert_distinct_ids(self._cursor, rows)
             if len(inserted) < len(rows):
-                raise RaceLost(sorted({(team_id, did) for team_id, did, _ in rows} - inserted)[:5])
+                raise RaceLost(sorted({(team_id, did) for team_id, did, _ in rows} - inserted.keys())[:5])
+            self.changes.distinct_ids.extend(
+                DistinctIdChange(inserted[(person.team_id, distinct_id)], person.team_id, distinct_id, person.uuid)
+                for person, distinct_id in self._new_distinct_ids
+            )
             self._new_distinct_ids = []

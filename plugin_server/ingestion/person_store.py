@@ -149,15 +149,15 @@ def insert_persons(cursor: CursorWrapper, persons: Sequence[PersonRecord]) -> No
         person.touched = person.changed = False
 
 
-def insert_distinct_ids(cursor: CursorWrapper, rows: Sequence[tuple[int, str, int]]) -> set[DistinctIdKey]:
-    """Insert ``(team_id, distinct_id, person_id)`` rows in the given order; return the keys inserted.
+def insert_distinct_ids(cursor: CursorWrapper, rows: Sequence[tuple[int, str, int]]) -> dict[DistinctIdKey, int]:
+    """Insert ``(team_id, distinct_id, person_id)`` rows in the given order; return the row id of each key inserted.
 
     A key another transaction holds already is skipped, not an error (ON
     CONFLICT DO NOTHING waits for that transaction first), so the caller can
     tell it lost a race without aborting its own transaction. Rows are
     inserted in order, which is the order a person's distinct ids list in."""
     if not rows:
-        return set()
+        return {}
     cursor.execute(
         """
         INSERT INTO posthog_persondistinctid (team_id, distinct_id, person_id)
@@ -165,11 +165,11 @@ def insert_distinct_ids(cursor: CursorWrapper, rows: Sequence[tuple[int, str, in
         FROM unnest(%s::int[], %s::text[], %s::int[]) WITH ORDINALITY AS v(team_id, distinct_id, person_id, n)
         ORDER BY n
         ON CONFLICT (team_id, distinct_id) DO NOTHING
-        RETURNING team_id, distinct_id
+        RETURNING team_id, distinct_id, id
         """,
         [[row[0] for row in rows], [row[1] for row in rows], [row[2] for row in rows]],
     )
-    return {(team_id, distinct_id) for team_id, distinct_id in cursor.fetchall()}
+    return {(team_id, distinct_id): row_id for team_id, distinct_id, row_id in cursor.fetchall()}
 
 
 def update_persons(cursor: CursorWrapper, persons: Sequence[PersonRecord]) -> None:
@@ -197,25 +197,25 @@ def update_persons(cursor: CursorWrapper, persons: Sequence[PersonRecord]) -> No
         person.touched = person.changed = False
 
 
-def merge_rows(cursor: CursorWrapper, team_id: int, into_id: int, other_id: int) -> list[str]:
+def merge_rows(cursor: CursorWrapper, team_id: int, into_id: int, other_id: int) -> list[tuple[int, str]]:
     """Move every distinct id and cohort membership of ``other`` to ``into`` and delete ``other``.
 
     One statement, so the merge is all or nothing with the caller's
     transaction (the original ran these steps unprotected). Returns the
-    distinct ids moved."""
+    ``(row id, distinct id)`` of the distinct ids moved, in row id order."""
     cursor.execute(
         """
         WITH moved AS (
             UPDATE posthog_persondistinctid SET person_id = %(into)s
             WHERE person_id = %(other)s AND team_id = %(team)s
-            RETURNING distinct_id
+            RETURNING id, distinct_id
         ), cohorts AS (
             UPDATE posthog_cohortpeople SET person_id = %(into)s WHERE person_id = %(other)s
         ), gone AS (
             DELETE FROM posthog_person WHERE id = %(other)s
         )
-        SELECT distinct_id FROM moved
+        SELECT id, distinct_id FROM moved ORDER BY id
         """,
         {"into": into_id, "other": other_id, "team": team_id},
     )
-    return [row[0] for row in cursor.fetchall()]
+    return [(row_id, distinct_id) for row_id, distinct_id in cursor.fetchall()]

@@ -35,9 +35,11 @@ from django.utils import timezone
 
 from plugin_server.exceptions import RetriableError
 from plugin_server.ingestion.distinct_ids import DistinctIdCache
-from plugin_server.ingestion.person_batch import PersonBatch, RaceLost
+from plugin_server.ingestion.person_batch import DistinctIdChange, PersonBatch, PersonChanges, RaceLost
 from plugin_server.ingestion.person_store import PersonRecord, fetch_person
 from plugin_server.metrics import get_metrics
+
+__all__ = ["DistinctIdChange", "PersonChanges", "PersonManager", "PersonRecord", "PersonUpdate"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,13 +88,15 @@ class PersonManager:
         self._clock = clock
         self._max_attempts = max_attempts
 
-    def apply(self, updates: Sequence[PersonUpdate]) -> None:
+    def apply(self, updates: Sequence[PersonUpdate]) -> PersonChanges:
         """Apply the person side of a batch of events; call it inside the ingester's transaction.
 
-        Raises RetriableError if the batch keeps losing races to other
-        transactions; its own writes are then rolled back."""
+        Returns what was written (for a sink that mirrors persons elsewhere,
+        once the transaction commits). Raises RetriableError if the batch
+        keeps losing races to other transactions; its own writes are then
+        rolled back."""
         if not updates:
-            return
+            return PersonChanges()
         for attempt in range(1, self._max_attempts + 1):
             try:
                 # A savepoint: a lost race undoes only this batch's person work
@@ -104,7 +108,7 @@ class PersonManager:
                     known = batch.known_keys()
                     transaction.on_commit(lambda: self.distinct_ids.add(known))
                 self._count(batch)
-                return
+                return batch.changes
             except RaceLost as race:
                 reason = f"distinct ids created concurrently: {race.args[0]}"
             except DatabaseError as error:

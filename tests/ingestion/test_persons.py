@@ -295,3 +295,22 @@ def test_person_for(team, manager):
     assert found is not None and found.id == person.id and found.uuid == str(person.uuid)
     assert manager.person_for(create_team().id, "d") is None
     assert Person.objects.count() == 1
+
+
+def test_apply_reports_what_it_wrote(team, manager):
+    """apply returns the persons created, updated and merged away and the distinct id rows added or moved."""
+    old = create_person(team, ["old"])
+    new = create_person(team, ["new"])
+    fresh = person_update(team, "fresh")
+    with transaction.atomic():
+        changes = manager.apply(
+            [fresh, person_update(team, "new", "$create_alias", alias="old"), person_update(team, "new", **{"$set": {"a": 1}})]
+        )
+    assert [person.uuid for person in changes.created] == [fresh.person_uuid]
+    assert [(person.uuid, person.properties) for person in changes.updated] == [(str(new.uuid), {"a": 1})]
+    assert [person.uuid for person in changes.deleted] == [str(old.uuid)]
+    rows = {row.distinct_id: row for row in changes.distinct_ids}
+    assert rows["fresh"].person_uuid == fresh.person_uuid
+    assert rows["old"].person_uuid == str(new.uuid)
+    assert rows["old"].id == PersonDistinctId.objects.get(distinct_id="old").id
+    assert sorted(rows) == ["fresh", "old"]
