@@ -16,7 +16,7 @@ from plugin_server.ingestion.ingester import Ingester, IngestResult
 from plugin_server.ingestion.persons import PersonManager
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.metrics import RecordingMetrics
-from plugin_server.models import Event, Person, PropertyDefinition, SessionRecordingEvent, Team
+from plugin_server.models import Event, IngestedEventUuid, Person, PropertyDefinition, SessionRecordingEvent, Team
 from tests.factories import create_team
 
 pytestmark = pytest.mark.django_db
@@ -225,3 +225,28 @@ def test_an_unreachable_broker_loses_no_event(ingester: Ingester, recording_metr
     assert len(ingester.ingest([event_of(team)]).stored) == 1
     assert Event.objects.filter(team=team).count() == 1
     assert recording_metrics.total("hooks.send_task_failed") == 1
+
+
+def test_a_database_failure_mid_batch_is_retriable_and_commits_nothing(team: Team, ingester: Ingester) -> None:
+    """posthog_event locked by another session past lock_timeout: RetriableError, and neither the uuid claim nor the
+    person of the batch is kept; once the lock is gone the same batch is stored."""
+    import psycopg
+
+    from plugin_server.exceptions import RetriableError
+
+    params = connection.get_connection_params()
+    other = psycopg.connect(**{key: value for key, value in params.items() if key in ("dbname", "user", "password", "host", "port")})
+    events = [event_of(team, distinct_id="new-person", properties={"$set": {"a": 1}})]
+    try:
+        other.execute("LOCK TABLE posthog_event IN ACCESS EXCLUSIVE MODE")
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(RetriableError):
+            ingester.ingest(events)
+    finally:
+        other.rollback()
+        other.close()
+    assert not IngestedEventUuid.objects.filter(team_id=team.id).exists()
+    assert not Person.objects.filter(team=team).exists()
+    assert len(ingester.ingest(events).stored) == 1
+    assert Person.objects.get(team=team).properties == {"a": 1}
