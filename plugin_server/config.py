@@ -188,7 +188,7 @@ _DERIVED: dict[str, Callable[[], Any]] = {
     "redis_url": _redis_url,
     "worker_concurrency": _worker_concurrency,
     "job_queues": _job_queues,
-    "jobs_workers": lambda: int(settings.Q_CLUSTER["workers"]),
+    "jobs_workers": lambda: int(str(settings.Q_CLUSTER["workers"])),
     "allowed_hosts": lambda: tuple(settings.ALLOWED_HOSTS),
 }
 

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -42,7 +43,8 @@ def publish_reload(client: redis.Redis | None = None) -> int:
     server is running, which is not an error: a starting server loads the
     current state anyway)."""
     channel = get_config().plugins_reload_pubsub_channel
-    receivers = int((client or get_redis()).publish(channel, RELOAD_MESSAGE))
+    # The synchronous client answers an int (the stubs also allow an awaitable).
+    receivers = cast(int, (client or get_redis()).publish(channel, RELOAD_MESSAGE))
     logger.info("Published a plugin reload on %s to %d listeners", channel, receivers, extra={"channel": channel})
     return receivers
 
@@ -185,7 +187,7 @@ class ReloadListener:
                 # We reconnect ourselves, with backoff and a reload afterwards.
                 retry=Retry(NoBackoff(), 0),
             )
-            pubsub = client.pubsub()
+            pubsub = client.pubsub()  # type: ignore[no-untyped-call]  # untyped in redis-py
             pubsub.subscribe(self.channel)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             self._lost(error)

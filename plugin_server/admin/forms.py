@@ -153,7 +153,7 @@ class PluginConfigForm(forms.ModelForm):  # type: ignore[type-arg]
 
     def _chosen_plugin(self) -> Plugin | None:
         if self.instance.plugin_id:
-            return self.instance.plugin  # type: ignore[no-any-return]
+            return self.instance.plugin
         chosen = self.data.get(self.add_prefix("plugin")) if self.is_bound else self.initial.get("plugin")
         chosen = getattr(chosen, "pk", chosen)
         try:

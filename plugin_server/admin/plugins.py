@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
 import redis
 from django.contrib import admin, messages
@@ -93,11 +93,12 @@ class PluginAdmin(ReloadOnChangeMixin, admin.ModelAdmin):  # type: ignore[type-a
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Plugin]:
         # The archive can be megabytes: never load it for a list.
-        return (
+        return cast(
+            "QuerySet[Plugin]",
             super()
             .get_queryset(request)
             .defer("archive", "source")
-            .annotate(_configs=Count("pluginconfig"), _enabled=Count("pluginconfig", filter=Q(pluginconfig__enabled=True)))
+            .annotate(_configs=Count("pluginconfig"), _enabled=Count("pluginconfig", filter=Q(pluginconfig__enabled=True))),
         )
 
     @admin.display(description="configs", ordering="_configs")
@@ -208,7 +209,8 @@ class PluginConfigAdmin(ReloadOnChangeMixin, admin.ModelAdmin):  # type: ignore[
         kwargs["fields"] = ["enabled", "order", "config"] if obj is not None else ["team", "plugin", "enabled", "order", "config"]
         return super().get_form(request, obj, change, **kwargs)
 
-    def get_fieldsets(self, request: HttpRequest, obj: PluginConfig | None = None) -> list[tuple[str | None, dict[str, Any]]]:
+    # The stubs type each fieldset's options as a private TypedDict; a plain dict is what Django takes.
+    def get_fieldsets(self, request: HttpRequest, obj: PluginConfig | None = None) -> list[tuple[str | None, dict[str, Any]]]:  # type: ignore[override]
         plugin = obj.plugin if obj is not None else self._plugin_of_request(request)
         schema = SchemaFields(plugin.config_schema if plugin is not None else {}, {}, {}, is_new=obj is None)
         settings_fields = schema.names or ["config"]

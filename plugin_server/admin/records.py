@@ -79,7 +79,8 @@ class PluginLogEntryAdmin(ReadOnlyAdmin):
 
     @admin.display(description="message")
     def short_message(self, entry: PluginLogEntry) -> str:
-        return entry.message if len(entry.message) <= 200 else entry.message[:200] + "…"
+        message = str(entry.message)
+        return message if len(message) <= 200 else message[:200] + "…"
 
 
 class DeadLetterAdmin(ReadOnlyAdmin):
@@ -96,7 +97,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[DeadLetter]:
         queryset = super().get_queryset(request)
         # Payloads can be large: load them only on the one letter's page.
-        return queryset if request.resolver_match and request.resolver_match.url_name.endswith("_change") else queryset.defer("payload")
+        return queryset if request.resolver_match and (request.resolver_match.url_name or "").endswith("_change") else queryset.defer("payload")
 
     @admin.display(description="payload")
     def payload_text(self, letter: DeadLetter) -> str:
