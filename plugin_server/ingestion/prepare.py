@@ -107,6 +107,8 @@ def check_event(event: object, max_bytes: int) -> tuple[PluginEvent, bool]:
     if isinstance(team_id, bool) or not isinstance(team_id, (int, str)) or not str(team_id).lstrip("-").isdigit():
         raise invalid(Reason.INVALID_TEAM_ID, f"Not a valid team id: {render_for_error(team_id)!r}")
     team_id = int(team_id)
+    if not 0 < team_id < 2**31:  # posthog_team.id is a serial: anything else would fail the batch's team query
+        raise invalid(Reason.INVALID_TEAM_ID, f"Not a valid team id: {team_id}")
     if "uuid" not in event:
         raise invalid(Reason.INVALID_UUID, 'Not a valid UUID: "undefined"', team_id)
     if not is_valid_uuid(event["uuid"]):

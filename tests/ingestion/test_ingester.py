@@ -59,6 +59,7 @@ def reasons(result: IngestResult) -> list[str]:
         (lambda event: {**event, "properties": ["a"]}, "properties_not_an_object", "Event properties are not an object but list"),
         (lambda event: {k: v for k, v in event.items() if k != "uuid"}, "invalid_uuid", 'Not a valid UUID: "undefined"'),
         (lambda event: {**event, "team_id": "two"}, "invalid_team_id", "Not a valid team id: 'two'"),
+        (lambda event: {**event, "team_id": 2**40}, "invalid_team_id", f"Not a valid team id: {2**40}"),
         (lambda event: {**event, "distinct_id": None}, "missing_distinct_id", "Event has no distinct_id"),
         (lambda event: {**event, "distinct_id": "x" * 201}, "distinct_id_too_long", "distinct_id is longer than 200 characters"),
         (
@@ -72,7 +73,7 @@ def reasons(result: IngestResult) -> list[str]:
             "over the limit of 10000 bytes",
         ),
     ],
-    ids=["not an object", "properties", "missing uuid", "team id", "no distinct id", "long distinct id", "session id", "too large"],
+    ids=["not an object", "properties", "missing uuid", "team id", "huge team id", "no distinct id", "long distinct id", "session id", "too large"],
 )
 def test_bad_input_is_returned_invalid_and_the_rest_is_stored(team: Team, ingester: Ingester, change, reason, message) -> None:  # type: ignore[no-untyped-def]
     """Each kind of bad event is returned with a stable reason and its message; the good events of the batch are stored."""
