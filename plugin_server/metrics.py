@@ -36,6 +36,8 @@ INGESTION_SANITISED = "ingestion.sanitised"  # count, tag team_id: NUL, lone sur
 INGESTION_TIMESTAMP_IGNORED = "ingestion.timestamp_ignored"  # count, tags team_id, input
 INGESTION_BATCH_SPLIT = "ingestion.batch_split"  # count: a batch the database refused was bisected
 INGESTION_DEFINITION_NAME_TOO_LONG = "ingestion.definitions.name_too_long"  # count, tag team_id
+SINK_WRITE_TIME = "ingestion.sink.write_time"  # timing, tag sink: one batch written
+SINK_ROWS = "ingestion.sink.rows"  # count, tags sink, table: rows written
 
 
 class MetricsBackend(Protocol):

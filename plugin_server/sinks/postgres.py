@@ -12,6 +12,9 @@ Element groups are inserted sorted by (team, hash) with ``ON CONFLICT DO
 NOTHING RETURNING``: only the groups this transaction really created get
 element rows, and two servers racing on one group wait for each other
 rather than deadlock or duplicate elements.
+
+Metrics: ``ingestion.sink.write_time`` (one batch) and ``ingestion.sink.rows``
+(per table), both tagged ``sink=postgres``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from django.db import connection, transaction
 from django.db.backends.utils import CursorWrapper
 
 from plugin_server.ingestion.elements import Element, elements_hash
+from plugin_server.metrics import SINK_ROWS, SINK_WRITE_TIME, get_metrics, timed
 from plugin_server.sinks.base import PreparedBatch, PreparedEvent, PreparedRecording
 
 logger = logging.getLogger(__name__)
@@ -74,15 +78,17 @@ class PostgresSink:
 
     def write(self, batch: PreparedBatch) -> None:
         """Store the batch; must run inside a transaction (the ingester's)."""
-        with connection.cursor() as cursor:
+        with timed(SINK_WRITE_TIME, {"sink": "postgres"}), connection.cursor() as cursor:
             if batch.events:
                 hashes = [elements_hash(event.elements) if event.elements else "" for event in batch.events]
                 self._write_groups(
                     cursor, [(event.team_id, digest, event.elements) for event, digest in zip(batch.events, hashes) if digest]
                 )
                 self._write_events(cursor, batch.events, hashes)
+                get_metrics().incr(SINK_ROWS, len(batch.events), {"sink": "postgres", "table": "posthog_event"})
             if batch.recordings:
                 self._write_recordings(cursor, batch.recordings)
+                get_metrics().incr(SINK_ROWS, len(batch.recordings), {"sink": "postgres", "table": "posthog_sessionrecordingevent"})
 
     def create_element_group(self, team_id: int, elements: list[Element]) -> str:
         """Create (or find) the element group of ``elements`` for the team; returns its hash."""

@@ -113,3 +113,11 @@ def test_a_batch_costs_four_statements_at_most() -> None:
     assert len([query for query in queries.captured_queries if query["sql"].startswith("INSERT")]) == 4
     assert (Event.objects.filter(team=team).count(), ElementGroup.objects.filter(team=team).count()) == (300, 10)
     assert SessionRecordingEvent.objects.filter(team=team).count() == 100
+
+
+def test_the_sink_reports_rows_and_time(recording_metrics) -> None:  # type: ignore[no-untyped-def]
+    """Each write reports its latency and the rows it wrote per table."""
+    team = create_team()
+    write(PostgresSink(), PreparedBatch(events=[prepared_event(team.id), prepared_event(team.id)]))
+    assert recording_metrics.total("ingestion.sink.rows") == 2
+    assert [call[1] for call in recording_metrics.calls if call[0] == "timing"] == ["ingestion.sink.write_time"]
