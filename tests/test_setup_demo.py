@@ -80,3 +80,22 @@ def test_the_demo_admin_can_log_in_and_sees_the_demo_config() -> None:
     config = PluginConfig.objects.get()
     page = client.get(reverse("admin:posthog_pluginconfig_change", args=[config.pk])).content.decode()
     assert 'name="config__greeting"' in page and "Hello from the demo plugin" in page
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_the_demo_plugin_greets_events_in_a_real_worker() -> None:
+    """The demo config runs in a worker process: each event of the demo team gets the greeting property."""
+    from plugin_server.workers.pool import PoolSettings, WorkerPool
+
+    with override_settings(BASE_DIR=str(PROJECT)):
+        setup_demo()
+        team = Team.objects.get(api_token=DEMO_API_TOKEN)
+        pool = WorkerPool(PoolSettings.from_config(concurrency=1, task_timeout=5.0, memory_limit_mb=512, grace=1.0))
+        pool.start()
+        try:
+            [event] = pool.process_events([{"event": "$pageview", "distinct_id": "d1", "team_id": team.pk, "properties": {}, "uuid": "u1"}])
+        finally:
+            pool.stop()
+    assert event["properties"]["greeting"] == "Hello from the demo plugin"
+    assert PluginConfig.objects.get().error is None
