@@ -3,8 +3,9 @@
 RestrictedPython rewrites ``a.b`` into ``_getattr_(a, "b")``, ``a.b = c`` into
 ``_write_(a).b = c``, ``for x in y`` into ``_getiter_(y)`` and so on; this
 module supplies those functions and the plugin's builtins. Our transformer
-(:mod:`plugin_server.plugins.sandbox`) adds ``_pow_`` and ``_lshift_`` for the
-two operators that build a huge integer in one uninterruptible C call.
+(:mod:`plugin_server.plugins.sandbox`) adds ``_pow_``, ``_lshift_`` and
+``_mul_`` for the operators that build a huge integer in one uninterruptible C
+call (:mod:`plugin_server.plugins.interruptible`).
 
 The guards are one layer only. The worker process (no credentials, rlimits,
 scrubbed environment) is the boundary that holds if a guard is bypassed.
@@ -22,9 +23,14 @@ from typing import Any
 from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
 from RestrictedPython.transformer import INSPECT_ATTRIBUTES
 
-# Integers above this many bits cannot be made with ``**``, ``pow()`` or ``<<``:
-# CPython computes them in one C call that no signal can interrupt.
-MAX_INT_BITS = 1_000_000
+from plugin_server.plugins.interruptible import (
+    guarded_imul,
+    guarded_lshift,
+    guarded_mul,
+    guarded_pow,
+    plugin_iter,
+    plugin_range,
+)
 
 # Attributes that lead to frames, code, globals or the class tree even though
 # their names do not start with "_" (RestrictedPython's own list plus the
@@ -150,32 +156,10 @@ def guarded_type(obj: object) -> type:
     return result
 
 
-def _check_int_bits(bits: int, what: str) -> None:
-    if bits > MAX_INT_BITS:
-        raise OverflowError(f"{what} would make an integer of more than {MAX_INT_BITS} bits, refused in plugins")
-
-
-def guarded_pow(base: Any, exponent: Any, modulo: Any = None) -> Any:
-    """``**`` and ``pow()``: refuses integer powers beyond :data:`MAX_INT_BITS` before computing them."""
-    if modulo is not None:
-        # Modular powers stay as small as the modulus.
-        return pow(base, exponent, modulo)
-    if isinstance(base, int) and isinstance(exponent, int) and exponent > 1 and abs(base) > 1:
-        _check_int_bits(exponent * abs(base).bit_length(), "this power")
-    return base**exponent
-
-
-def guarded_lshift(value: Any, shift: Any) -> Any:
-    """``<<``: refuses shifting an integer beyond :data:`MAX_INT_BITS`."""
-    if isinstance(value, int) and isinstance(shift, int) and value != 0 and shift > 0:
-        _check_int_bits(shift + abs(value).bit_length(), "this shift")
-    return value << shift
-
-
 _INPLACE_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
     "+=": operator.iadd,
     "-=": operator.isub,
-    "*=": operator.imul,
+    "*=": guarded_imul,
     "/=": operator.itruediv,
     "//=": operator.ifloordiv,
     "%=": operator.imod,
@@ -298,7 +282,7 @@ def guarded_iter(obj: Iterable[Any]) -> Any:
 _PLAIN_BUILTINS = (
     "None False True NotImplemented Ellipsis abs all any ascii bin bool bytearray bytes callable chr "
     "classmethod complex dict divmod enumerate filter float frozenset hash hex id int isinstance "
-    "issubclass iter len list map max min next object oct ord property range repr reversed round set "
+    "issubclass len list map max min next object oct ord property repr reversed round set "
     "slice sorted staticmethod str sum tuple zip"
 ).split()
 _EXCEPTIONS = (
@@ -316,6 +300,8 @@ SAFE_BUILTINS.update(
         "hasattr": guarded_hasattr,
         "type": guarded_type,
         "pow": guarded_pow,
+        "iter": plugin_iter,
+        "range": plugin_range,
         "__build_class__": builtins.__build_class__,
     }
 )
@@ -348,6 +334,7 @@ def plugin_namespace(classes: PluginClasses, importer: Callable[..., Any]) -> di
         "_unpack_sequence_": guarded_unpack_sequence,
         "_pow_": guarded_pow,
         "_lshift_": guarded_lshift,
+        "_mul_": guarded_mul,
         "_plugin_exception_": Exception,
         "__metaclass__": classes.metaclass,
     }

@@ -5,7 +5,9 @@ A plugin never receives a real module object: ``import json`` hands it a
 explicit list). Submodules and imported helpers (``json.decoder``,
 ``datetime.sys``, ``re.enum``, ``random._os`` ...) are simply not there, the
 view refuses writes, and the few calls that could hog a C loop that no
-signal interrupts (``math.factorial``, ``hashlib.pbkdf2_hmac``) are bounded.
+signal interrupts are bounded (``math.factorial``, ``hashlib.pbkdf2_hmac``)
+or run in Python (``math.prod``, the endless ``itertools``; see
+:mod:`~plugin_server.plugins.interruptible`).
 
 ``random`` is built per plugin around its own ``random.Random()``, so one
 plugin's ``random.seed()`` cannot make another plugin's numbers predictable.
@@ -22,6 +24,8 @@ import time
 import types
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from plugin_server.plugins.interruptible import ITERTOOLS_REPLACEMENTS, prod
 
 ALLOWED_MODULES = frozenset(
     {
@@ -138,8 +142,9 @@ def pbkdf2_hmac(hash_name: str, password: bytes, salt: bytes, iterations: int, d
 
 _REPLACEMENTS: dict[str, dict[str, Any]] = {
     "time": {"sleep": sleep},
-    "math": {name: _bounded_n(getattr(math, name)) for name in ("factorial", "comb", "perm")},
+    "math": {"prod": prod, **{name: _bounded_n(getattr(math, name)) for name in ("factorial", "comb", "perm")}},
     "hashlib": {"pbkdf2_hmac": pbkdf2_hmac},
+    "itertools": ITERTOOLS_REPLACEMENTS,
 }
 
 # Code objects whose frames mean "the plugin is waiting", for the time limit's message.

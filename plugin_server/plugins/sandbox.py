@@ -7,9 +7,10 @@ and returns what the plugin defines as :class:`PluginExports`.
 
 Our additions to RestrictedPython's transformer:
 
-- ``a ** b`` and ``a << b`` become ``_pow_(a, b)`` / ``_lshift_(a, b)``, which
-  refuse integers of more than a million bits (``10**10**10`` would otherwise
-  run in one C call that no time limit can interrupt);
+- ``a ** b``, ``a << b`` and ``a * b`` become ``_pow_(a, b)``,
+  ``_lshift_(a, b)`` and ``_mul_(a, b)``, which refuse integers of more than a
+  million bits (``10**10**10`` would otherwise run in one C call that no time
+  limit can interrupt; see :mod:`~plugin_server.plugins.interruptible`);
 - a bare ``except:`` becomes ``except Exception:``, so plugin code cannot
   catch the time-limit interrupt;
 - annotated assignments (``x: int = 1``) lose their annotation instead of
@@ -84,7 +85,7 @@ class PluginExports:
 class PluginTransformer(RestrictingNodeTransformer):
     """RestrictedPython's policy plus the integer-size guards and the catch-all rewrite."""
 
-    _GUARDED_OPERATORS = {ast.Pow: "_pow_", ast.LShift: "_lshift_"}
+    _GUARDED_OPERATORS = {ast.Pow: "_pow_", ast.LShift: "_lshift_", ast.Mult: "_mul_"}
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
         node = self.node_contents_visit(node)

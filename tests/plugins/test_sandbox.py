@@ -456,3 +456,28 @@ def test_nested_calls_are_refused() -> None:
     """call_with_time_limit does not nest."""
     with pytest.raises(RuntimeError, match="do not nest"):
         call_with_time_limit(lambda: call_with_time_limit(lambda: None, seconds=1), seconds=1)
+
+
+def test_ranges_and_iterators_keep_their_behaviour() -> None:
+    """range, iter, itertools.repeat/count and math.prod give the usual answers (huge ranges included)."""
+    source = """
+    import itertools, math
+    def run():
+        small = range(2, 10, 2)
+        huge = range(10 ** 12)
+        items = []
+        for item in iter([1, 2, 3].pop, 1):
+            items.append(item)
+        counted = list(itertools.islice(itertools.count(5), 3))
+        listed = [1, 2]
+        alias = listed
+        listed *= 2
+        return (list(small), len(small), small[1], 4 in small, len(huge), huge[-1], 10 ** 11 in huge,
+                huge.index(7), list(huge[3:6]), items, counted, list(itertools.repeat("x", 2)),
+                math.prod([2, 3, 4]), alias)
+    jobs = {"run": run}
+    """
+    assert run_job(source) == (
+        [2, 4, 6, 8], 4, 4, True, 10**12, 10**12 - 1, True, 7, [3, 4, 5], [3, 2], [5, 6, 7], ["x", "x"], 24,
+        [1, 2, 1, 2],
+    )

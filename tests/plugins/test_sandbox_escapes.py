@@ -602,3 +602,43 @@ def test_nothing_in_the_plugin_namespace_leads_to_the_environment(secret_env: st
     assert len(seen) == 17 and all(entry.startswith("<plugin module") for entry in seen)
     assert SECRET not in "".join(seen)
     assert os.environ["PLUGIN_SANDBOX_TEST_SECRET"] == SECRET
+
+
+# --- C loops a signal cannot interrupt ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "sum(range(10 ** 12))",
+        "any(itertools.repeat(0))",
+        "any(iter(int, 1))",
+        "collections.deque(itertools.count(), maxlen=0)",
+        "max(itertools.cycle([1, 2]))",
+        "collections.deque(itertools.product(range(1000), repeat=6), maxlen=0)",
+        "math.prod(range(1, 10 ** 6))",
+    ],
+)
+def test_it_denies_endless_c_loops_by_timing_them_out(expression: str) -> None:
+    """A C function consuming an endless C iterator is still stopped by the time limit."""
+    started = time.monotonic()
+    with pytest.raises(PluginTimeout, match="0.3 seconds"):
+        run(f"import itertools, collections, math\ndef run():\n    return {expression}\n", seconds=0.3)
+    assert time.monotonic() - started < 1.5
+
+
+def test_it_denies_squaring_a_giant_integer() -> None:
+    """x = x * x on an ever larger integer is refused before one product hogs the CPU."""
+    started = time.monotonic()
+    with pytest.raises(OverflowError, match="this product"):
+        run("def run():\n    x = 10 ** 100000\n    while True:\n        x = x * x\n", seconds=2)
+    assert time.monotonic() - started < 0.5
+
+
+def test_it_denies_giant_sequence_repetition() -> None:
+    """[0] * 10**10 is refused before allocating anything."""
+    for expression in ("[0] * 10 ** 10", "'a' * 10 ** 10", "10 ** 10 * b'a'"):
+        with pytest.raises(MemoryError, match="refused in plugins"):
+            run(f"def run():\n    return {expression}\n")
+    with pytest.raises(MemoryError, match="refused in plugins"):
+        run("def run():\n    x = [0]\n    x *= 10 ** 10\n")
