@@ -10,8 +10,9 @@ starts. It stops when all N events are in ``posthog_event``.
 
 Printed per run: events/s, the server's CPU ms per event (user + system of
 the server process and all its children, i.e. the plugin workers, measured
-from /proc over the timed part only) and the peak RSS of all those processes
-together (sampled every 100 ms).
+from /proc over the timed part only), the peak RSS of all those processes
+together (sampled every 100 ms) and the CPU of the server's own Postgres
+backends per event (from /proc; the database is the benchmark's own).
 
 Usage (from the repository root, services up)::
 
@@ -51,12 +52,13 @@ class Result:
     seconds: float
     cpu_seconds: float
     peak_rss_bytes: int
+    postgres_cpu_seconds: float
 
     def line(self) -> str:
         return (
             f"WORKER_CONCURRENCY={self.concurrency}: {self.events} events in {self.seconds:.2f} s = "
             f"{self.events / self.seconds:,.0f} events/s; server CPU {self.cpu_seconds * 1000 / self.events:.3f} ms/event; "
-            f"peak RSS {self.peak_rss_bytes / 2**20:.0f} MB"
+            f"peak RSS {self.peak_rss_bytes / 2**20:.0f} MB; Postgres CPU {self.postgres_cpu_seconds * 1000 / self.events:.3f} ms/event"
         )
 
 
@@ -179,10 +181,18 @@ def run(concurrency: int, events: int, distinct_ids: int, timeout: float) -> Res
         cpu_after = cpu_seconds(pids)
         peak = max(peak, rss_bytes(pids))
         cpu = sum(cpu_after.values()) - sum(cpu_before.get(pid, 0.0) for pid in cpu_after)
+        # The server's own Postgres backends (it keeps its connections; they
+        # were opened by the timed run): their whole CPU time.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            backends = [row[0] for row in cursor.fetchall()]
+        postgres_cpu = sum(cpu_seconds(backends).values())
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
-    return Result(concurrency, events, seconds, cpu, peak)
+    return Result(concurrency, events, seconds, cpu, peak, postgres_cpu)
 
 
 def main() -> None:

@@ -181,6 +181,11 @@ INGESTION_RETRY_BACKOFF_MAX = env_float("INGESTION_RETRY_BACKOFF_MAX", 30.0)
 CELERY_CONSUMER_HEARTBEAT_TTL = env_int("CELERY_CONSUMER_HEARTBEAT_TTL", 30, minimum=2)
 # Seconds a graceful shutdown may take before the server exits anyway.
 SHUTDOWN_TIMEOUT = env_float("SHUTDOWN_TIMEOUT", 30.0)
+# Django's CONN_MAX_AGE (seconds a database connection is reused; 0 = a new
+# one per batch). A long-lived consumer keeps its connections: connecting
+# costs milliseconds per batch. Broken ones are replaced (CONN_HEALTH_CHECKS).
+DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 600)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 # --- Events processor (port) ----------------------------------------------------
 # An event whose JSON (as it leaves the plugins) is larger than this many bytes

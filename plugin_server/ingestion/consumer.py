@@ -14,9 +14,10 @@ One batch at a time, whichever :class:`~.sources.base.Source` it is given:
    a dead letter.
 6. ``WorkerPool.on_events`` runs ``on_event``/``on_snapshot``.
 
-Back-pressure is structural: the loop polls only when the previous batch is
-acknowledged, so at most one batch (bounded in messages and bytes) is held,
-however long the queue. Delivery is at least once: a crash before step 5
+Back-pressure is structural: ``run`` takes batch k+1 (steps 1-3, on a helper
+thread) while batch k is stored (steps 4-6), and polls again only when both
+are done, so at most two batches (each bounded in messages and bytes) are
+held, however long the queue. Delivery is at least once: a crash before step 5
 leaves the batch unacknowledged and the source delivers it again; the event
 uuid makes the second store a no-op.
 
@@ -46,6 +47,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -128,6 +130,17 @@ class _RetriesExhausted(Exception):
 
 
 @dataclass(slots=True)
+class _Batch:
+    """One batch between taking and storing: what to ack, what to dead-letter, what to store."""
+
+    deliveries: list[Delivery]
+    started: float
+    letters: list[DeadLetterEntry] = field(default_factory=list)
+    events: list[PluginEvent] = field(default_factory=list)  # after the plugins
+    by_uuid: dict[str, Delivery] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class _Outcome:
     """What became of one batch's events (merged across bisected ingest calls)."""
 
@@ -182,61 +195,98 @@ class Consumer:
         return self._paused
 
     def run(self) -> None:
-        """Run batches until :meth:`stop`; then return (the caller closes the source)."""
-        while not self._stopping.is_set():
-            if self._paused:
+        """Run batches until :meth:`stop`, one batch ahead; then return (the caller closes the source).
+
+        While batch k is stored, acknowledged and given to on_event on this
+        thread, batch k+1 is taken, decoded and run through the plugins on a
+        helper thread: the database's and the workers' waits overlap. At most
+        two batches are in hand. After a stop, the batch taken ahead is
+        finished too, so nothing taken is left half done."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="consumer-take") as taker:
+            try:
+                self._run_ahead(taker)
+            finally:
+                # Database connections are per thread: close both threads' own.
+                taker.submit(connections.close_all).result()
+                connections.close_all()
+
+    def _run_ahead(self, taker: ThreadPoolExecutor) -> None:
+        ahead: Future[_Batch | None] | None = None
+        while True:
+            if ahead is not None:
+                batch = ahead.result()
+            elif self._stopping.is_set():
+                return
+            elif self._paused:
                 self.last_iteration = self._clock()
                 self._stopping.wait(min(self.options.poll_timeout, 0.1))
                 continue
-            self.run_once()
+            else:
+                batch = self._take()
+            ahead = None
+            if not self._stopping.is_set() and not self._paused:
+                ahead = taker.submit(self._take)
+            if batch is not None:
+                self._finish(batch)
 
     # --- one batch -----------------------------------------------------------------
     def run_once(self) -> int:
         """Take, process, store and acknowledge one batch; returns the number of messages taken."""
-        self.last_iteration = self._clock()
         if self._paused:
+            self.last_iteration = self._clock()
             return 0
+        batch = self._take()
+        if batch is None:
+            return 0
+        self._finish(batch)
+        return len(batch.deliveries)
+
+    def _take(self) -> _Batch | None:
+        """Poll, decode and run the plugins: everything before storage."""
+        self.last_iteration = self._clock()
         deliveries = self.source.poll(self.options.batch_size, self.options.poll_timeout)
         if not deliveries:
-            return 0
-        started = time.perf_counter()
-        _recycle_connections()
-        try:
-            self._process(deliveries)
-        except _Abandoned:
-            logger.warning("consumer stopped while retrying: %d messages left unacknowledged", len(deliveries))
-            return len(deliveries)
-        metrics = get_metrics()
-        metrics.gauge(INGESTION_BATCH_SIZE, len(deliveries))
-        metrics.timing(INGESTION_BATCH_TIME, (time.perf_counter() - started) * 1000)
-        self.batches += 1
-        return len(deliveries)
-
-    def _process(self, deliveries: list[Delivery]) -> None:
-        letters: list[DeadLetterEntry] = []
+            return None
+        batch = _Batch(deliveries, started=time.perf_counter())
         events: list[PluginEvent] = []
-        by_uuid: dict[str, Delivery] = {}
         for delivery in deliveries:
             try:
                 event = decode(delivery, self.options.max_message_bytes)
             except InvalidMessage as error:
-                letters.append(self._letter(delivery, error.reason, str(error), team_id=error.team_id))
+                batch.letters.append(self._letter(delivery, error.reason, str(error), team_id=error.team_id))
                 continue
             events.append(event)
-            by_uuid[str(event.get("uuid"))] = delivery
-        outcome = _Outcome()
+            batch.by_uuid[str(event.get("uuid"))] = delivery
         if events:
-            processed = self._plugins(events)
-            get_metrics().incr(INGESTION_EVENTS_DROPPED, len(events) - len(processed))
-            if processed:
-                self._ingest(processed, by_uuid, outcome)
-        letters.extend(outcome.letters)
+            batch.events = self._plugins(events)
+            get_metrics().incr(INGESTION_EVENTS_DROPPED, len(events) - len(batch.events))
+        return batch
+
+    def _finish(self, batch: _Batch) -> None:
+        """Store, dead-letter, acknowledge, then on_event; a stop during retries leaves it unacknowledged."""
+        self.last_iteration = self._clock()
+        _recycle_connections()
+        try:
+            self._store(batch)
+        except _Abandoned:
+            logger.warning("consumer stopped while retrying: %d messages left unacknowledged", len(batch.deliveries))
+            return
+        metrics = get_metrics()
+        metrics.gauge(INGESTION_BATCH_SIZE, len(batch.deliveries))
+        metrics.timing(INGESTION_BATCH_TIME, (time.perf_counter() - batch.started) * 1000)
+        self.batches += 1
+
+    def _store(self, batch: _Batch) -> None:
+        outcome = _Outcome()
+        if batch.events:
+            self._ingest(batch.events, batch.by_uuid, outcome)
+        letters = batch.letters + outcome.letters
         metrics = get_metrics()
         metrics.incr(INGESTION_EVENTS_STORED, outcome.stored)
         metrics.incr(INGESTION_EVENTS_DUPLICATE, outcome.duplicates)
         if letters:
             self._retrying(lambda: self.dead_letters.write(letters), forever=True)
-        self.source.ack(deliveries)
+        self.source.ack(batch.deliveries)
         if outcome.kept and self.pool is not None:
             # After the ack: a plugin's on_event never holds up the queue, and
             # an event whose storage is not durable never reaches it.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -232,3 +233,24 @@ def test_a_stop_during_retries_leaves_the_batch_unacknowledged(source: CelerySou
     assert DeadLetter.objects.count() == 0
     source.close()
     assert redis_client.llen(unique_name) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_run_takes_a_batch_ahead_and_finishes_it_after_a_stop(source: CelerySource, unique_name: str) -> None:
+    """run() stores every batch (one taken ahead while the other is stored) and, once stopped, returns with nothing left in flight."""
+    team = create_team()
+    send(unique_name, *[task_args({"event": "ahead", "properties": {}}, distinct_id=f"d{i}", team_id=team.id) for i in range(7)])
+    consumer = consumer_for(source, batch_size=2, poll_timeout=0.05)
+    runner = threading.Thread(target=consumer.run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 30
+        while Event.objects.filter(team=team).count() < 7 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        consumer.stop()
+        runner.join(10)
+    assert not runner.is_alive()
+    assert Event.objects.filter(team=team).count() == 7
+    assert consumer.batches == 4
+    assert source.in_flight() == 0
