@@ -35,9 +35,13 @@ def format_log_argument(value: object) -> str:
     return str(value)
 
 
+def cap_message(message: str) -> str:
+    """``message`` cut at :data:`MAX_MESSAGE_CHARS`, saying so."""
+    if len(message) > MAX_MESSAGE_CHARS:
+        return message[: MAX_MESSAGE_CHARS - len(TRUNCATED_SUFFIX)] + TRUNCATED_SUFFIX
+    return message
+
+
 def format_log_message(args: Sequence[object]) -> str:
     """All arguments as one line, cut at :data:`MAX_MESSAGE_CHARS`."""
-    message = " ".join(format_log_argument(value) for value in args)
-    if len(message) > MAX_MESSAGE_CHARS:
-        message = message[: MAX_MESSAGE_CHARS - len(TRUNCATED_SUFFIX)] + TRUNCATED_SUFFIX
-    return message
+    return cap_message(" ".join(format_log_argument(value) for value in args))

@@ -18,6 +18,7 @@ oldest entries are dropped and counted. Metrics: ``logs.entries_created``
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import threading
 import time
@@ -29,10 +30,11 @@ from typing import Literal
 
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection, transaction
 
+from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.metrics import get_metrics
 from plugin_server.models import PluginLogEntry
 from plugin_server.plugins.meta.context import PluginContext
-from plugin_server.plugins.meta.console import format_log_message
+from plugin_server.plugins.meta.console import cap_message, format_log_message
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ LOG_METHODS: dict[str, LogType] = {
 }
 
 # One id per server start (spec: plugins.md §5.2, ``instance_id``).
-SERVER_INSTANCE_ID = uuid.uuid4()
+SERVER_INSTANCE_ID = uuidt()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +67,8 @@ class LogEntry:
     message: str
     timestamp: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     instance_id: uuid.UUID = SERVER_INSTANCE_ID
-    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    # UUIDTs, as the original's: time-ordered, so the primary key index is appended to.
+    id: uuid.UUID = field(default_factory=uuidt)
 
     @classmethod
     def for_context(
@@ -82,30 +85,49 @@ class LogEntry:
         )
 
 
-def insert_log_entries(entries: Sequence[LogEntry], chunk_size: int = 1000) -> None:
-    """Write entries with one INSERT per ``chunk_size`` rows; raises DatabaseError."""
+def _storable(message: str) -> str:
+    # Postgres text cannot hold NUL: a plugin printing one must not poison the
+    # batch. Lines come from untrusted workers too, so the length is capped here.
+    return cap_message(message).replace("\x00", "\ufffd")
+
+
+def insert_log_entries(entries: Sequence[LogEntry]) -> None:
+    """Write entries with one INSERT whatever their number; raises DatabaseError.
+
+    The rows travel as one JSON document expanded by Postgres: no model
+    instances and no per-value parameter quoting, which cost more in Python
+    than the database's own work.
+    """
     if not entries:
         return
-    rows = [
-        PluginLogEntry(
-            id=entry.id,
-            # The column is NOT NULL; a config without a team (global) logs under team 0.
-            team_id=entry.team_id if entry.team_id is not None else 0,
-            plugin_id=entry.plugin_id,
-            plugin_config_id=entry.plugin_config_id,
-            timestamp=entry.timestamp,
-            source=entry.source,
-            type=entry.type,
-            # Postgres text cannot hold NUL; a plugin printing one must not poison the batch.
-            message=entry.message.replace("\x00", "\ufffd"),
-            instance_id=entry.instance_id,
-        )
-        for entry in entries
-    ]
+    table = connection.ops.quote_name(PluginLogEntry._meta.db_table)
+    rows = json.dumps(
+        [
+            [
+                str(entry.id),
+                # The column is NOT NULL; a config without a team (global) logs under team 0.
+                entry.team_id if entry.team_id is not None else 0,
+                entry.plugin_id,
+                entry.plugin_config_id,
+                entry.timestamp.isoformat(),
+                entry.source,
+                entry.type,
+                _storable(entry.message),
+                str(entry.instance_id),
+            ]
+            for entry in entries
+        ],
+        ensure_ascii=False,
+    )
     # A savepoint when called inside a transaction: a refused batch must not
     # poison the caller's transaction.
-    with transaction.atomic():
-        PluginLogEntry.objects.bulk_create(rows, batch_size=chunk_size)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (id, team_id, plugin_id, plugin_config_id, timestamp, source, type, message, instance_id) "
+            "SELECT (r->>0)::uuid, (r->>1)::int, (r->>2)::int, (r->>3)::int, (r->>4)::timestamptz, r->>5, r->>6, "
+            "r->>7, (r->>8)::uuid FROM jsonb_array_elements(%s::jsonb) AS r",
+            [rows],
+        )
     counts = collections.Counter((entry.source, entry.team_id, entry.plugin_id) for entry in entries)
     metrics = get_metrics()
     for (source, team_id, plugin_id), count in counts.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from django.db import DEFAULT_DB_ALIAS, connections
@@ -106,8 +107,8 @@ def test_metrics_counted_per_source_team_plugin(ctx: PluginContext) -> None:
     assert all(call[3]["team_id"] == ctx.team_id and call[3]["plugin_id"] == ctx.plugin_id for call in created)
 
 
-@pytest.fixture
-def database_down() -> Iterator[None]:
+@contextmanager
+def database_away() -> Iterator[None]:
     """The default connection pointed at a port where no Postgres listens, then restored."""
     connection = connections[DEFAULT_DB_ALIAS]
     saved = connection.settings_dict["PORT"]
@@ -121,14 +122,15 @@ def database_down() -> Iterator[None]:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_database_down_keeps_entries_bounded(ctx: PluginContext, database_down: None) -> None:
+def test_database_down_keeps_entries_bounded(ctx: PluginContext) -> None:
     """It keeps entries while the database is away, up to max_buffer (dropping the oldest, counted), without a flush storm."""
     metrics = RecordingMetrics()
     set_metrics(metrics)
     writer = PluginLogWriter(flush_size=5, max_buffer=8, flush_interval=3600)
     try:
-        for number in range(20):
-            writer.log(ctx, "CONSOLE", "LOG", number)
+        with database_away():
+            for number in range(20):
+                writer.log(ctx, "CONSOLE", "LOG", number)
         assert writer.pending() == 8
         # One failed attempt, then inline flushes wait for the retry time.
         assert metrics.total("logs.flush_failed") == 1
@@ -142,16 +144,9 @@ def test_database_down_keeps_entries_bounded(ctx: PluginContext, database_down: 
 def test_database_back_writes_what_was_kept(ctx: PluginContext) -> None:
     """It writes the kept entries once the database answers again."""
     writer = PluginLogWriter(flush_size=5, max_buffer=8, flush_interval=3600)
-    connection = connections[DEFAULT_DB_ALIAS]
-    saved = connection.settings_dict["PORT"]
-    connection.close()
-    connection.settings_dict["PORT"] = 1
-    try:
+    with database_away():
         for number in range(6):
             writer.log(ctx, "CONSOLE", "LOG", number)
-    finally:
-        connection.close()
-        connection.settings_dict["PORT"] = saved
     try:
         assert writer.flush() == 6
         assert PluginLogEntry.objects.filter(plugin_config_id=ctx.plugin_config_id).count() == 6
@@ -203,3 +198,11 @@ def test_background_flusher_writes_and_stops(ctx: PluginContext) -> None:
         writer.close()
         PluginLogEntry.objects.filter(plugin_config_id=ctx.plugin_config_id).delete()
     assert writer._thread is None
+
+
+def test_overlong_entry_from_a_worker_is_cut(ctx: PluginContext) -> None:
+    """It cuts an entry longer than the limit at write time too (a worker's lines are not trusted)."""
+    writer = PluginLogWriter()
+    writer.add(LogEntry.for_context(ctx, "CONSOLE", "LOG", "z" * (MAX_MESSAGE_CHARS * 3)))
+    writer.flush()
+    assert len(PluginLogEntry.objects.get(plugin_config_id=ctx.plugin_config_id).message) == MAX_MESSAGE_CHARS
