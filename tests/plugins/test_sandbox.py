@@ -481,3 +481,48 @@ def test_ranges_and_iterators_keep_their_behaviour() -> None:
         [2, 4, 6, 8], 4, 4, True, 10**12, 10**12 - 1, True, 7, [3, 4, 5], [3, 2], [5, 6, 7], ["x", "x"], 24,
         [1, 2, 1, 2],
     )
+
+
+def test_an_outer_timer_is_given_back() -> None:
+    """A SIGALRM timer armed before the call (e.g. a test runner's) is re-armed afterwards, minus the time used."""
+    import signal
+
+    fired: list[int] = []
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(signum))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 5.0)
+        call_with_time_limit(time.sleep, 0.1, seconds=1)
+        remaining, _interval = signal.getitimer(signal.ITIMER_REAL)
+        assert 4.0 < remaining < 4.95
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert fired == []
+
+
+@pytest.fixture
+def kept_alarm_handler() -> Any:
+    """The worker's mode: handler installed once, a ticking timer, deadlines compared with the clock."""
+    from plugin_server.plugins import time_limit
+
+    time_limit.keep_alarm_handler()
+    yield time_limit
+    time_limit.release_alarm_handler()
+
+
+def test_kept_handler_mode_times_out_and_runs_the_next_call(kept_alarm_handler: Any) -> None:
+    """With the handler kept, an endless loop still times out (message and all), and the next call runs."""
+    exports = compile_source("def run(n):\n    while n:\n        pass\n    return 'done'\njobs = {'run': run}\n")
+    started = time.monotonic()
+    with pytest.raises(PluginTimeout, match=r"looping for 0.3 seconds on line 2:4$"):
+        call_with_time_limit(exports.jobs["run"], 1, seconds=0.3)
+    assert 0.3 <= time.monotonic() - started < 1
+    assert call_with_time_limit(exports.jobs["run"], 0, seconds=0.3) == "done"
+    kept_alarm_handler.disarm_alarm()
+    time.sleep(0.1)  # an idle worker is not interrupted
+
+
+def test_kept_handler_mode_deadline_is_per_call(kept_alarm_handler: Any) -> None:
+    """Each call gets its own deadline: many short calls in a row never add up to a timeout."""
+    exports = compile_source("import time\ndef run():\n    time.sleep(0.05)\n    return 1\njobs = {'run': run}\n")
+    assert sum(call_with_time_limit(exports.jobs["run"], seconds=0.2) for _ in range(8)) == 8
