@@ -101,10 +101,31 @@ _DENIED_TYPES = frozenset(
 )
 
 _MISSING = object()
+_FORMAT_NAMES = frozenset({"format", "format_map"})
+# Attribute names already found plain (the fast path of guarded_getattr); capped,
+# since a plugin can compute names.
+_plain_names: set[str] = set()
+_MAX_PLAIN_NAMES = 10_000
+# Frames, code and tracebacks cannot be subclassed: an exact type test suffices.
+_DENIED_EXACT_TYPES = frozenset(DENIED_VALUE_TYPES)
 
 
 def _deny(message: str) -> AttributeError:
     return AttributeError(message)
+
+
+def _check_name(obj: object, name: str) -> None:
+    if type(name) is not str:
+        raise TypeError("attribute name must be a string")
+    if name.startswith("_"):
+        raise _deny(f'"{name}" is an invalid attribute name because it starts with "_"')
+    if name in DENIED_ATTRIBUTES:
+        raise _deny(f'"{name}" is a restricted name, that is forbidden to access in plugins')
+    if name in _FORMAT_NAMES:
+        if isinstance(obj, str) or (isinstance(obj, type) and issubclass(obj, str)):
+            raise _deny('Using the format() and format_map() methods of "str" is not allowed in plugins; use f-strings')
+    elif len(_plain_names) < _MAX_PLAIN_NAMES:
+        _plain_names.add(name)
 
 
 def guarded_getattr(obj: object, name: str, default: object = _MISSING) -> Any:
@@ -112,24 +133,18 @@ def guarded_getattr(obj: object, name: str, default: object = _MISSING) -> Any:
 
     ``str.format`` and ``format_map`` resolve ``{0.__class__}`` inside C code,
     past every guard, so they are refused on strings and the ``str`` class.
+    Every ``a.b`` in plugin code comes here, hence the fast path for names
+    already checked.
     """
-    if type(name) is not str:
-        raise TypeError("attribute name must be a string")
-    if name.startswith("_"):
-        raise _deny(f'"{name}" is an invalid attribute name because it starts with "_"')
-    if name in DENIED_ATTRIBUTES:
-        raise _deny(f'"{name}" is a restricted name, that is forbidden to access in plugins')
-    if name in ("format", "format_map") and (
-        isinstance(obj, str) or (isinstance(obj, type) and issubclass(obj, str))
-    ):
-        raise _deny('Using the format() and format_map() methods of "str" is not allowed in plugins; use f-strings')
+    if name not in _plain_names:
+        _check_name(obj, name)
     try:
         value = getattr(obj, name)
     except AttributeError:
         if default is _MISSING:
             raise
         return default
-    if isinstance(value, DENIED_VALUE_TYPES):
+    if type(value) in _DENIED_EXACT_TYPES or isinstance(value, types.ModuleType):
         raise _deny(f'"{name}" leads to a module, frame or code object, which plugins may not hold')
     return value
 
