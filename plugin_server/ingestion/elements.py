@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,3 +159,35 @@ def _element_chain(element: Element) -> str:
 def elements_chain(elements: list[Element]) -> str:
     """The ``elements_chain`` text of the Kafka pipeline (§5.3), ``""`` without elements."""
     return ";".join(_element_chain(element) for element in elements)
+
+
+# One element of a chain: runs of anything but ";" and quotes, or quoted texts
+# (whose escaped quotes and semicolons do not end them).
+_CHAIN_ELEMENT = re.compile(r'(?:[^;"]|"(?:\\.|[^"\\])*")+')
+# The head (tag and classes) ends at the first ":" that starts the attribute pairs.
+_HEAD_AND_PAIRS = re.compile(r"(.*?)(?::([\w\-]*=.*)|:?$)")
+_PAIR = re.compile(r'([^="]+)="((?:\\.|[^"\\])*)"')
+_FIELDS = {"text": "text", "href": "href", "attr_id": "attr_id"}
+
+
+def elements_from_chain(chain: str) -> list[Element]:
+    """Elements read back from an ``elements_chain`` (to check ClickHouse output).
+
+    Escaped quotes stay escaped (``\\"``), as PostHog reads them; ``nth-child``
+    and ``nth-of-type`` become numbers; attributes other than the element's
+    own fields are kept as text."""
+    elements = []
+    for order, part in enumerate(_CHAIN_ELEMENT.findall(chain)):
+        match = _HEAD_AND_PAIRS.match(part)
+        head, pairs = (match.group(1), match.group(2) or "") if match else (part, "")
+        tag_name, *classes = head.split(".")
+        element = Element(tag_name=tag_name or None, attr_class=classes or None, order=order)
+        for key, value in _PAIR.findall(pairs):
+            if key in _FIELDS:
+                setattr(element, _FIELDS[key], value)
+            elif key in ("nth-child", "nth-of-type"):
+                setattr(element, key.replace("-", "_"), int(value) if value.lstrip("-").isdigit() else None)
+            else:
+                element.attributes[key] = value
+        elements.append(element)
+    return elements

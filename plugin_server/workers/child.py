@@ -37,7 +37,13 @@ from plugin_server.plugins.runner import (
     run_process_event_batch,
     run_task,
 )
-from plugin_server.plugins.time_limit import call_with_time_limit, register_waiting_code, timeout_deferred
+from plugin_server.plugins.time_limit import (
+    call_with_time_limit,
+    disarm_alarm,
+    keep_alarm_handler,
+    register_waiting_code,
+    timeout_deferred,
+)
 from plugin_server.workers import protocol
 from plugin_server.workers.hardening import harden
 
@@ -321,6 +327,7 @@ class WorkerRuntime:
                 value, failure = None, f"{type(error).__name__}: {error}"
             else:
                 failure = None
+            disarm_alarm()
             self.marker.set(0.0, 0, -1)
             self._send_result(value, failure)
             if self.exit_after:
@@ -364,6 +371,7 @@ def main(argv: list[str]) -> None:
     protocol.send_to_main(write_fd, {"t": "hello", "pid": os.getpid(), "applied": report.applied,
                                      "skipped": report.skipped})
     runtime = WorkerRuntime(read_fd, write_fd, marker, sandbox)
+    keep_alarm_handler()
     try:
         runtime.serve()
     except protocol.WorkerDied:

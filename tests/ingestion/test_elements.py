@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from plugin_server.ingestion.elements import Element, elements_chain, elements_hash, extract_elements
+from plugin_server.ingestion.elements import Element, elements_chain, elements_from_chain, elements_hash, extract_elements
 
 RAW = [
     {"tag_name": "a", "nth_child": 1, "nth_of_type": 2, "attr__class": "btn btn-sm"},
@@ -75,3 +75,17 @@ def test_elements_chain() -> None:
         ';span:checked="true"nth-child="0"nth-of-type="0"'
     )
     assert elements_chain([]) == ""
+
+
+def test_chain_reads_back_to_the_same_elements() -> None:
+    """Reading a chain back gives elements with the same group hash (how ClickHouse output is checked)."""
+    elements = extract_elements(RAW) or []
+    assert elements_hash(elements_from_chain(elements_chain(elements))) == "0679137c0cd2408a2906839143e7a71f"
+
+
+def test_chain_read_back_keeps_escapes_and_odd_classes() -> None:
+    """Escaped quotes stay escaped, ';' inside a value does not split, a ':' in a class stays in the head."""
+    [link, button] = elements_from_chain('a.hover:underline:data-x="say \\"hi\\"; bye"href="/x"nth-child="2";button:nth-of-type="1"')
+    assert (link.tag_name, link.attr_class, link.href, link.nth_child) == ("a", ["hover:underline"], "/x", 2)
+    assert link.attributes == {"data-x": 'say \\"hi\\"; bye'}
+    assert (button.tag_name, button.nth_of_type, button.order) == ("button", 1, 1)

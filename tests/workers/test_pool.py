@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+
 import pytest
 
 from plugin_server.models import PluginConfig, PluginLogEntry
@@ -142,22 +147,51 @@ def test_endless_loop_times_out_in_the_worker(make_pool):
     assert config.error["message"].startswith("Script execution timed out after looping for 1 second")
 
 
-def test_uninterruptible_call_costs_only_its_worker(make_pool):
-    """It kills a worker stuck in C code past TASK_TIMEOUT + grace, records a timeout, and retries the rest."""
+SLOW_ON_E1 = """
+import time
+def process_event(event, meta):
+    if event['event'] == 'e1':
+        time.sleep(0.8)
+    return event
+"""
+
+
+def _lose_worker_mid_call(pool, config, team_id: int, signal_number: int) -> list:
+    """Run 3 events in a thread; when the worker is inside config's call on event 1, send it a signal."""
+    worker = pool.workers()[0]
+    result: list = []
+    thread = threading.Thread(target=lambda: result.extend(pool.process_events([event(team_id, n=i) for i in range(3)])))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while worker.marker.read()[1:] != (config.id, 1):
+        assert time.monotonic() < deadline, "the worker never started the slow call"
+        time.sleep(0.005)
+    os.kill(worker.pid, signal_number)
+    thread.join(30)
+    assert not thread.is_alive()
+    assert pool.workers()[0].pid != worker.pid
+    return result
+
+
+@pytest.mark.parametrize(
+    ("signal_number", "message"),
+    [(signal.SIGSTOP, "Script execution timed out"), (signal.SIGKILL, "The plugin's worker process died")],
+    ids=["hung", "died"],
+)
+def test_lost_worker_costs_only_the_call_it_was_running(make_pool, signal_number, message):
+    """It replaces a worker that hangs (no answer by TASK_TIMEOUT + grace: SIGKILL) or dies mid-call,
+    records the error on the config whose call was running, with its event, and retries the
+    rest of the batch on the new worker with only that call skipped."""
     team = create_team()
-    hog = install(
-        "def process_event(event, meta):\n    if event['event'] == 'e1':\n        sum(range(10**15))\n    return event\n",
-        team,
-    )
+    slow = install(SLOW_ON_E1, team)
     pool = make_pool(concurrency=1, task_timeout=1.0, grace=0.5)
-    pid = pool.workers()[0].pid
-    out = pool.process_events([event(team.id, n=i) for i in range(3)])
+    out = _lose_worker_mid_call(pool, slow, team.id, signal_number)
+    label = f"{slow.plugin.name} ({slow.id})"
     assert [e["event"] for e in out] == ["e0", "e1", "e2"]
-    assert out[1]["properties"]["$plugins_failed"] == [f"{hog.plugin.name} ({hog.id})"]
-    assert out[2]["properties"]["$plugins_succeeded"] == [f"{hog.plugin.name} ({hog.id})"]
-    assert pool.workers()[0].pid != pid
-    hog.refresh_from_db()
-    assert hog.error["message"].startswith("Script execution timed out") and hog.error["event"]["event"] == "e1"
+    assert out[1]["properties"]["$plugins_failed"] == [label]
+    assert out[2]["properties"]["$plugins_succeeded"] == [label]
+    slow.refresh_from_db()
+    assert slow.error["message"].startswith(message) and slow.error["event"]["event"] == "e1"
 
 
 def test_memory_limit_costs_only_its_worker(make_pool):
