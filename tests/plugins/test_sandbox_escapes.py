@@ -642,3 +642,64 @@ def test_it_denies_giant_sequence_repetition() -> None:
             run(f"def run():\n    return {expression}\n")
     with pytest.raises(MemoryError, match="refused in plugins"):
         run("def run():\n    x = [0]\n    x *= 10 ** 10\n")
+
+
+# --- through the real worker pool: recorded, and the event goes on ------------------------------
+
+POOL_ESCAPES = {
+    "subclasses walk at load": (
+        "def process_event(event, meta):\n"
+        "    for cls in ().__class__.__base__.__subclasses__():\n"
+        "        if cls.__name__ == '_wrap_close':\n"
+        "            cls.__init__.__globals__['system']('touch MARKER')\n"
+        "    return event\n",
+        '"__class__" is an invalid attribute name',
+    ),
+    "import os at load": (
+        "import os\ndef process_event(event, meta):\n    open('MARKER', 'w')\n    return event\n",
+        "Cannot import 'os'! This package is not provided by PostHog in plugins.",
+    ),
+    "computed dunder at run time": (
+        "def process_event(event, meta):\n"
+        "    walk = getattr(getattr((), '__cla' + 'ss__'), '__subcla' + 'sses__')\n"
+        "    event['event'] = 'escaped'\n"
+        "    return event\n",
+        '"__class__" is an invalid attribute name',
+    ),
+    "format walk at run time": (
+        "def process_event(event, meta):\n"
+        "    event['event'] = '{0.__class__.__subclasses__}'.format(())\n"
+        "    return event\n",
+        'format() and format_map() methods of "str" is not allowed',
+    ),
+    "endless C loop at run time": (
+        "import itertools\ndef process_event(event, meta):\n    any(itertools.repeat(0))\n    event['event'] = 'escaped'\n"
+        "    return event\n",
+        "Script execution timed out after running for 1 second",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("case", list(POOL_ESCAPES))
+def test_escapes_in_the_worker_pool_are_recorded_and_the_event_goes_on(case: str, marker: Path) -> None:
+    """In real workers, each escape ends as the config's recorded error plus a PLUGIN/ERROR log entry;
+    the event is stored unchanged and the marker file is never written."""
+    from plugin_server.models import PluginConfig, PluginLogEntry
+    from plugin_server.workers.pool import PoolSettings, WorkerPool
+    from tests.workers.helpers import event, install
+
+    source, message = POOL_ESCAPES[case]
+    config = install(source.replace("MARKER", str(marker)))
+    pool = WorkerPool(PoolSettings.from_config(concurrency=1, task_timeout=1.0, memory_limit_mb=512, grace=1.0))
+    pool.start()
+    try:
+        out = pool.process_events([event(config.team_id)])
+    finally:
+        pool.stop()
+    assert [e["event"] for e in out] == ["e0"]
+    config = PluginConfig.objects.get(pk=config.pk)
+    assert message in config.error["message"]
+    assert PluginLogEntry.objects.filter(plugin_config_id=config.id, source="PLUGIN", type="ERROR").exists()
+    assert not marker.exists()
