@@ -121,3 +121,12 @@ def test_the_sink_reports_rows_and_time(recording_metrics) -> None:  # type: ign
     write(PostgresSink(), PreparedBatch(events=[prepared_event(team.id), prepared_event(team.id)]))
     assert recording_metrics.total("ingestion.sink.rows") == 2
     assert [call[1] for call in recording_metrics.calls if call[0] == "timing"] == ["ingestion.sink.write_time"]
+
+
+def test_each_event_learns_its_row_id() -> None:
+    """After a write every prepared event holds the id of its own posthog_event row (used for webhooks)."""
+    team = create_team()
+    events = [prepared_event(team.id, event=f"event-{number}") for number in range(300)]
+    write(PostgresSink(), PreparedBatch(events=events))
+    names = dict(Event.objects.filter(team=team).values_list("id", "event"))
+    assert [names[event.row_id] for event in events] == [event.event for event in events]
