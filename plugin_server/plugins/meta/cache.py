@@ -11,7 +11,7 @@ one string or at most 1000).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -23,6 +23,8 @@ MAX_KEY_CHARS = 1_000
 # One value may not exceed this (JSON text): the cache is shared Redis memory.
 MAX_VALUE_BYTES = 1_048_576
 MAX_LPUSH_ITEMS = 1_000
+# One lrange answer is held in the main process's memory: bound it.
+MAX_LRANGE_ITEMS = 10_000
 
 
 def cache_key(ctx: PluginContext, key: object) -> str:
@@ -65,6 +67,7 @@ class PluginCache:
     def __init__(self, client: redis.Redis | None = None) -> None:
         self._client = client
 
+    # redis-py types every command as sync-or-async; this client is sync, hence the casts.
     @property
     def client(self) -> redis.Redis:
         return self._client or get_redis()
@@ -94,7 +97,7 @@ class PluginCache:
         if isinstance(by, bool) or not isinstance(by, int):
             raise MetaCallError(f"incr: by must be an integer, not {by!r}")
         try:
-            return int(self.client.incrby(cache_key(ctx, key), by))
+            return cast(int, self.client.incrby(cache_key(ctx, key), by))
         except redis.ResponseError as error:
             raise MetaCallError(f"incr: the value of {key!r} is not an integer") from error
 
@@ -114,21 +117,30 @@ class PluginCache:
         if sum(len(item.encode()) for item in items) > MAX_VALUE_BYTES:
             raise MetaCallError(f"lpush values are larger than {MAX_VALUE_BYTES} bytes")
         try:
-            return int(self.client.lpush(cache_key(ctx, key), *items))
+            return cast(int, self.client.lpush(cache_key(ctx, key), *items))
         except redis.ResponseError as error:
             raise MetaCallError(f"lpush: {key!r} does not hold a list") from error
 
     def lrange(self, ctx: PluginContext, key: str, start: int, stop: int) -> list[str]:
+        """Items ``start`` to ``stop`` inclusive (negative: from the end); at most 10000 at a time."""
         if not all(isinstance(index, int) and not isinstance(index, bool) for index in (start, stop)):
             raise MetaCallError("lrange takes integer start and stop")
+        redis_key = cache_key(ctx, key)
         try:
-            items = self.client.lrange(cache_key(ctx, key), start, stop)
+            if start < 0 or stop < 0 or stop - start >= MAX_LRANGE_ITEMS:
+                # Only a range that may be long costs the extra LLEN.
+                length = cast(int, self.client.llen(redis_key))
+                first = max(start + length if start < 0 else start, 0)
+                last = min(stop + length if stop < 0 else stop, length - 1)
+                if last - first >= MAX_LRANGE_ITEMS:
+                    raise MetaCallError(f"lrange returns at most {MAX_LRANGE_ITEMS} items at a time")
+            items = cast(list[bytes], self.client.lrange(redis_key, start, stop))
         except redis.ResponseError as error:
             raise MetaCallError(f"lrange: {key!r} does not hold a list") from error
         return [item.decode("utf-8", errors="replace") for item in items]
 
     def llen(self, ctx: PluginContext, key: str) -> int:
         try:
-            return int(self.client.llen(cache_key(ctx, key)))
+            return cast(int, self.client.llen(cache_key(ctx, key)))
         except redis.ResponseError as error:
             raise MetaCallError(f"llen: {key!r} does not hold a list") from error

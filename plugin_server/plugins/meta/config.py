@@ -32,7 +32,7 @@ def schema_fields(schema: object) -> list[dict[str, Any]]:
     if isinstance(schema, Mapping):
         return [{**field, "key": key} for key, field in schema.items() if isinstance(field, Mapping)]
     if isinstance(schema, list):
-        return [field for field in schema if isinstance(field, Mapping) and isinstance(field.get("key"), str)]
+        return [dict(field) for field in schema if isinstance(field, Mapping) and isinstance(field.get("key"), str)]
     return []
 
 

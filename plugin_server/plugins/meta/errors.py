@@ -61,7 +61,7 @@ def record_plugin_errors(records: Sequence[PluginErrorRecord]) -> None:
     for record in records:
         latest[record.ctx.plugin_config_id] = record
     values_sql = ", ".join(["(%s, %s::jsonb)"] * len(latest))
-    params: list[object] = []
+    params: list[int | str] = []
     for config_id, record in latest.items():
         # default=str: an event may carry values JSON cannot hold (a datetime a plugin set).
         params += [config_id, json.dumps(record.as_json(), default=str)]
@@ -99,7 +99,7 @@ def clear_plugin_errors(plugin_config_ids: Sequence[int]) -> int:
     """Set ``error`` back to NULL where it is set (an instance started fine); one UPDATE."""
     if not plugin_config_ids:
         return 0
-    return PluginConfig.objects.filter(id__in=plugin_config_ids, error__isnull=False).update(error=None)
+    return int(PluginConfig.objects.filter(id__in=plugin_config_ids, error__isnull=False).update(error=None))
 
 
 def disable_plugin_config(ctx: PluginContext) -> int:
@@ -109,7 +109,7 @@ def disable_plugin_config(ctx: PluginContext) -> int:
     """
     configs = PluginConfig.objects.filter(plugin_id=ctx.plugin_id, enabled=True)
     configs = configs.filter(team__isnull=True) if ctx.team_id is None else configs.filter(team_id=ctx.team_id)
-    changed = configs.update(enabled=False)
+    changed = int(configs.update(enabled=False))
     logger.warning(
         "plugin disabled after failing to load", extra={"plugin_config_id": ctx.plugin_config_id, "team_id": ctx.team_id}
     )

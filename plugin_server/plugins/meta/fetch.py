@@ -15,9 +15,11 @@ rebinding, gains nothing).
 
 from __future__ import annotations
 
+import http.cookiejar
 import ipaddress
 import json as jsonlib
 import socket
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -123,12 +125,15 @@ class FetchLimits:
         )
 
 
-def _session(limits: FetchLimits) -> requests.Session:
+def _session(allow_private_networks: bool) -> requests.Session:
     session = requests.Session()
+    # Shared by every plugin for its connection pool (keep-alive, TLS reuse),
+    # so it must carry nothing from one plugin to the next: no cookies.
+    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     # The main process's proxy variables are not the plugin's to use.
     session.trust_env = False
     session.max_redirects = MAX_REDIRECTS
-    if not limits.allow_private_networks:
+    if not allow_private_networks:
         adapter = _PublicOnlyAdapter(max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
@@ -153,6 +158,22 @@ class PluginFetch:
 
     def __init__(self, limits: FetchLimits | None = None) -> None:
         self._limits = limits
+        self._sessions: dict[bool, requests.Session] = {}
+        self._lock = threading.Lock()
+
+    def _session_for(self, limits: FetchLimits) -> requests.Session:
+        with self._lock:
+            session = self._sessions.get(limits.allow_private_networks)
+            if session is None:
+                session = self._sessions[limits.allow_private_networks] = _session(limits.allow_private_networks)
+            return session
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        with self._lock:
+            for session in self._sessions.values():
+                session.close()
+            self._sessions.clear()
 
     def fetch(
         self,
@@ -174,32 +195,33 @@ class PluginFetch:
                 raise MetaCallError(f"fetch: timeout must be a positive number of seconds, not {timeout!r}")
             seconds = min(float(timeout), limits.timeout)
         deadline = time.monotonic() + seconds
-        with _session(limits) as session:
-            try:
-                response = session.request(method, url, headers=headers, data=body, timeout=seconds, stream=True)
-                with response:
-                    content = self._read(response, deadline, limits, url)
-                    return {
-                        "status": response.status_code,
-                        "ok": response.ok,
-                        "url": response.url,
-                        "headers": dict(response.headers),
-                        "content": content,
-                        "encoding": response.encoding,
-                    }
-            except BlockedAddress as error:
-                raise MetaCallError(f"fetch {url}: refused, {error} is not a public address") from None
-            except (requests.Timeout, urllib3.exceptions.TimeoutError):
-                raise MetaCallError(f"fetch {url}: timed out after {seconds:g} s") from None
-            except requests.TooManyRedirects:
-                raise MetaCallError(f"fetch {url}: more than {MAX_REDIRECTS} redirects") from None
-            except (requests.RequestException, urllib3.exceptions.HTTPError) as error:
-                raise MetaCallError(f"fetch {url}: {type(error).__name__}: {_reason(error)}") from None
+        session = self._session_for(limits)
+        try:
+            response = session.request(method, url, headers=headers, data=body, timeout=seconds, stream=True)
+            with response:
+                content = self._read(response, deadline, limits, url)
+                return {
+                    "status": response.status_code,
+                    "ok": response.ok,
+                    "url": response.url,
+                    "headers": dict(response.headers),
+                    "content": content,
+                    "encoding": response.encoding,
+                }
+        except BlockedAddress as error:
+            raise MetaCallError(f"fetch {url}: refused, {error} is not a public address") from None
+        except (requests.Timeout, urllib3.exceptions.TimeoutError):
+            raise MetaCallError(f"fetch {url}: timed out after {seconds:g} s") from None
+        except requests.TooManyRedirects:
+            raise MetaCallError(f"fetch {url}: more than {MAX_REDIRECTS} redirects") from None
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as error:
+            raise MetaCallError(f"fetch {url}: {type(error).__name__}: {_reason(error)}") from None
 
     @staticmethod
     def _body(json: Any, data: str | bytes | None, headers: dict[str, str], limits: FetchLimits) -> bytes | None:
         if json is not _UNSET and data is not None:
             raise MetaCallError("fetch: pass json or data, not both")
+        body: bytes | None
         if json is not _UNSET:
             try:
                 body = jsonlib.dumps(json, separators=(",", ":"), ensure_ascii=False).encode()

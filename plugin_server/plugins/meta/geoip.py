@@ -33,7 +33,7 @@ def reader_from_bytes(contents: bytes) -> geoip2.database.Reader:
     """A reader over an uncompressed MMDB file held in memory."""
     buffer = io.BytesIO(contents)
     # MODE_FD reads the whole file object and wants a name for it.
-    buffer.name = "<memory>"  # type: ignore[attr-defined]
+    buffer.name = "<memory>"
     return geoip2.database.Reader(buffer, mode=maxminddb.MODE_FD)
 
 

@@ -86,11 +86,12 @@ class MetaHost:
         self.capture = capture or PluginCapture()
         # Public so the MMDB service can swap a fresh database in (GeoIPLocator.use).
         self.geoip = geoip or GeoIPLocator()
+        self.fetch = fetch or PluginFetch()
         self._apis: dict[str, object] = {
             "cache": cache or PluginCache(),
             "storage": storage or PluginStorageAPI(),
             "logger": _LoggerAPI(self.log_writer),
-            "fetch": fetch or PluginFetch(),
+            "fetch": self.fetch,
             "posthog": self.capture,
             "jobs": PluginJobs(self.log_writer),
             "geoip": self.geoip,
@@ -129,3 +130,4 @@ class MetaHost:
         """Flush and stop background work; the host is not used afterwards."""
         self.log_writer.close()
         self.capture.flush()
+        self.fetch.close()

@@ -158,3 +158,16 @@ def test_list_ops_on_a_string_key(ctx: PluginContext, cache: PluginCache) -> Non
     for call in (lambda: cache.lpush(ctx, "plain", "a"), lambda: cache.llen(ctx, "plain"), lambda: cache.lrange(ctx, "plain", 0, 1)):
         with pytest.raises(MetaCallError, match="does not hold a list"):
             call()
+
+
+def test_lrange_is_bounded(ctx: PluginContext, cache: PluginCache) -> None:
+    """It answers at most 10000 items at a time and says so for a longer range, counting from the end too."""
+    for _ in range(11):
+        cache.lpush(ctx, "long", ["x"] * 1000)
+    assert len(cache.lrange(ctx, "long", 0, 9999)) == 10_000
+    assert len(cache.lrange(ctx, "long", -10_000, -1)) == 10_000
+    assert len(cache.lrange(ctx, "long", 5, 5)) == 1
+    assert len(cache.lrange(ctx, "long", -11_000, 20)) == 21
+    for start, stop in ((0, -1), (0, 10_000), (-11_000, -1)):
+        with pytest.raises(MetaCallError, match="at most 10000 items"):
+            cache.lrange(ctx, "long", start, stop)

@@ -77,6 +77,13 @@ class Recorder(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+        elif self.path == "/set-cookie":
+            self.send_response(200)
+            self.send_header("Set-Cookie", "session=secret-of-plugin-a; Path=/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path == "/peer":
+            self._answer(200, str(self.client_address[1]).encode(), "text/plain")
         elif self.path == "/latin1":
             self._answer(200, "café".encode("latin-1"), "text/plain; charset=iso-8859-1")
         else:
@@ -138,6 +145,26 @@ def test_post_json_with_headers(server: str) -> None:
     assert body == b'{"a":[1]}'
     assert headers["Content-Type"] == "application/json"
     assert headers["X-Token"] == "abc"
+
+
+def test_no_cookies_carried_between_calls(server: str) -> None:
+    """It keeps no cookie a server set: the next call (maybe another plugin's) sends none."""
+    fetch = PluginFetch(LOCAL)
+    fetch.fetch(CTX, f"{server}/set-cookie")
+    fetch.fetch(CTX, f"{server}/results.json")
+    assert "Cookie" not in Recorder.received[1][2]
+
+
+def test_connections_are_reused(server: str) -> None:
+    """It keeps connections alive between calls (one TCP connection for two requests)."""
+    Recorder.protocol_version = "HTTP/1.1"
+    try:
+        fetch = PluginFetch(LOCAL)
+        ports = {fetch.fetch(CTX, f"{server}/peer")["content"] for _ in range(3)}
+        fetch.close()
+    finally:
+        Recorder.protocol_version = "HTTP/1.0"
+    assert len(ports) == 1
 
 
 def test_not_found_is_an_answer(server: str) -> None:
