@@ -156,3 +156,20 @@ def test_kafka_pipeline_produces_to_the_consumption_topic(kafka_consumer_config:
         assert data["properties"]["a"] == 1
     finally:
         consumer.close()
+
+
+def test_captured_event_is_read_by_our_own_ingestion_decoder(queue: str, redis_client: redis.Redis) -> None:
+    """It queues a message the server's Celery decoder turns back into the event (same uuid, team, name, properties)."""
+    from plugin_server.events import Delivery
+    from plugin_server.ingestion.decode import decode
+
+    PluginCapture().capture(NAMED, "round-trip", {"random": "properties"})
+    payload = redis_client.rpop(queue)
+    event = decode(Delivery(payload=payload, token=None, queue=queue), max_bytes=10_000_000)
+    assert event["event"] == "round-trip"
+    assert event["team_id"] == 2
+    assert event["distinct_id"] == "test-maxmind-plugin"
+    assert event["properties"]["random"] == "properties"
+    assert event["properties"]["$lib"] == "posthog-plugin-server"
+    assert is_valid_uuid(event["uuid"])
+    assert event["now"] == event["sent_at"] == event["timestamp"]
