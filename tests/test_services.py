@@ -201,6 +201,22 @@ def test_up_starts_no_broker_for_a_remote_address(tmp_path: Path) -> None:
     assert not (tmp_path / "tansu.pid").exists()
 
 
+def test_down_leaves_alone_a_process_that_took_over_a_recorded_pid(tmp_path: Path) -> None:
+    """A pid file whose pid now belongs to another program is dropped, and that
+    program is not signalled: `down` stops only what `up` started."""
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "tansu.pid").write_text(f"{bystander.pid}\n")
+        (tmp_path / "clickhouse.pid").write_text(f"{bystander.pid}\n")
+        result = run_services("down", SERVICES_DIR=str(tmp_path))
+        assert result.returncode == 0, result.stderr
+        assert bystander.poll() is None, "down signalled a process it did not start"
+        assert not list(tmp_path.glob("*.pid"))
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
 def test_an_unknown_command_prints_the_usage() -> None:
     """`bin/services` with an unknown command exits 2 with its usage line."""
     result = run_services("restart")
