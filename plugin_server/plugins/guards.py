@@ -31,6 +31,7 @@ from plugin_server.plugins.interruptible import (
     plugin_iter,
     plugin_range,
 )
+from plugin_server.plugins.safe_modules import PLUGIN_NAMESPACE_MARKER
 
 # Attributes that lead to frames, code, globals or the class tree even though
 # their names do not start with "_" (RestrictedPython's own list plus the
@@ -351,5 +352,6 @@ def plugin_namespace(classes: PluginClasses, importer: Callable[..., Any]) -> di
         "_lshift_": guarded_lshift,
         "_mul_": guarded_mul,
         "_plugin_exception_": Exception,
+        PLUGIN_NAMESPACE_MARKER: True,
         "__metaclass__": classes.metaclass,
     }

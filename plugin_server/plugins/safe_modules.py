@@ -16,6 +16,7 @@ plugin's ``random.seed()`` cannot make another plugin's numbers predictable.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib
 import math
@@ -51,6 +52,9 @@ ALLOWED_MODULES = frozenset(
 # Packages that only exist to reach an allowed submodule (``import urllib.parse``).
 _PARENT_PACKAGES = {"urllib": ("parse",)}
 
+# Key every plugin namespace holds (set by guards.plugin_namespace), to tell plugin functions apart.
+PLUGIN_NAMESPACE_MARKER = "_plugin_namespace_"
+
 # Largest n for math.factorial/comb/perm: factorial(100000) takes ~0.3 s of C time.
 MAX_MATH_N = 100_000
 # Largest iteration count for hashlib.pbkdf2_hmac (~0.5 s for sha256).
@@ -75,6 +79,8 @@ _EXCLUDED_NAMES: dict[str, frozenset[str]] = {
     "string": frozenset({"Formatter"}),
     # Reads a file object; plugins have none, and the name invites confusion.
     "hashlib": frozenset({"file_digest"}),
+    # register() evaluates string annotations with eval(), outside RestrictedPython.
+    "functools": frozenset({"singledispatch", "singledispatchmethod"}),
     # The thread's shared context (and its templates) would let one plugin change
     # another's arithmetic; localcontext() and Context() remain.
     "decimal": frozenset({"getcontext", "setcontext", "DefaultContext", "BasicContext", "ExtendedContext"}),
@@ -140,11 +146,45 @@ def pbkdf2_hmac(hash_name: str, password: bytes, salt: bytes, iterations: int, d
     return hashlib.pbkdf2_hmac(hash_name, password, salt, iterations, dklen)
 
 
+def _is_plugin_function(obj: object) -> bool:
+    return isinstance(obj, types.FunctionType) and obj.__globals__.get(PLUGIN_NAMESPACE_MARKER) is True
+
+
+def update_wrapper(
+    wrapper: Any,
+    wrapped: Any,
+    assigned: Iterable[str] = functools.WRAPPER_ASSIGNMENTS,
+    updated: Iterable[str] = functools.WRAPPER_UPDATES,
+) -> Any:
+    """``functools.update_wrapper`` with its standard attribute lists only, onto the plugin's own functions.
+
+    The real one reads and writes any attribute names it is given, past the
+    guards: ``updated=("__globals__",)`` would copy a stdlib module's globals
+    (``sys``, the real builtins) into the plugin's namespace.
+    """
+    assigned, updated = tuple(assigned), tuple(updated)
+    if not set(assigned) <= set(functools.WRAPPER_ASSIGNMENTS) or not set(updated) <= set(functools.WRAPPER_UPDATES):
+        raise ValueError("functools.update_wrapper only takes its default attribute lists in plugins")
+    if not _is_plugin_function(wrapper):
+        raise TypeError("functools.update_wrapper only updates functions the plugin defined")
+    return functools.update_wrapper(wrapper, wrapped, assigned, updated)
+
+
+def wraps(
+    wrapped: Any,
+    assigned: Iterable[str] = functools.WRAPPER_ASSIGNMENTS,
+    updated: Iterable[str] = functools.WRAPPER_UPDATES,
+) -> Callable[[Any], Any]:
+    """``functools.wraps`` built on the plugin-safe :func:`update_wrapper`."""
+    return functools.partial(update_wrapper, wrapped=wrapped, assigned=tuple(assigned), updated=tuple(updated))
+
+
 _REPLACEMENTS: dict[str, dict[str, Any]] = {
     "time": {"sleep": sleep},
     "math": {"prod": prod, **{name: _bounded_n(getattr(math, name)) for name in ("factorial", "comb", "perm")}},
     "hashlib": {"pbkdf2_hmac": pbkdf2_hmac},
     "itertools": ITERTOOLS_REPLACEMENTS,
+    "functools": {"update_wrapper": update_wrapper, "wraps": wraps},
 }
 
 # Code objects whose frames mean "the plugin is waiting", for the time limit's message.

@@ -13,8 +13,9 @@ Our additions to RestrictedPython's transformer:
   limit can interrupt; see :mod:`~plugin_server.plugins.interruptible`);
 - a bare ``except:`` becomes ``except Exception:``, so plugin code cannot
   catch the time-limit interrupt;
-- annotated assignments (``x: int = 1``) lose their annotation instead of
-  being refused.
+- type hints are dropped: annotated assignments (``x: int = 1``) become plain
+  assignments instead of being refused, and function annotations are removed
+  (nothing can ``eval()`` a string annotation later).
 
 RestrictedPython is not a sandbox by itself: the worker process that runs
 this holds no credentials, no connections, a scrubbed environment and
@@ -95,6 +96,19 @@ class PluginTransformer(RestrictingNodeTransformer):
         function = ast.copy_location(ast.Name(guard, ast.Load()), node)
         call = ast.Call(func=function, args=[node.left, node.right], keywords=[])
         return ast.copy_location(call, node)
+
+    def visit_arguments(self, node: ast.arguments) -> ast.AST:
+        # Annotations are dropped, not kept as strings or objects: stdlib code
+        # such as typing.get_type_hints() would eval() string annotations
+        # outside RestrictedPython.
+        for argument in (*node.posonlyargs, *node.args, *node.kwonlyargs, node.vararg, node.kwarg):
+            if argument is not None:
+                argument.annotation = None
+        return super().visit_arguments(node)  # type: ignore[no-any-return]
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        node.returns = None
+        return super().visit_FunctionDef(node)  # type: ignore[no-any-return]
 
     def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AST:
         # RestrictedPython refuses annotated assignments; type hints are allowed

@@ -432,6 +432,74 @@ def test_it_denies_nonlocal_and_global_guard_rebinding() -> None:
         run("def run():\n    global _write_\n    _write_ = None\n")
 
 
+def test_it_denies_update_wrapper_copying_a_modules_globals() -> None:
+    """functools.update_wrapper(f, statistics.mean, updated=("__globals__",)) would pour the real `sys`
+    into the plugin's namespace; it is refused and `sys` stays undefined."""
+    source = """
+    import functools, statistics
+    def run():
+        def probe():
+            return 1
+        functools.update_wrapper(probe, statistics.mean, assigned=(), updated=("__globals__",))
+        return sys
+    """
+    with pytest.raises(ValueError, match="default attribute lists"):
+        run(source)
+    with pytest.raises(NameError, match="sys"):
+        run("def run():\n    return sys\n")
+
+
+def test_it_denies_update_wrapper_writing_code_into_stdlib_functions() -> None:
+    """Swapping a stdlib function's __code__ (or writing any attribute on it) through update_wrapper is refused."""
+    source = """
+    import functools, statistics
+    def evil(data):
+        return "pwned"
+    def run():
+        functools.update_wrapper(statistics.mean, evil, assigned=("__code__",), updated=())
+    """
+    with pytest.raises(ValueError, match="default attribute lists"):
+        run(source)
+    with pytest.raises(TypeError, match="functions the plugin defined"):
+        run("import functools, statistics\ndef run():\n    functools.update_wrapper(statistics.mean, run)\n")
+    import statistics
+
+    assert statistics.mean([1, 3]) == 2 and statistics.mean.__name__ == "mean"
+
+
+def test_it_allows_wraps_on_the_plugins_own_functions() -> None:
+    """functools.wraps with its defaults still works for plugin decorators."""
+    source = """
+    import functools
+    def logged(function):
+        @functools.wraps(function)
+        def wrapper(*args):
+            return function(*args)
+        return wrapper
+    @logged
+    def run():
+        return "ok"
+    """
+    assert run(source) == "ok"
+
+
+def test_it_denies_string_annotations_evaluated_by_the_stdlib(marker: Path) -> None:
+    """singledispatch.register would eval() a string annotation outside RestrictedPython: it is not offered,
+    and annotations are dropped at compile time so nothing else can evaluate them."""
+    source = """
+    import functools
+    def run(path):
+        dispatcher = functools.singledispatch(lambda value: 1)
+        def impl(value: "().__class__.__base__.__subclasses__()"):
+            return 2
+        dispatcher.register(impl)
+    """
+    with pytest.raises(AttributeError, match="has no attribute 'singledispatch' in plugins"):
+        run(source, str(marker))
+    assert run("def run(x: 'open(1)') -> 'eval(2)':\n    return 1\n", 0) == 1
+    assert not marker.exists()
+
+
 # --- modules that would reach the process ------------------------------------------------------
 
 
