@@ -54,6 +54,8 @@ _PARENT_PACKAGES = {"urllib": ("parse",)}
 
 # Key every plugin namespace holds (set by guards.plugin_namespace), to tell plugin functions apart.
 PLUGIN_NAMESPACE_MARKER = "_plugin_namespace_"
+# A plugin's module name (``__name__``, hence its classes' ``__module__``) starts with this.
+PLUGIN_MODULE_PREFIX = "plugin_"
 
 # Largest n for math.factorial/comb/perm: factorial(100000) takes ~0.3 s of C time.
 MAX_MATH_N = 100_000
@@ -179,12 +181,19 @@ def wraps(
     return functools.partial(update_wrapper, wrapped=wrapped, assigned=tuple(assigned), updated=tuple(updated))
 
 
+def total_ordering(cls: Any) -> Any:
+    """``functools.total_ordering`` for the plugin's own classes only (it sets attributes on the class)."""
+    if not isinstance(cls, type) or not str(getattr(cls, "__module__", "")).startswith(PLUGIN_MODULE_PREFIX):
+        raise TypeError("functools.total_ordering only decorates classes the plugin defined")
+    return functools.total_ordering(cls)
+
+
 _REPLACEMENTS: dict[str, dict[str, Any]] = {
     "time": {"sleep": sleep},
     "math": {"prod": prod, **{name: _bounded_n(getattr(math, name)) for name in ("factorial", "comb", "perm")}},
     "hashlib": {"pbkdf2_hmac": pbkdf2_hmac},
     "itertools": ITERTOOLS_REPLACEMENTS,
-    "functools": {"update_wrapper": update_wrapper, "wraps": wraps},
+    "functools": {"update_wrapper": update_wrapper, "wraps": wraps, "total_ordering": total_ordering},
 }
 
 # Code objects whose frames mean "the plugin is waiting", for the time limit's message.

@@ -35,7 +35,7 @@ from RestrictedPython.transformer import RestrictingNodeTransformer
 from plugin_server.exceptions import PluginError, PluginLoadError
 from plugin_server.plugins.guards import PluginClasses, plugin_namespace
 from plugin_server.plugins.code import PluginCode
-from plugin_server.plugins.safe_modules import PluginImporter, check_imports, import_error
+from plugin_server.plugins.safe_modules import PLUGIN_MODULE_PREFIX, PluginImporter, check_imports, import_error
 from plugin_server.plugins.time_limit import (
     call_with_time_limit,
     register_loops,
@@ -227,7 +227,7 @@ def compile_plugin(
             raise ValueError(f"injected global {name!r} must not start with '_'")
     namespace.update(extras)
     namespace["_print_"] = lambda _getattr=None: _PrintForwarder(print_function)  # type: ignore[misc]
-    namespace["__name__"] = f"plugin_{code.plugin_id}"
+    namespace["__name__"] = f"{PLUGIN_MODULE_PREFIX}{code.plugin_id}"
     try:
         if seconds:
             call_with_time_limit(exec, compiled, namespace, seconds=seconds)

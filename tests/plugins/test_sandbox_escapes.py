@@ -483,6 +483,29 @@ def test_it_allows_wraps_on_the_plugins_own_functions() -> None:
     assert run(source) == "ok"
 
 
+def test_it_denies_total_ordering_on_shared_classes() -> None:
+    """functools.total_ordering (which sets attributes on its class) only takes the plugin's own classes."""
+    with pytest.raises(TypeError, match="classes the plugin defined"):
+        run("import functools, statistics\ndef run():\n    functools.total_ordering(statistics.NormalDist)\n")
+    import statistics
+
+    assert "__lt__" not in vars(statistics.NormalDist)
+    source = """
+    import functools
+    @functools.total_ordering
+    class Version:
+        def __init__(self, number):
+            self.number = number
+        def __lt__(self, other):
+            return self.number < other.number
+        def __eq__(self, other):
+            return self.number == other.number
+    def run():
+        return Version(2) >= Version(1)
+    """
+    assert run(source) is True
+
+
 def test_it_denies_string_annotations_evaluated_by_the_stdlib(marker: Path) -> None:
     """singledispatch.register would eval() a string annotation outside RestrictedPython: it is not offered,
     and annotations are dropped at compile time so nothing else can evaluate them."""
