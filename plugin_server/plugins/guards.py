@@ -250,6 +250,9 @@ class _WriteProxy:
         delattr(self._target, name)
 
     def _check_attribute(self, name: str) -> None:
+        if type(name) is not str:
+            # A str subclass could override startswith() and slip a "_" name past the check.
+            raise TypeError("attribute name must be a string")
         if name.startswith("_"):
             raise AttributeError(f'"{name}" is an invalid attribute name because it starts with "_"')
         if not self._attributes_allowed:

@@ -80,6 +80,25 @@ def test_it_denies_getattr_with_a_default_on_a_dunder_name() -> None:
         run("def run():\n    return getattr(run, '__glo' + 'bals__', None)\n")
 
 
+def test_it_denies_str_subclass_names_that_lie_about_underscores() -> None:
+    """A str subclass whose startswith() says "no" cannot smuggle "__class__" into getattr or setattr."""
+    source = """
+    class Name(str):
+        def startswith(self, prefix):
+            return False
+    class Box:
+        pass
+    def run(which):
+        if which == "get":
+            return getattr((), Name("__class__"))
+        setattr(Box(), Name("__class__"), int)
+    """
+    with pytest.raises(TypeError, match="must be a string"):
+        run(source, "get")
+    with pytest.raises(TypeError, match="must be a string"):
+        run(source, "set")
+
+
 def test_it_denies_hasattr_probing_of_hidden_names() -> None:
     """hasattr() answers through the guard: hidden attributes look absent."""
     assert run("def run():\n    return [hasattr(run, '__globals__'), hasattr(run, '__code__'), hasattr('', 'upper')]\n") == [
