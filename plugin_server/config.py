@@ -113,6 +113,7 @@ class ServerConfig:
     ingestion_retry_backoff_max: float
     celery_consumer_heartbeat_ttl: int
     shutdown_timeout: float
+    conn_max_age: int
     max_event_size_bytes: int
     # Django
     secret_key: str = dataclasses.field(metadata=_SECRET)

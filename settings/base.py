@@ -184,7 +184,8 @@ SHUTDOWN_TIMEOUT = env_float("SHUTDOWN_TIMEOUT", 30.0)
 # Django's CONN_MAX_AGE (seconds a database connection is reused; 0 = a new
 # one per batch). A long-lived consumer keeps its connections: connecting
 # costs milliseconds per batch. Broken ones are replaced (CONN_HEALTH_CHECKS).
-DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 600)
+CONN_MAX_AGE = env_int("CONN_MAX_AGE", 600)
+DATABASES["default"]["CONN_MAX_AGE"] = CONN_MAX_AGE
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 # --- Events processor (port) ----------------------------------------------------
