@@ -230,6 +230,8 @@ class _WriteProxy:
     """What ``_write_`` returns for an object the plugin may change items of but not attributes."""
 
     __slots__ = ("_target", "_attributes_allowed")
+    _target: Any
+    _attributes_allowed: bool
 
     def __init__(self, target: Any, attributes_allowed: bool) -> None:
         object.__setattr__(self, "_target", target)

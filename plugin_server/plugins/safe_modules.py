@@ -23,7 +23,7 @@ import math
 import random
 import time
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from plugin_server.plugins.interruptible import ITERTOOLS_REPLACEMENTS, prod
@@ -64,7 +64,7 @@ MAX_PBKDF2_ITERATIONS = 1_000_000
 
 # Modules without a usable ``__all__`` (or whose ``__all__`` holds too much):
 # the exact public names a plugin gets.
-_EXPLICIT_NAMES: dict[str, tuple[str, ...]] = {
+_EXPLICIT_NAMES: dict[str, Sequence[str]] = {
     "time": (
         "time time_ns monotonic monotonic_ns perf_counter perf_counter_ns process_time process_time_ns "
         "sleep gmtime localtime mktime strftime strptime asctime ctime struct_time timezone altzone "

@@ -83,7 +83,7 @@ class PluginExports:
     jobs: dict[str, Method] = dataclasses.field(default_factory=dict)
 
 
-class PluginTransformer(RestrictingNodeTransformer):
+class PluginTransformer(RestrictingNodeTransformer):  # type: ignore[misc]
     """RestrictedPython's policy plus the integer-size guards and the catch-all rewrite."""
 
     _GUARDED_OPERATORS = {ast.Pow: "_pow_", ast.LShift: "_lshift_", ast.Mult: "_mul_"}
@@ -221,12 +221,12 @@ def compile_plugin(
     compiled, filename = _compile(code)
     namespace = plugin_namespace(PluginClasses(), PluginImporter())
     extras = dict(injected_globals)
-    print_function = extras.pop("print", None) or _discard
+    print_function: Callable[..., None] = extras.pop("print", None) or _discard  # type: ignore[assignment]
     for name in extras:
         if name.startswith("_"):
             raise ValueError(f"injected global {name!r} must not start with '_'")
     namespace.update(extras)
-    namespace["_print_"] = lambda _getattr=None: _PrintForwarder(print_function)  # type: ignore[misc]
+    namespace["_print_"] = lambda _getattr=None: _PrintForwarder(print_function)
     namespace["__name__"] = f"{PLUGIN_MODULE_PREFIX}{code.plugin_id}"
     try:
         if seconds:
