@@ -79,10 +79,12 @@ def run_process_event(
         # usually return that same object, so the result shows them too.
         for target in (event, current) if current is not event else (event,):
             properties = target.get("properties")
-            if not isinstance(properties, dict):
+            if properties is None:
                 properties = target["properties"] = {}
-            properties["$plugins_succeeded"] = succeeded
-            properties["$plugins_failed"] = failed
+            # Properties that are not a dict are the ingester's to reject; never overwritten here.
+            if isinstance(properties, dict):
+                properties["$plugins_succeeded"] = succeeded
+                properties["$plugins_failed"] = failed
     return current
 
 

@@ -312,6 +312,7 @@ class WorkerRuntime:
         while True:
             kind, payload = protocol.receive_from_main(self.read_fd)
             if kind == "stop":
+                self.reset()
                 self.instances.teardown()
                 self._send_result(True)
                 return

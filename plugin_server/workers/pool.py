@@ -149,6 +149,15 @@ class _Slot:
             self.worker = None
             get_metrics().incr("worker.replaced", 1, {"reason": reason})
 
+    def retire(self) -> None:
+        """Replace the worker after tearing its plugins down (WORKER_MAX_TASKS)."""
+        if self.worker is not None:
+            try:
+                self._report(self.worker.exchange("stop", None, TEARDOWN_SECONDS, self._meta_server(None)), None)
+            except WorkerDied:
+                logger.warning("plugin worker %d did not stop cleanly when retired", self.index)
+        self.replace("recycle")
+
     def _meta_server(self, allowed: Collection[int] | None) -> Any:
         def serve(config_id: int, api: str, method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
             ctx = self.pool.context(config_id)
@@ -184,7 +193,7 @@ class _Slot:
                 self.replace("exit")
             elif settings.max_tasks and self.tasks_done >= settings.max_tasks:
                 self.tasks_done = 0
-                self.replace("recycle")
+                self.retire()
             if "failure" in result:
                 raise PluginError(str(result["failure"]))
             return result.get("value")

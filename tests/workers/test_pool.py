@@ -10,6 +10,7 @@ import time
 import pytest
 
 from plugin_server.models import PluginConfig, PluginLogEntry
+from plugin_server.pubsub import ReloadListener
 from plugin_server.workers.pool import WorkerPool
 from tests.factories import create_team
 from tests.workers.helpers import event, install
@@ -271,3 +272,59 @@ def test_on_events_runs_on_event_and_on_snapshot(make_pool):
     pool.on_events([event(config.team_id), {**event(config.team_id), "event": "$snapshot"}])
     messages = sorted(PluginLogEntry.objects.filter(plugin_config_id=config.id, source="CONSOLE").values_list("message", flat=True))
     assert messages == ["event e0", "snapshot $snapshot"]
+
+
+def test_reload_message_does_not_lose_in_flight_events(make_pool, unique_name, redis_client):
+    """A message on the reload channel during a batch: every event of the batch comes back, in order,
+    and the changed plugin runs on the next batches."""
+    config = install("import time\ndef process_event(event, meta):\n    time.sleep(0.02)\n    event['event'] = 'v1'\n    return event\n")
+    pool = make_pool(concurrency=1)
+    listener = ReloadListener(pool.reload, channel=unique_name)
+    listener.start()
+    try:
+        assert listener.wait_subscribed(10)
+        result: list = []
+        thread = threading.Thread(target=lambda: result.extend(pool.process_events([event(config.team_id, n=i) for i in range(50)])))
+        thread.start()
+        config.plugin.source = "def process_event(event, meta):\n    event['event'] = 'v2'\n    return event\n"
+        config.plugin.save()
+        redis_client.publish(unique_name, "reload!")
+        thread.join(30)
+        assert [e["properties"]["n"] for e in result] == list(range(50))
+        assert {e["event"] for e in result} <= {"v1", "v2"}
+        deadline = time.monotonic() + 10
+        while pool.process_events([event(config.team_id)])[0]["event"] != "v2":
+            assert time.monotonic() < deadline, "the reload never took effect"
+    finally:
+        listener.stop()
+
+
+def test_worker_is_recycled_after_max_tasks(make_pool):
+    """WORKER_MAX_TASKS: a worker is torn down and replaced after that many tasks; work goes on."""
+    config = install(TEARDOWN_RAISES)
+    pool = make_pool(concurrency=1, max_tasks=2)
+    pids = set()
+    for _ in range(4):
+        assert len(pool.process_events([event(config.team_id)])) == 1
+        pids.add(pool.workers()[0].pid if pool.workers()[0] else None)
+    assert len(pids - {None}) >= 1 and None in pids
+    # Retiring tears the plugin down first.
+    config.refresh_from_db()
+    assert config.error["message"] == "This Happened In The Teardown Palace"
+
+
+def test_teams_whose_plugins_have_no_process_event_skip_the_workers(make_pool):
+    """Once a worker reported a config's methods, a team with only on_event plugins skips process_events."""
+    config = install("def on_event(event, meta):\n    pass\n")
+    pool = make_pool(concurrency=1)
+    pool.process_events([event(config.team_id)])  # sets it up: its methods become known
+    untouched = event(config.team_id)
+    assert pool.process_events([untouched])[0] is untouched
+
+
+def test_event_with_unusual_properties_is_not_rewritten(make_pool):
+    """Bad input: an event whose properties are not an object goes through without losing them."""
+    config = install(RENAME)
+    pool = make_pool()
+    out = pool.process_events([{**event(config.team_id), "properties": ["not", "a", "dict"]}])
+    assert out[0]["properties"] == ["not", "a", "dict"] and out[0]["event"] == "renamed"
