@@ -79,6 +79,16 @@ def _has_property_update(properties: dict[str, Any]) -> bool:
     return bool(properties.get("$set") or properties.get("$set_once") or properties.get("$increment"))
 
 
+def _differ(new: dict[str, Any], stored: dict[str, Any] | None) -> bool:
+    """True if writing ``new`` would change the row: Python equality first, JSON text when they look equal
+    (``True == 1`` and ``1.0 == 1`` in Python, not in JSON)."""
+    if new is stored:
+        return False
+    if stored is None or new != stored:
+        return True
+    return jsonb_text(new) != jsonb_text(stored)
+
+
 class PersonBatch:
     """The person side of one batch inside one transaction (or savepoint); used once."""
 
@@ -118,7 +128,7 @@ class PersonBatch:
         for person in self._to_update:
             if person.deleted or person.id is None:
                 continue
-            if person.changed or jsonb_text(person.properties) != person.stored_properties:
+            if person.changed or _differ(person.properties, person.stored_properties):
                 changed.append(person)
         person_store.update_persons(self._cursor, changed)
         self.changes.updated.extend(changed)
@@ -281,7 +291,7 @@ class PersonBatch:
         person.touched = True
         if person.id is not None:
             if person.stored_properties is None:
-                person.stored_properties = jsonb_text(person.properties)
+                person.stored_properties = person.properties
             self._to_update.append(person)
 
     def _flush(self) -> None:

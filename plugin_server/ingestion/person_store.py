@@ -1,8 +1,10 @@
 """The SQL of persons and distinct ids: one statement per table per batch.
 
 Every function takes an open cursor and does one round trip, whatever the
-number of rows: keys and rows travel as arrays and are expanded with
-``unnest``. Postgres specifics of the person side live here only (spec:
+number of rows: keys and rows travel as one JSON document, expanded with
+``jsonb_to_recordset``. (Arrays cost more: psycopg quotes every element of
+a text array in Python; one JSON text is encoded in C and escaped once.)
+Postgres specifics of the person side live here only (spec:
 ingestion.md §4 and §9, tables ``posthog_person``, ``posthog_persondistinctid``,
 ``posthog_cohortpeople``).
 """
@@ -23,13 +25,23 @@ from plugin_server.ingestion.person_properties import jsonb_text
 _PERSON_COLUMNS = "p.id, p.uuid, p.team_id, p.created_at, p.properties::text, p.is_identified, p.is_user_id"
 
 
+def _keys_document(keys: Collection[DistinctIdKey]) -> str:
+    # Read by jsonb_to_recordset(...) AS k(t int, d text).
+    return json.dumps([{"t": team_id, "d": distinct_id} for team_id, distinct_id in keys])
+
+
+def _json_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
 @dataclass(slots=True, eq=False)
 class PersonRecord:
     """A ``posthog_person`` row as the batch holds it; ``id`` is None until inserted.
 
-    ``stored_properties`` is the JSON text the database holds, taken when the
-    batch first changes the properties, so that an update that changes
-    nothing writes nothing."""
+    ``stored_properties`` is the dict the database holds, kept when the batch
+    first changes the properties, so that an update that changes nothing
+    writes nothing. Property dicts are never changed in place (every update
+    builds a new one), which makes keeping a reference enough."""
 
     id: int | None
     uuid: str
@@ -38,7 +50,7 @@ class PersonRecord:
     properties: dict[str, Any]
     is_identified: bool
     is_user_id: int | None = None
-    stored_properties: str | None = None
+    stored_properties: dict[str, Any] | None = None
     touched: bool = False
     changed: bool = False
     deleted: bool = False
@@ -67,18 +79,16 @@ def load_persons(cursor: CursorWrapper, keys: Collection[DistinctIdKey]) -> dict
     and scan every person of the team per key when statistics are missing."""
     if not keys:
         return {}
-    team_ids = [team_id for team_id, _ in keys]
-    distinct_ids = [distinct_id for _, distinct_id in keys]
     cursor.execute(
         f"""
-        SELECT k.team_id, k.distinct_id, {_PERSON_COLUMNS}
-        FROM unnest(%s::int[], %s::text[]) AS k(team_id, distinct_id)
-        JOIN posthog_persondistinctid pdi ON pdi.team_id = k.team_id AND pdi.distinct_id = k.distinct_id
+        SELECT k.t, k.d, {_PERSON_COLUMNS}
+        FROM jsonb_to_recordset(%s::jsonb) AS k(t int, d text)
+        JOIN posthog_persondistinctid pdi ON pdi.team_id = k.t AND pdi.distinct_id = k.d
         JOIN posthog_person p ON p.id = pdi.person_id
         ORDER BY p.id
         FOR NO KEY UPDATE OF pdi, p
         """,
-        [team_ids, distinct_ids],
+        [_keys_document(keys)],
     )
     persons: dict[int, PersonRecord] = {}
     found: dict[DistinctIdKey, PersonRecord] = {}
@@ -96,11 +106,11 @@ def existing_distinct_ids(cursor: CursorWrapper, keys: Collection[DistinctIdKey]
         return set()
     cursor.execute(
         """
-        SELECT k.team_id, k.distinct_id
-        FROM unnest(%s::int[], %s::text[]) AS k(team_id, distinct_id)
-        JOIN posthog_persondistinctid pdi ON pdi.team_id = k.team_id AND pdi.distinct_id = k.distinct_id
+        SELECT k.t, k.d
+        FROM jsonb_to_recordset(%s::jsonb) AS k(t int, d text)
+        JOIN posthog_persondistinctid pdi ON pdi.team_id = k.t AND pdi.distinct_id = k.d
         """,
-        [[team_id for team_id, _ in keys], [distinct_id for _, distinct_id in keys]],
+        [_keys_document(keys)],
     )
     return {(team_id, distinct_id) for team_id, distinct_id in cursor.fetchall()}
 
@@ -126,26 +136,25 @@ def insert_persons(cursor: CursorWrapper, persons: Sequence[PersonRecord]) -> No
     if not persons:
         return
     texts = [jsonb_text(person.properties) for person in persons]
+    # The properties are JSON already: splice them in rather than encode them twice.
+    document = ",".join(
+        f'{{"c":"{person.created_at.isoformat()}","p":{text},"t":{person.team_id},'
+        f'"i":{_json_bool(person.is_identified)},"u":"{person.uuid}"}}'
+        for person, text in zip(persons, texts, strict=True)
+    )
     cursor.execute(
         """
         INSERT INTO posthog_person (created_at, properties, team_id, is_user_id, is_identified, uuid)
-        SELECT created_at, properties, team_id, NULL, is_identified, uuid
-        FROM unnest(%s::timestamptz[], %s::jsonb[], %s::int[], %s::bool[], %s::uuid[])
-            AS v(created_at, properties, team_id, is_identified, uuid)
+        SELECT c, p, t, NULL, i, u
+        FROM jsonb_to_recordset(%s::jsonb) AS v(c timestamptz, p jsonb, t int, i bool, u uuid)
         RETURNING id, uuid
         """,
-        [
-            [person.created_at for person in persons],
-            texts,
-            [person.team_id for person in persons],
-            [person.is_identified for person in persons],
-            [person.uuid for person in persons],
-        ],
+        [f"[{document}]"],
     )
     ids = {str(uuid): row_id for row_id, uuid in cursor.fetchall()}
-    for person, text in zip(persons, texts, strict=True):
+    for person in persons:
         person.id = ids[person.uuid]
-        person.stored_properties = text
+        person.stored_properties = person.properties
         person.touched = person.changed = False
 
 
@@ -161,13 +170,13 @@ def insert_distinct_ids(cursor: CursorWrapper, rows: Sequence[tuple[int, str, in
     cursor.execute(
         """
         INSERT INTO posthog_persondistinctid (team_id, distinct_id, person_id)
-        SELECT team_id, distinct_id, person_id
-        FROM unnest(%s::int[], %s::text[], %s::int[]) WITH ORDINALITY AS v(team_id, distinct_id, person_id, n)
+        SELECT (r ->> 0)::int, r ->> 1, (r ->> 2)::int
+        FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS v(r, n)
         ORDER BY n
         ON CONFLICT (team_id, distinct_id) DO NOTHING
         RETURNING team_id, distinct_id, id
         """,
-        [[row[0] for row in rows], [row[1] for row in rows], [row[2] for row in rows]],
+        [json.dumps(rows)],
     )
     return {(team_id, distinct_id): row_id for team_id, distinct_id, row_id in cursor.fetchall()}
 
@@ -177,23 +186,21 @@ def update_persons(cursor: CursorWrapper, persons: Sequence[PersonRecord]) -> No
     if not persons:
         return
     texts = [jsonb_text(person.properties) for person in persons]
+    document = ",".join(
+        f'{{"id":{person.id},"p":{text},"i":{_json_bool(person.is_identified)},"c":"{person.created_at.isoformat()}"}}'
+        for person, text in zip(persons, texts, strict=True)
+    )
     cursor.execute(
         """
         UPDATE posthog_person AS p
-        SET properties = v.properties, is_identified = v.is_identified, created_at = v.created_at
-        FROM unnest(%s::int[], %s::jsonb[], %s::bool[], %s::timestamptz[])
-            AS v(id, properties, is_identified, created_at)
+        SET properties = v.p, is_identified = v.i, created_at = v.c
+        FROM jsonb_to_recordset(%s::jsonb) AS v(id int, p jsonb, i bool, c timestamptz)
         WHERE p.id = v.id
         """,
-        [
-            [person.id for person in persons],
-            texts,
-            [person.is_identified for person in persons],
-            [person.created_at for person in persons],
-        ],
+        [f"[{document}]"],
     )
-    for person, text in zip(persons, texts, strict=True):
-        person.stored_properties = text
+    for person in persons:
+        person.stored_properties = person.properties
         person.touched = person.changed = False
 
 
