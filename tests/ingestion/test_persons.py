@@ -314,3 +314,13 @@ def test_apply_reports_what_it_wrote(team, manager):
     assert rows["old"].person_uuid == str(new.uuid)
     assert rows["old"].id == PersonDistinctId.objects.get(distinct_id="old").id
     assert sorted(rows) == ["fresh", "old"]
+
+
+def test_distinct_ids_and_properties_with_quotes_and_unicode_round_trip(team, manager):
+    """Quotes, backslashes, commas, braces and non-ASCII text are stored exactly as sent."""
+    odd = 'a "quoted", \\back\\slashed {id} 💻 é'
+    apply_batch(manager, person_update(team, odd, **{"$set": {odd: odd}}), person_update(team, odd + "2", "$create_alias", alias=odd))
+    [person] = persons_of(team)
+    assert distinct_ids_of(person) == [odd, odd + "2"]
+    assert person.properties == {odd: odd}
+    assert manager.person_for(team.id, odd + "2").id == person.id
