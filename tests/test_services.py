@@ -185,11 +185,11 @@ def test_up_starts_on_ports_from_the_environment_and_down_stops_only_those(own_s
 def test_up_names_a_port_held_by_something_that_is_not_kafka(tmp_path: Path) -> None:
     """A KAFKA_HOSTS port answered by another server (here Redis) fails `up` with
     a message naming it; no broker is started there."""
-    result = run_services(
-        "up", SERVICES_DIR=str(tmp_path), KAFKA_HOSTS="127.0.0.1:6379", SERVICES_START_TIMEOUT="1"
-    )
+    redis_url = urllib.parse.urlsplit(settings.REDIS_URL)
+    taken = f"{redis_url.hostname}:{redis_url.port or 6379}"
+    result = run_services("up", SERVICES_DIR=str(tmp_path), KAFKA_HOSTS=taken, SERVICES_START_TIMEOUT="1")
     assert result.returncode != 0
-    assert "127.0.0.1:6379 answers but not as a Kafka broker" in result.stderr
+    assert f"{taken} answers but not as a Kafka broker" in result.stderr
     assert not (tmp_path / "tansu.pid").exists()
 
 
