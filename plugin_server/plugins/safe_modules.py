@@ -113,6 +113,9 @@ class SafeModule:
     def __contains__(self, attribute: str) -> bool:
         return attribute in self._members
 
+    def __dir__(self) -> list[str]:
+        return sorted(self._members)
+
     def __repr__(self) -> str:
         return f"<plugin module '{self._name}'>"
 

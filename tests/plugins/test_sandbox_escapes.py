@@ -114,6 +114,62 @@ def test_it_denies_the_mro_walk_to_object() -> None:
         run("def run():\n    return int.mro()[-1]\n")
 
 
+def _dangerous_objects() -> dict[int, str]:
+    import builtins
+    import importlib
+    import sys
+
+    names = ("open", "eval", "exec", "compile", "__import__", "getattr", "setattr", "delattr", "globals", "locals")
+    found = {id(getattr(builtins, name)): f"builtins.{name}" for name in names + ("vars", "type", "super")}
+    found.update({id(module): module.__name__ for module in (os, sys, importlib, builtins)})
+    found[id(os.system)] = "os.system"
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if isinstance(namespace, dict):
+            found[id(namespace)] = f"globals of {getattr(module, '__name__', '?')}"
+    return found
+
+
+def test_it_denies_reaching_the_interpreter_by_walking_public_attributes() -> None:
+    """A walk over every public attribute (and container item), 7 levels deep, from every allowed module and
+    builtin, through the plugin's getattr, never meets os, sys, importlib, a module's globals or an unguarded
+    builtin such as open/eval/getattr/type."""
+    import collections
+    import types
+
+    from plugin_server.plugins.guards import SAFE_BUILTINS, guarded_getattr
+    from plugin_server.plugins.safe_modules import ALLOWED_MODULES, PluginImporter
+
+    importer = PluginImporter()
+    dangerous = _dangerous_objects()
+    queue: collections.deque[tuple[Any, str, int]] = collections.deque()
+    queue.extend((importer(name, fromlist=("quote",) if "." in name else ()), name, 0) for name in ALLOWED_MODULES)
+    queue.extend((value, f"builtins.{name}", 0) for name, value in SAFE_BUILTINS.items())
+    seen: set[int] = set()
+    reached: list[str] = []
+    while queue and len(seen) < 100_000:
+        obj, path, depth = queue.popleft()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if id(obj) in dangerous or isinstance(obj, (types.ModuleType, types.FrameType, types.CodeType)):
+            reached.append(f"{path} -> {dangerous.get(id(obj), type(obj).__name__)}")
+        if isinstance(obj, dict):
+            queue.extend((value, f"{path}[{key!r}]", depth + 1) for key, value in list(obj.items())[:50])
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            queue.extend((value, f"{path}[{index}]", depth + 1) for index, value in enumerate(list(obj)[:50]))
+        if depth >= 7:
+            continue
+        for name in dir(obj):
+            try:
+                value = guarded_getattr(obj, name)
+            except Exception:  # refused by the guard, or a property that needs an instance
+                continue
+            queue.append((value, f"{path}.{name}", depth + 1))
+    assert len(seen) > 3000, "the walk should cover the whole public surface"
+    assert reached == []
+
+
 # --- str.format / format_map attribute access ------------------------------------------
 
 
