@@ -16,6 +16,7 @@ import pytest
 from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
+from plugin_server.exceptions import RetriableError
 from plugin_server.ingestion.persons import PersonManager, PersonUpdate
 from plugin_server.models import Person, PersonDistinctId, Team
 from tests.factories import create_team
@@ -201,12 +202,10 @@ def _wait_until_a_backend_waits_for_a_lock(deadline_seconds: float = 20.0) -> No
     raise AssertionError("no session ever waited for a lock")
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_batch_that_loses_a_creation_race_is_replayed_on_the_winners_person(recording_metrics):
-    """Server B creates "d" first (uncommitted); server A, which also found "d" new, waits, loses, and
-    replays its batch: A's $set lands on B's person and A leaves no orphan person behind."""
-    team = create_team()
+def _race_for_d(team: Team, loser: PersonManager) -> list[RetriableError]:
+    """Server B creates "d" (uncommitted) and commits once server A, which also found "d" new, waits on it."""
     b_inserted = threading.Event()
+    gave_up: list[RetriableError] = []
 
     def server_b() -> None:
         with transaction.atomic():
@@ -216,15 +215,39 @@ def test_a_batch_that_loses_a_creation_race_is_replayed_on_the_winners_person(re
 
     def server_a() -> None:
         assert b_inserted.wait(timeout=20)
-        with transaction.atomic():
-            PersonManager().apply([person_update(team, "d", **{"$set": {"from_a": True}})])
+        try:
+            with transaction.atomic():
+                loser.apply([person_update(team, "d", **{"$set": {"from_a": True}})])
+        except RetriableError as error:
+            gave_up.append(error)
 
     _run_together([server_b, server_a])
+    return gave_up
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_that_loses_a_creation_race_is_replayed_on_the_winners_person(recording_metrics):
+    """Server A lost the race for "d": it replays its batch, so A's $set lands on B's person and A
+    leaves no orphan person behind."""
+    team = create_team()
+    assert _race_for_d(team, PersonManager()) == []
     [person] = Person.objects.filter(team=team)
     assert person.properties == {"by": "b", "from_a": True}
     assert _orphan_persons() == 0
     assert recording_metrics.total("ingestion.persons.retries") == 1
     assert recording_metrics.total("ingestion.persons.created") == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_out_of_attempts_raises_retriable_and_writes_nothing(recording_metrics):
+    """With no attempt left, the loser raises RetriableError (the consumer retries the batch later) and
+    none of its person work is committed."""
+    team = create_team()
+    [error] = _race_for_d(team, PersonManager(max_attempts=1))
+    assert "1 attempts" in str(error)
+    [person] = Person.objects.filter(team=team)
+    assert person.properties == {"by": "b"}
+    assert _orphan_persons() == 0
 
 
 @pytest.mark.django_db(transaction=True)
