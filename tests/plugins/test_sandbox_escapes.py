@@ -130,6 +130,31 @@ def _dangerous_objects() -> dict[int, str]:
     return found
 
 
+def _sample_instances(importer: Any) -> list[Any]:
+    """Objects a plugin gets by calling what the allowed modules offer (their instance attributes count too)."""
+    re, hmac, hashlib, json, datetime, decimal, collections, functools, string, statistics, uuid, random, itertools = (
+        importer(name)
+        for name in (
+            "re hmac hashlib json datetime decimal collections functools string statistics uuid random itertools"
+        ).split()
+    )
+    parse = importer("urllib.parse", fromlist=("quote",))
+    try:
+        json.loads("{")
+    except ValueError as error:
+        decode_error = error
+    return [
+        re.compile("a(?P<x>b)"), re.match("a", "ab"), re.compile("a").scanner("aa"),
+        hmac.new(b"k", b"m", "sha256"), hashlib.sha256(b"x"), json.JSONDecoder(), json.JSONEncoder(), decode_error,
+        datetime.datetime.now(datetime.timezone.utc), datetime.timedelta(1), decimal.Decimal("1.5"),
+        decimal.Context(prec=5), decimal.localcontext(), collections.OrderedDict(a=1), collections.deque([1]),
+        collections.Counter("ab"), collections.defaultdict(list), collections.namedtuple("Point", "x y")(1, 2),
+        collections.ChainMap({}), functools.partial(len), functools.lru_cache(len), string.Template("$x"),
+        statistics.NormalDist(), uuid.uuid4(), parse.urlparse("http://x/y?z=1"), random.Random(),
+        itertools.count(), itertools.groupby("aab"), range(10 ** 12), iter(int, 1),
+    ]
+
+
 def test_it_denies_reaching_the_interpreter_by_walking_public_attributes() -> None:
     """A walk over every public attribute (and container item), 7 levels deep, from every allowed module and
     builtin, through the plugin's getattr, never meets os, sys, importlib, a module's globals or an unguarded
@@ -145,6 +170,7 @@ def test_it_denies_reaching_the_interpreter_by_walking_public_attributes() -> No
     queue: collections.deque[tuple[Any, str, int]] = collections.deque()
     queue.extend((importer(name, fromlist=("quote",) if "." in name else ()), name, 0) for name in ALLOWED_MODULES)
     queue.extend((value, f"builtins.{name}", 0) for name, value in SAFE_BUILTINS.items())
+    queue.extend((value, f"instance {index}", 0) for index, value in enumerate(_sample_instances(importer)))
     seen: set[int] = set()
     reached: list[str] = []
     while queue and len(seen) < 100_000:
