@@ -56,10 +56,17 @@ def is_numerical(value: object) -> bool:
 
 
 class DefinitionsManager:
-    """Writes the definitions a batch introduces; bounded to ``max_teams`` teams in memory."""
+    """Writes the definitions a batch introduces.
 
-    def __init__(self, max_teams: int = 1_000) -> None:
+    Memory is bounded: at most ``max_teams`` teams (least recently used
+    dropped) and ``max_names`` remembered names per team and kind. A team
+    past that (keys made of ids, say) still gets every definition, at the
+    cost of its unremembered names being offered again, with ``ON CONFLICT
+    DO NOTHING``, in the one insert of each batch they appear in."""
+
+    def __init__(self, max_teams: int = 1_000, max_names: int = 20_000) -> None:
         self._max_teams = max_teams
+        self._max_names = max_names
         self._known: OrderedDict[int, _KnownNames] = OrderedDict()
 
     def new_definitions(self, events: Iterable[tuple[int, str, Mapping[str, Any]]]) -> NewDefinitions:
@@ -117,11 +124,17 @@ class DefinitionsManager:
                 )
         # Only now: a rolled-back insert must not be remembered as done.
         for team_id, name in new.events:
-            if team_id in self._known:
-                self._known[team_id].events.add(name)
+            self._remember(team_id, name, events=True)
         for team_id, name, _ in new.properties:
-            if team_id in self._known:
-                self._known[team_id].properties.add(name)
+            self._remember(team_id, name, events=False)
+
+    def _remember(self, team_id: int, name: str, events: bool) -> None:
+        known = self._known.get(team_id)
+        if known is None:
+            return
+        names = known.events if events else known.properties
+        if len(names) < self._max_names:
+            names.add(name)
 
     def _load(self, team_ids: set[int]) -> None:
         for team_id in team_ids & self._known.keys():
@@ -129,16 +142,15 @@ class DefinitionsManager:
         missing = sorted(team_ids - self._known.keys())
         if not missing:
             return
-        loaded = {team_id: _KnownNames() for team_id in missing}
+        for team_id in missing:
+            self._known[team_id] = _KnownNames()
         with connection.cursor() as cursor:
             cursor.execute("SELECT team_id, name FROM posthog_eventdefinition WHERE team_id = ANY(%s)", [missing])
             for team_id, name in cursor.fetchall():
-                loaded[team_id].events.add(name)
+                self._remember(team_id, name, events=True)
             cursor.execute("SELECT team_id, name FROM posthog_propertydefinition WHERE team_id = ANY(%s)", [missing])
             for team_id, name in cursor.fetchall():
-                loaded[team_id].properties.add(name)
-        for team_id, names in loaded.items():
-            self._known[team_id] = names
+                self._remember(team_id, name, events=False)
         while len(self._known) > max(self._max_teams, len(team_ids)):
             self._known.popitem(last=False)
         logger.debug("loaded definitions of %d teams", len(missing))

@@ -97,3 +97,24 @@ def test_nothing_new_is_falsy() -> None:
     """An empty NewDefinitions means nothing to write."""
     assert not NewDefinitions()
     assert NewDefinitions(events=[(1, "e")])
+
+
+def test_memory_per_team_is_bounded_and_definitions_still_complete() -> None:
+    """Past max_names a team's new names are not remembered, yet every definition is written once."""
+    team = create_team()
+    manager = DefinitionsManager(max_names=3)
+    write(manager, team.id, "e", {f"k{number}": number for number in range(5)})
+    write(manager, team.id, "e", {f"k{number}": number for number in range(7)})
+    assert PropertyDefinition.objects.filter(team=team).count() == 7
+    assert len(manager.new_definitions([(team.id, "e", {f"k{number}": 1 for number in range(7)})]).properties) == 4
+
+
+def test_loading_a_team_remembers_at_most_max_names() -> None:
+    """A team with more stored definitions than max_names is loaded partially; nothing is written twice."""
+    team = create_team()
+    write(DefinitionsManager(), team.id, "e", {f"k{number}": number for number in range(6)})
+    manager = DefinitionsManager(max_names=2)
+    new = manager.new_definitions([(team.id, "e", {f"k{number}": 1 for number in range(6)})])
+    assert len(new.properties) == 4
+    manager.write(new)
+    assert PropertyDefinition.objects.filter(team=team).count() == 6
