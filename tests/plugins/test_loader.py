@@ -247,3 +247,54 @@ def test_remote_plugin_without_archive() -> None:
         f"Tried using undownloaded remote plugin test-maxmind-plugin ID {plugin.pk} "
         f"(organization ID {organization.pk} - global), which is not supported!"
     )
+
+
+# --- through the real worker pool -------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "kind",
+    ["broken archive", "broken plugin.json", "missing main", "syntax error", "import outside the allow-list"],
+)
+def test_load_failures_are_recorded_and_ingestion_goes_on(kind: str, tmp_path: Path) -> None:
+    """Each load failure ends as the config's error plus a PLUGIN/ERROR log entry; the event goes on unchanged.
+    Errors found while reading the code leave the config enabled; errors starting it (syntax, imports) disable it
+    (plugins.md §1.2, §2.2)."""
+    from plugin_server.models import PluginConfig, PluginLogEntry
+    from plugin_server.workers.pool import PoolSettings, WorkerPool
+    from tests.factories import create_plugin_config, create_team
+
+    team = create_team()
+    plugin_fields: dict[str, object] = {"organization": team.organization}
+    if kind == "broken archive":
+        plugin = archive_plugin(b"this is not a zip", **plugin_fields)
+        expected, disabled = "Could not read archive as .zip or .tgz", False
+    elif kind == "broken plugin.json":
+        write_folder(tmp_path, "p", {"plugin.json": "{oops", "main.py": MAIN})
+        plugin = create_plugin(url="file:p", plugin_type="local", **plugin_fields)
+        expected, disabled = "Could not load posthog config at", False
+    elif kind == "missing main":
+        plugin = archive_plugin(make_zip({"r/plugin.json": "{}"}), **plugin_fields)
+        expected, disabled = "Could not load main.py for", False
+    elif kind == "syntax error":
+        plugin = create_plugin(source="def process_event(event, meta)\n    return event\n", **plugin_fields)
+        expected, disabled = "SyntaxError", True
+    else:
+        plugin = create_plugin(source="import kea\ndef process_event(event, meta):\n    return None\n", **plugin_fields)
+        expected, disabled = "Cannot import 'kea'! This package is not provided by PostHog in plugins.", True
+    config = create_plugin_config(team=team, plugin=plugin)
+
+    pool = WorkerPool(PoolSettings.from_config(concurrency=1, task_timeout=2.0, memory_limit_mb=512, base_dir=str(tmp_path)))
+    pool.start()
+    try:
+        out = pool.process_events([{"event": "e0", "distinct_id": "a", "team_id": team.id, "properties": {}}])
+    finally:
+        pool.stop()
+
+    assert [event["event"] for event in out] == ["e0"]
+    config = PluginConfig.objects.get(pk=config.pk)
+    assert expected in config.error["message"]
+    assert config.enabled is not disabled
+    assert PluginLogEntry.objects.filter(plugin_config_id=config.id, source="PLUGIN", type="ERROR").exists()
