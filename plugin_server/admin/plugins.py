@@ -27,6 +27,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from plugin_server.admin.forms import PluginConfigForm, PluginForm
+from plugin_server.admin.records import is_list_page
 from plugin_server.admin.schema_fields import SchemaFields, markdown_notes, schema_rows
 from plugin_server.exceptions import PluginLoadError
 from plugin_server.models import Plugin, PluginAttachment, PluginConfig, PluginLogEntry
@@ -92,22 +93,24 @@ class PluginAdmin(ReloadOnChangeMixin, admin.ModelAdmin):  # type: ignore[type-a
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Plugin]:
+        queryset: QuerySet[Plugin] = super().get_queryset(request)
+        if not is_list_page(request):
+            return queryset
         # The archive can be megabytes: never load it for a list.
         return cast(
             "QuerySet[Plugin]",
-            super()
-            .get_queryset(request)
-            .defer("archive", "source")
-            .annotate(_configs=Count("pluginconfig"), _enabled=Count("pluginconfig", filter=Q(pluginconfig__enabled=True))),
+            queryset.defer("archive", "source").annotate(
+                _configs=Count("pluginconfig"), _enabled=Count("pluginconfig", filter=Q(pluginconfig__enabled=True))
+            ),
         )
 
     @admin.display(description="configs", ordering="_configs")
     def config_count(self, plugin: Any) -> int:
-        return int(plugin._configs)
+        return int(getattr(plugin, "_configs", 0))
 
     @admin.display(description="enabled", ordering="_enabled")
     def enabled_count(self, plugin: Any) -> int:
-        return int(plugin._enabled)
+        return int(getattr(plugin, "_enabled", 0))
 
     @admin.display(description="plugin.json")
     def plugin_json(self, plugin: Plugin) -> str:
@@ -196,8 +199,9 @@ class PluginConfigAdmin(ReloadOnChangeMixin, admin.ModelAdmin):  # type: ignore[
     actions = ("enable", "disable", "reload_plugins", "clear_error")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[PluginConfig]:
-        # Only the names are shown from the plugin: skip its code.
-        return super().get_queryset(request).defer("plugin__archive", "plugin__source")
+        queryset = super().get_queryset(request)
+        # The list shows only the plugin's name: skip its code.
+        return queryset.defer("plugin__archive", "plugin__source") if is_list_page(request) else queryset
 
     def get_readonly_fields(self, request: HttpRequest, obj: PluginConfig | None = None) -> tuple[str, ...]:
         fields = ("last_error", "latest_logs", "created_at", "updated_at")

@@ -17,6 +17,12 @@ from plugin_server.models import DeadLetter, Organization, PluginLogEntry, Team
 PAYLOAD_PREVIEW_BYTES = 64 * 1024
 
 
+def is_list_page(request: HttpRequest) -> bool:
+    """True on a changelist, where large columns (archives, payloads) are never shown."""
+    match = request.resolver_match
+    return match is not None and (match.url_name or "").endswith("_changelist")
+
+
 class OrganizationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     """Organizations; plugins run only where ``plugins_access_level`` is above none."""
 
@@ -97,7 +103,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[DeadLetter]:
         queryset = super().get_queryset(request)
         # Payloads can be large: load them only on the one letter's page.
-        return queryset if request.resolver_match and (request.resolver_match.url_name or "").endswith("_change") else queryset.defer("payload")
+        return queryset.defer("payload") if is_list_page(request) else queryset
 
     @admin.display(description="payload")
     def payload_text(self, letter: DeadLetter) -> str:
