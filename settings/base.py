@@ -19,7 +19,8 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 TESTING = env_bool("PLUGIN_SERVER_TESTING", False)
 
 # --- Django -----------------------------------------------------------------
-SECRET_KEY = env_str("SECRET_KEY", "plugin-server-insecure-dev-key-change-me") or ""
+# The development default starts with "django-insecure-" so that `check --deploy` flags it (security.W009).
+SECRET_KEY = env_str("SECRET_KEY", "django-insecure-plugin-server-dev-key-change-me") or ""
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = (env_str("ALLOWED_HOSTS", "*") or "*").split(",")
 ROOT_URLCONF = "plugin_server.urls"

@@ -197,3 +197,10 @@ def test_every_setting_is_in_the_config_view() -> None:
 
     fields = {field.name.upper() for field in dataclasses.fields(ServerConfig)}
     assert _variables_read_by_settings() - FOLDED - fields == set(), "add a field to ServerConfig in plugin_server/config.py"
+
+
+def test_the_development_secret_key_is_flagged_by_the_deploy_check() -> None:
+    """Without SECRET_KEY, `check --deploy` warns (security.W009); with a strong key it does not."""
+    assert "security.W009" in run_manage("check", "--deploy").stderr
+    strong = run_manage("check", "--deploy", SECRET_KEY="k" + "".join(chr(ord("a") + i % 26) + str(i) for i in range(40)))
+    assert "security.W009" not in strong.stderr
