@@ -8,6 +8,9 @@ started together on a barrier.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -280,3 +283,43 @@ def test_a_batch_chosen_as_deadlock_victim_is_replayed(recording_metrics):
     second.refresh_from_db()
     assert (first.properties, second.properties) == ({"v": 1}, {"v": 2})
     assert recording_metrics.total("ingestion.persons.retries") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_two_server_processes_creating_and_updating_the_same_persons():
+    """Two real server processes ingest the same 20 new users at once: one person each, no increment lost."""
+    team = create_team()
+    database = connection.settings_dict
+    login = database["USER"] + (f":{database['PASSWORD']}" if database.get("PASSWORD") else "")
+    address = f"{database['HOST'] or '127.0.0.1'}:{database['PORT'] or 5432}"
+    # The children must use this test's database, not the one DATABASE_URL names.
+    env = {**os.environ, "DATABASE_URL": f"postgres://{login}@{address}/{database['NAME']}"}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.ingestion.person_worker", str(team.id), tag, "10"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        for tag in ("a", "b")
+    ]
+    try:
+        for process in processes:
+            assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        for process in processes:
+            assert process.wait(timeout=120) == 0
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert PersonDistinctId.objects.filter(team=team).count() == 20
+    assert Person.objects.filter(team=team).count() == 20
+    assert _orphan_persons() == 0
+    assert sorted({p.properties["n"] for p in Person.objects.filter(team=team)}) == [40]
