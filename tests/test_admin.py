@@ -450,3 +450,24 @@ def test_a_config_page_with_many_logs_makes_a_bounded_number_of_queries(admin_cl
     admin_client.get(url("pluginconfig_change", config.pk))
     with django_assert_max_num_queries(12):
         assert admin_client.get(url("pluginconfig_change", config.pk)).status_code == 200
+
+
+def test_team_and_plugin_are_chosen_through_autocomplete(admin_client: Client) -> None:
+    """The config form never lists every team or plugin: both are searched through the admin's autocomplete."""
+    team = create_team(name="Searchable team")
+    plugin = create_plugin(organization=team.organization, name="findable plugin", source=SOURCE)
+    for field, term, expected in (("team", "Searchable", str(team)), ("plugin", "findable", str(plugin))):
+        response = admin_client.get(
+            reverse("admin:autocomplete"), {"app_label": "posthog", "model_name": "pluginconfig", "field_name": field, "term": term}
+        )
+        assert [result["text"] for result in response.json()["results"]] == [expected]
+
+
+def test_the_add_page_stays_cheap_with_many_teams(admin_client: Client, many_configs: int, django_assert_max_num_queries: Any) -> None:
+    """With 1,000 teams and 10,000 configs the add page renders no team list: a handful of queries."""
+    plugin = Plugin.objects.order_by("id").first()
+    assert plugin is not None
+    admin_client.get(url("pluginconfig_changelist"))
+    with django_assert_max_num_queries(6):
+        page = admin_client.get(url("pluginconfig_add") + f"?plugin={plugin.pk}")
+    assert page.status_code == 200 and 'name="config__greeting"' in page.content.decode()

@@ -83,6 +83,7 @@ class PluginAdmin(ReloadOnChangeMixin, admin.ModelAdmin):  # type: ignore[type-a
     list_filter = ("plugin_type", "is_global")
     list_select_related = ("organization",)
     search_fields = ("name", "url", "=id")
+    ordering = ("id",)
     readonly_fields = ("plugin_json", "schema_table", "archive_size", "configs", "load_error", "created_at", "updated_at")
     actions = ("reload_plugins",)
     fieldsets = (

@@ -29,6 +29,7 @@ class OrganizationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ("name", "plugins_access_level", "created_at")
     list_filter = ("plugins_access_level",)
     search_fields = ("name",)
+    ordering = ("name",)
     readonly_fields = ("id", "created_at", "updated_at")
     fields = ("id", "name", "plugins_access_level", "created_at", "updated_at")
 
@@ -40,6 +41,7 @@ class TeamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display_links = ("id", "name")
     list_select_related = ("organization",)
     search_fields = ("=id", "name", "=api_token")
+    ordering = ("id",)
     autocomplete_fields = ("organization",)
     readonly_fields = ("uuid", "ingested_event", "created_at", "updated_at")
     fields = ("organization", "name", "api_token", "anonymize_ips", "session_recording_opt_in", "app_urls", "timezone", "uuid", "ingested_event", "created_at", "updated_at")
