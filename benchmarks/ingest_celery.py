@@ -181,6 +181,9 @@ def run(concurrency: int, events: int, distinct_ids: int, timeout: float) -> Res
         cpu_after = cpu_seconds(pids)
         peak = max(peak, rss_bytes(pids))
         cpu = sum(cpu_after.values()) - sum(cpu_before.get(pid, 0.0) for pid in cpu_after)
+        for pid in sorted(cpu_after):
+            name = Path(f"/proc/{pid}/comm").read_text().strip() if Path(f"/proc/{pid}/comm").exists() else "?"
+            print(f"    pid {pid} ({name}): {cpu_after[pid] - cpu_before.get(pid, 0.0):.2f} s CPU", flush=True)
         # The server's own Postgres backends (it keeps its connections; they
         # were opened by the timed run): their whole CPU time.
         with connection.cursor() as cursor:

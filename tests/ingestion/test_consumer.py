@@ -23,6 +23,7 @@ from plugin_server.metrics import (
     INGESTION_EVENTS_STORED,
     INGESTION_MESSAGES_INVALID,
     INGESTION_RETRIES,
+    INGESTION_TIMESTAMP_IGNORED,
     RecordingMetrics,
 )
 from plugin_server.models import DeadLetter, Event
@@ -253,4 +254,15 @@ def test_run_takes_a_batch_ahead_and_finishes_it_after_a_stop(source: CelerySour
     assert not runner.is_alive()
     assert Event.objects.filter(team=team).count() == 7
     assert consumer.batches == 4
+    assert source.in_flight() == 0
+
+
+@pytest.mark.django_db
+def test_a_timestamp_in_the_year_30000_costs_no_event(source: CelerySource, unique_name: str, recording_metrics: RecordingMetrics) -> None:
+    """An event whose timestamp Python cannot represent is stored at `now` and counted, not lost (the ingester's rule)."""
+    team = create_team()
+    send(unique_name, task_args({"event": "far future", "properties": {}, "timestamp": "30000-01-01T00:00:00Z"}, team_id=team.id))
+    drain(consumer_for(source))
+    assert Event.objects.filter(team=team, event="far future").count() == 1
+    assert recording_metrics.total(INGESTION_TIMESTAMP_IGNORED) == 1
     assert source.in_flight() == 0
