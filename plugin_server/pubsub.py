@@ -165,6 +165,7 @@ class ReloadListener:
         return False
 
     def _call_back(self) -> None:
+        logger.info("Reloading plugins on a message from %s", self.channel, extra={"channel": self.channel})
         try:
             self._callback()
         except Exception:

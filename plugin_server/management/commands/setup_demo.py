@@ -78,7 +78,7 @@ class Command(BaseCommand):
             self.stdout.write(f"Admin user: {ADMIN_USERNAME} / {ADMIN_PASSWORD} (created; change the password)")
         else:
             self.stdout.write(f"Admin user: {ADMIN_USERNAME} (already there, password unchanged)")
-        self.stdout.write("Admin: ./manage.py runserver, then http://127.0.0.1:8000/admin/")
+        self.stdout.write("Admin: ./manage.py runserver --insecure 8000, then http://127.0.0.1:8000/admin/")
         self._publish()
 
     def _admin_user(self) -> bool:
