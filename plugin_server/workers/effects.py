@@ -56,7 +56,7 @@ class Reporter:
         disable_plugin_config(ctx)
 
     def deferred(self, ctx: PluginContext, api: str, method: str, args: list[Any], kwargs: dict[str, Any]) -> None:
-        self.host.call(ctx, api, method, args, kwargs)
+        self.host.call_deferred(ctx, api, method, args, kwargs)
 
     def flush(self) -> None:
         self.host.flush()

@@ -118,6 +118,20 @@ class MetaHost:
             )
             raise MetaCallError(f"meta.{api}.{method} failed: {type(error).__name__}") from error
 
+    def call_deferred(self, ctx: PluginContext, api: str, method: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Run a fire-and-forget call (``posthog.capture``) after the plugin returned.
+
+        Nobody is waiting for the answer, so a refusal is written to the
+        plugin's own log (PLUGIN/ERROR) where its author will see it.
+        """
+        try:
+            self.call(ctx, api, method, args, kwargs)
+        except MetaCallError as error:
+            logger.warning(
+                "deferred meta.%s.%s refused: %s", api, method, error, extra={"plugin_config_id": ctx.plugin_config_id}
+            )
+            self.write_log(ctx, "PLUGIN", "ERROR", str(error))
+
     def write_log(self, ctx: PluginContext, source: LogSource, type: LogType, message: str) -> None:
         """Buffer one log entry (the pool's SYSTEM load/unload lines)."""
         self.log_writer.add(LogEntry.for_context(ctx, source, type, message))

@@ -128,3 +128,20 @@ def test_fetch_refusal_through_the_host(ctx: PluginContext, host: MetaHost) -> N
     """It serves meta.fetch with the settings' limits: a loopback address is refused by default."""
     with pytest.raises(MetaCallError, match="is not a public address"):
         host.call(ctx, "fetch", "fetch", ["http://127.0.0.1:9/"], {})
+
+
+def test_refused_deferred_call_goes_to_the_plugin_log(ctx: PluginContext, host: MetaHost, unique_name: str, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """It writes a refused fire-and-forget capture to the plugin's log instead of raising, and queues nothing."""
+    from django.test import override_settings
+
+    with override_settings(PLUGINS_CELERY_QUEUE=unique_name):
+        host.call_deferred(ctx, "posthog", "capture", [""], {})
+        host.call_deferred(ctx, "posthog", "capture", ["fine"], {})
+    try:
+        assert redis_client.llen(unique_name) == 1
+    finally:
+        redis_client.delete(unique_name)
+    host.flush()
+    entry = PluginLogEntry.objects.get(plugin_config_id=ctx.plugin_config_id)
+    assert (entry.source, entry.type) == ("PLUGIN", "ERROR")
+    assert entry.message.startswith("posthog.capture: the event name must be a string")
