@@ -95,6 +95,10 @@ class ServerConfig:
     staleness_restart_seconds: int
     plugin_server_mode: str
     jobs_workers: int
+    schedule_time_scale: float
+    job_max_attempts: int
+    job_retry_base_seconds: float
+    job_poll_interval: float
     # Ingestion
     disable_mmdb: bool
     internal_mmdb_server_port: int

@@ -157,6 +157,14 @@ CRASH_IF_NO_PERSISTENT_JOB_QUEUE = env_bool("CRASH_IF_NO_PERSISTENT_JOB_QUEUE", 
 STALENESS_RESTART_SECONDS = env_int("STALENESS_RESTART_SECONDS", 0)
 # (port) which parts one process runs: all, ingestion, scheduler or jobs.
 PLUGIN_SERVER_MODE = env_choice("PLUGIN_SERVER_MODE", "all", ("all", "ingestion", "scheduler", "jobs"))
+# (port) scale of the scheduler's clock: a "minute" lasts 60 x this many seconds (tests: short).
+SCHEDULE_TIME_SCALE = env_float("SCHEDULE_TIME_SCALE", 1.0, minimum=0.001)
+# (port) a job raising RetryError runs at most this many times in all, waiting
+# JOB_RETRY_BASE_SECONDS x 2^(attempt - 1) before each retry.
+JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3, minimum=1)
+JOB_RETRY_BASE_SECONDS = env_float("JOB_RETRY_BASE_SECONDS", 5.0)
+# (port) seconds between two looks for due jobs (the original polled every 100 ms).
+JOB_POLL_INTERVAL = env_float("JOB_POLL_INTERVAL", 0.2, minimum=0.01)
 
 # --- Ingestion ------------------------------------------------------------------
 DISABLE_MMDB = env_bool("DISABLE_MMDB", TESTING)
