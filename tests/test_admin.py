@@ -471,3 +471,23 @@ def test_the_add_page_stays_cheap_with_many_teams(admin_client: Client, many_con
     with django_assert_max_num_queries(6):
         page = admin_client.get(url("pluginconfig_add") + f"?plugin={plugin.pk}")
     assert page.status_code == 200 and 'name="config__greeting"' in page.content.decode()
+
+
+def test_a_large_unfiltered_log_list_is_counted_from_table_statistics(many_configs: int, django_assert_num_queries: Any) -> None:
+    """Above the threshold an unfiltered list takes pg_class.reltuples (no COUNT(*)); a filtered list is counted exactly."""
+    from django.db import connection
+
+    from plugin_server.admin.records import EstimatedCountPaginator
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE posthog_pluginlogentry")
+    everything = PluginLogEntry.objects.order_by("-timestamp")
+    with django_assert_num_queries(1) as captured:
+        assert EstimatedCountPaginator(everything, 100, estimate_above=1000).count == 10_000
+    assert "COUNT" not in captured.captured_queries[0]["sql"].upper()
+    assert EstimatedCountPaginator(everything, 100).count == 10_000  # under the default threshold: exact
+    first = PluginConfig.objects.order_by("id").first()
+    assert first is not None
+    with django_assert_num_queries(1) as captured:
+        assert EstimatedCountPaginator(everything.filter(plugin_config_id=first.pk), 100, estimate_above=1000).count == 1
+    assert "COUNT" in captured.captured_queries[0]["sql"].upper()

@@ -6,7 +6,10 @@ import secrets
 from typing import Any
 
 from django.contrib import admin
+from django.core.paginator import Paginator
+from django.db import connections
 from django.db.models import QuerySet
+from django.utils.functional import cached_property
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
@@ -52,6 +55,33 @@ class TeamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         super().save_model(request, obj, form, change)
 
 
+class EstimatedCountPaginator(Paginator):  # type: ignore[type-arg]
+    """Counts an unfiltered list from Postgres's statistics when the table is large.
+
+    ``COUNT(*)`` over millions of log entries takes seconds on every page
+    view; ``pg_class.reltuples`` (kept by autovacuum's ANALYZE) answers at
+    once. Filtered lists, and tables under ``estimate_above`` rows, are
+    counted exactly."""
+
+    estimate_above = 100_000
+
+    def __init__(self, object_list: Any, per_page: int, *args: Any, estimate_above: int | None = None, **kwargs: Any) -> None:
+        super().__init__(object_list, per_page, *args, **kwargs)
+        if estimate_above is not None:
+            self.estimate_above = estimate_above
+
+    @cached_property
+    def count(self) -> int:
+        queryset = self.object_list
+        if isinstance(queryset, QuerySet) and not queryset.query.where:
+            with connections[queryset.db].cursor() as cursor:
+                cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)", [queryset.model._meta.db_table])
+                row = cursor.fetchone()
+            if row is not None and row[0] is not None and int(row[0]) > self.estimate_above:
+                return int(row[0])
+        return int(super().count)
+
+
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     """Viewable, never added, changed or deleted here: the server writes these rows."""
 
@@ -74,6 +104,7 @@ class PluginLogEntryAdmin(ReadOnlyAdmin):
     ordering = ("-timestamp",)
     # Counting every entry of a large table is slow; the pages do not need it.
     show_full_result_count = False
+    paginator = EstimatedCountPaginator
     # Filters by id through the query string (the config page links here).
     ID_FILTERS = frozenset({"plugin_config_id", "team_id", "plugin_id"})
 
@@ -99,6 +130,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     search_fields = ("=event_uuid", "error")
     ordering = ("-created_at",)
     show_full_result_count = False
+    paginator = EstimatedCountPaginator
     readonly_fields = ("id", "created_at", "source", "queue", "reason", "error", "team_id", "event_uuid", "replayed_at", "payload_text")
     fields = readonly_fields
 
