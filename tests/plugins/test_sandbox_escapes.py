@@ -671,7 +671,7 @@ def test_it_denies_giant_integer_computations(expression: str) -> None:
     started = time.monotonic()
     with pytest.raises(OverflowError, match="refused in plugins"):
         run(f"import math\ndef run():\n    return {expression}\n")
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 2
 
 
 def test_it_denies_giant_powers_through_augmented_assignment() -> None:
@@ -743,7 +743,7 @@ def test_it_denies_looping_again_in_finally() -> None:
     with pytest.raises(PluginTimeout):
         run(source, trail, seconds=0.3)
     assert trail == ["finally"]
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 3
 
 
 def test_it_denies_swallowing_the_timeout_by_returning_from_finally() -> None:
@@ -816,7 +816,7 @@ def test_it_denies_endless_c_loops_by_timing_them_out(expression: str) -> None:
     started = time.monotonic()
     with pytest.raises(PluginTimeout, match="0.3 seconds"):
         run(f"import itertools, collections, math\ndef run():\n    return {expression}\n", seconds=0.3)
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 3
 
 
 def test_it_denies_squaring_a_giant_integer() -> None:
@@ -824,7 +824,7 @@ def test_it_denies_squaring_a_giant_integer() -> None:
     started = time.monotonic()
     with pytest.raises(OverflowError, match="this product"):
         run("def run():\n    x = 10 ** 100000\n    while True:\n        x = x * x\n", seconds=2)
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 2
 
 
 def test_it_denies_giant_sequence_repetition() -> None:
