@@ -525,6 +525,18 @@ def test_it_denies_class_attribute_tricks() -> None:
         run("class A:\n    pass\ndef run():\n    setattr(A(), '__class__', int)\n")
 
 
+def test_it_denies_match_class_patterns() -> None:
+    """`case object(__class__=cls)` reads attributes in C, past the guards: match statements are refused."""
+    source = """
+    def run():
+        match ():
+            case object(__class__=cls):
+                return cls
+    """
+    with pytest.raises(PluginLoadError, match="Match statements are not allowed"):
+        run(source)
+
+
 def test_it_denies_nonlocal_and_global_guard_rebinding() -> None:
     """`nonlocal` is refused by RestrictedPython; `global _write_` cannot name a guard."""
     with pytest.raises(PluginLoadError, match="Nonlocal"):
