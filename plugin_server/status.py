@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 from datetime import datetime, timezone
+from typing import cast
 
 import redis
 
@@ -65,5 +66,5 @@ class StatusHeartbeat:
 
 def read_ping(client: redis.Redis | None = None) -> str | None:
     """The last ping written by any server, or None when none is alive."""
-    value = (client or get_redis()).get(PING_KEY)
+    value = cast(bytes | None, (client or get_redis()).get(PING_KEY))
     return value.decode() if value is not None else None

@@ -33,6 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from typing import cast
 
 import redis
 from django.conf import settings
@@ -151,7 +152,8 @@ class CelerySource:
     def recover(self) -> int:
         """Requeue the in-flight messages of every consumer whose heartbeat is gone."""
         self._last_recovery = time.monotonic()
-        consumer_ids = sorted(member.decode() for member in self._redis.smembers(self._consumers_key))
+        members = cast(set[bytes], self._redis.smembers(self._consumers_key))
+        consumer_ids = sorted(member.decode() for member in members)
         if not consumer_ids:
             return 0
         with self._redis.pipeline(transaction=False) as pipe:
@@ -184,7 +186,8 @@ class CelerySource:
         if not deliveries and timeout > 0:
             # Block until one message arrives; it lands in a list of ours, so
             # it survives our death like the in-flight hash.
-            waited = self._redis.blmove(self.queue, self._landing_key, timeout, src="RIGHT", dest="LEFT")
+            # Redis takes a fractional timeout; redis-py's stub says int.
+            waited = self._redis.blmove(self.queue, self._landing_key, cast(int, timeout), src="RIGHT", dest="LEFT")
             if waited is not None:
                 deliveries = self._take_batch(max_messages)
         if deliveries:
@@ -193,7 +196,7 @@ class CelerySource:
 
     def _take_batch(self, max_messages: int) -> list[Delivery]:
         first = self._next_seq
-        args = [max_messages, self._max_bytes, first, self.consumer_id, int(self._ttl * 1000)]
+        args: list[int | str] = [max_messages, self._max_bytes, first, self.consumer_id, int(self._ttl * 1000)]
         keys = [self.queue, self._landing_key, self._inflight_key, self._alive_key, self._consumers_key]
         payloads: list[bytes] = self._take(keys=keys, args=args)
         self._next_seq = first + len(payloads)
@@ -205,7 +208,7 @@ class CelerySource:
 
     def in_flight(self) -> int:
         """Messages taken and not yet acknowledged (for status and tests)."""
-        return int(self._redis.hlen(self._inflight_key)) + int(self._redis.llen(self._landing_key))
+        return cast(int, self._redis.hlen(self._inflight_key)) + cast(int, self._redis.llen(self._landing_key))
 
     def close(self) -> None:
         if self._closed:
