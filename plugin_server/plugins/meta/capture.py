@@ -22,10 +22,10 @@ from kombu.exceptions import KombuError
 import plugin_server
 from plugin_server.config import get_config
 from plugin_server.exceptions import MetaCallError
-from plugin_server.metrics import get_metrics
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.errors import iso_time
+from plugin_server.plugins.meta.producer import MetaProducer
 
 logger = logging.getLogger(__name__)
 
@@ -71,19 +71,12 @@ def build_capture(ctx: PluginContext, event: object, properties: object) -> dict
     return data
 
 
-def _delivered(error: Any, message: Any) -> None:
-    # Fire-and-forget for the plugin, but a lost event must leave a trace.
-    if error is not None:
-        logger.error("posthog.capture: event not delivered to Kafka: %s", error, extra={"topic": message.topic()})
-        get_metrics().incr("capture.delivery_failed")
-
-
 class PluginCapture:
     """Serves ``posthog.capture``; the Celery app or Kafka producer is made on first use."""
 
-    def __init__(self) -> None:
+    def __init__(self, producer: MetaProducer | None = None) -> None:
         self._app: Any = None
-        self._producer: Any = None
+        self._producer = producer or MetaProducer()
 
     def capture(self, ctx: PluginContext, event: str, properties: Mapping[str, Any] | None = None) -> None:
         data = build_capture(ctx, event, properties)
@@ -125,28 +118,11 @@ class PluginCapture:
             "uuid": data["uuid"],
         }
         try:
-            producer = self._kafka()
-            producer.produce(
-                get_config().kafka_consumption_topic,
-                key=data["uuid"],
-                value=json.dumps(message).encode(),
-                on_delivery=_delivered,
-            )
-            # Serve delivery callbacks without blocking; flush() at batch boundaries.
-            producer.poll(0)
+            self._producer.produce(get_config().kafka_consumption_topic or "", data["uuid"], json.dumps(message).encode())
         except (KafkaException, BufferError) as error:
             logger.exception("posthog.capture could not produce an event", extra={"team_id": data["team_id"]})
             raise MetaCallError(f"posthog.capture: the event could not be queued ({type(error).__name__})") from None
 
-    def _kafka(self) -> Any:
-        if self._producer is None:
-            from confluent_kafka import Producer
-
-            self._producer = Producer({"bootstrap.servers": get_config().kafka_hosts, "linger.ms": 20, "message.timeout.ms": 30_000})
-        return self._producer
-
     def flush(self, timeout: float = 10.0) -> int:
         """Wait for produced events to be delivered; returns how many are still waiting."""
-        if self._producer is None:
-            return 0
-        return int(self._producer.flush(timeout))
+        return self._producer.flush(timeout)

@@ -28,6 +28,7 @@ from plugin_server.plugins.meta.fetch import PluginFetch
 from plugin_server.plugins.meta.geoip import GeoIPLocator
 from plugin_server.plugins.meta.jobs import PluginJobs
 from plugin_server.plugins.meta.logger import LOG_METHODS, LogEntry, LogSource, LogType, PluginLogWriter
+from plugin_server.plugins.meta.producer import MetaProducer
 from plugin_server.plugins.meta.storage import PluginStorageAPI
 
 __all__ = ["ALLOWED_CALLS", "MetaHost", "PluginContext"]
@@ -82,8 +83,10 @@ class MetaHost:
         capture: PluginCapture | None = None,
         geoip: GeoIPLocator | None = None,
     ) -> None:
-        self.log_writer = log_writer or PluginLogWriter()
-        self.capture = capture or PluginCapture()
+        # One Kafka producer (Kafka pipeline only) for log entries and captures.
+        producer = MetaProducer()
+        self.log_writer = log_writer or PluginLogWriter(producer=producer)
+        self.capture = capture or PluginCapture(producer)
         # Public so the MMDB service can swap a fresh database in (GeoIPLocator.use).
         self.geoip = geoip or GeoIPLocator()
         self.fetch = fetch or PluginFetch()

@@ -1,5 +1,8 @@
 """Plugin log entries (``posthog_pluginlogentry``), written in batches.
 
+Kafka pipeline (``KAFKA_ENABLED``): the same entries are produced to the
+``plugin_log_entries`` topic instead (key = entry id), for ClickHouse.
+
 Every ``print``, ``meta.logger`` call, recorded error and load/unload message
 of a plugin becomes one entry (spec: plugins.md §5.2, §6.8). Entries are
 buffered by :class:`PluginLogWriter` and written with one multi-row INSERT
@@ -28,12 +31,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Literal
 
+from confluent_kafka import KafkaException
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection, transaction
 
+from plugin_server.config import get_config
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.metrics import get_metrics
 from plugin_server.models import PluginLogEntry
 from plugin_server.plugins.meta.context import PluginContext
+from plugin_server.plugins.meta.producer import MetaProducer
 from plugin_server.plugins.meta.console import cap_message, format_log_message
 
 logger = logging.getLogger(__name__)
@@ -50,6 +56,8 @@ LOG_METHODS: dict[str, LogType] = {
     "warning": "WARN",
     "error": "ERROR",
 }
+
+PLUGIN_LOG_ENTRIES_TOPIC = "plugin_log_entries"
 
 # One id per server start (spec: plugins.md §5.2, ``instance_id``).
 SERVER_INSTANCE_ID = uuidt()
@@ -128,6 +136,37 @@ def insert_log_entries(entries: Sequence[LogEntry]) -> None:
             "r->>7, (r->>8)::uuid FROM jsonb_array_elements(%s::jsonb) AS r",
             [rows],
         )
+    _count_created(entries)
+
+
+def kafka_timestamp(moment: datetime) -> str:
+    """``2021-05-17 10:00:00.123``: the log-entry format of the Kafka pipeline (UTC)."""
+    moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+
+
+def produce_log_entries(producer: MetaProducer, entries: Sequence[LogEntry]) -> None:
+    """Send entries to the ``plugin_log_entries`` topic (Kafka pipeline), keyed by id.
+
+    Raises BufferError when the producer's queue is full, KafkaException on
+    a producer error."""
+    for entry in entries:
+        value = {
+            "id": str(entry.id),
+            "team_id": entry.team_id if entry.team_id is not None else 0,
+            "plugin_id": entry.plugin_id,
+            "plugin_config_id": entry.plugin_config_id,
+            "timestamp": kafka_timestamp(entry.timestamp),
+            "source": entry.source,
+            "type": entry.type,
+            "message": cap_message(entry.message),
+            "instance_id": str(entry.instance_id),
+        }
+        producer.produce(PLUGIN_LOG_ENTRIES_TOPIC, str(entry.id), json.dumps(value, ensure_ascii=False).encode())
+    _count_created(entries)
+
+
+def _count_created(entries: Sequence[LogEntry]) -> None:
     counts = collections.Counter((entry.source, entry.team_id, entry.plugin_id) for entry in entries)
     metrics = get_metrics()
     for (source, team_id, plugin_id), count in counts.items():
@@ -135,16 +174,23 @@ def insert_log_entries(entries: Sequence[LogEntry]) -> None:
 
 
 class PluginLogWriter:
-    """Buffers plugin log entries and writes them in multi-row INSERTs.
+    """Buffers plugin log entries and writes them in multi-row INSERTs (or to Kafka).
 
     Thread-safe: the meta host may serve several workers from several
     threads. Writing happens outside the lock, so a slow database delays only
     the thread that flushes.
     """
 
-    def __init__(self, flush_size: int = 500, max_buffer: int = 5_000, flush_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        flush_size: int = 500,
+        max_buffer: int = 5_000,
+        flush_interval: float = 1.0,
+        producer: MetaProducer | None = None,
+    ) -> None:
         if not 0 < flush_size <= max_buffer:
             raise ValueError("flush_size must be between 1 and max_buffer")
+        self.producer = producer or MetaProducer()
         self.flush_size = flush_size
         self.max_buffer = max_buffer
         self.flush_interval = flush_interval
@@ -195,9 +241,12 @@ class PluginLogWriter:
             if not entries:
                 return 0
             try:
-                insert_log_entries(entries)
-            except (OperationalError, InterfaceError):
-                logger.exception("plugin log: database unavailable, keeping %d entries", len(entries))
+                if get_config().kafka_enabled:
+                    produce_log_entries(self.producer, entries)
+                else:
+                    insert_log_entries(entries)
+            except (OperationalError, InterfaceError, BufferError, KafkaException):
+                logger.exception("plugin log: storage unavailable, keeping %d entries", len(entries))
                 get_metrics().incr("logs.flush_failed")
                 self._requeue(entries)
                 self._retry_at = time.monotonic() + self.flush_interval
@@ -253,3 +302,4 @@ class PluginLogWriter:
             self._stop.set()
             thread.join(timeout=10)
         self.flush()
+        self.producer.flush()

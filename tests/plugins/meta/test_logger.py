@@ -206,3 +206,51 @@ def test_overlong_entry_from_a_worker_is_cut(ctx: PluginContext) -> None:
     writer.add(LogEntry.for_context(ctx, "CONSOLE", "LOG", "z" * (MAX_MESSAGE_CHARS * 3)))
     writer.flush()
     assert len(PluginLogEntry.objects.get(plugin_config_id=ctx.plugin_config_id).message) == MAX_MESSAGE_CHARS
+
+
+def test_kafka_timestamp_format() -> None:
+    """It formats times as the original's log-entry format, in UTC with milliseconds."""
+    from datetime import datetime, timedelta, timezone
+
+    from plugin_server.plugins.meta.logger import kafka_timestamp
+
+    moment = datetime(2021, 5, 17, 12, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
+    assert kafka_timestamp(moment) == "2021-05-17 10:00:00.123"
+
+
+@pytest.mark.kafka
+def test_kafka_pipeline_produces_entries(ctx: PluginContext, kafka_consumer_config: dict[str, object]) -> None:
+    """It sends entries to the plugin_log_entries topic keyed by id under KAFKA_ENABLED, writing no row."""
+    import json
+    import time
+
+    from confluent_kafka import Consumer
+    from django.test import override_settings
+
+    bootstrap = str(kafka_consumer_config["bootstrap.servers"])
+    consumer = Consumer(kafka_consumer_config)
+    try:
+        with override_settings(KAFKA_ENABLED=True, KAFKA_HOSTS=bootstrap):
+            writer = PluginLogWriter()
+            writer.log(ctx, "CONSOLE", "INFO", "amogus", {"a": 1})
+            writer.add(LogEntry.for_context(ctx, "SYSTEM", "INFO", "Plugin loaded"))
+            assert writer.flush() == 2
+            assert writer.producer.flush(10) == 0
+        # The topic is shared: read it all, keep this process's entries of this config.
+        consumer.subscribe(["plugin_log_entries"])
+        found: dict[str, dict[str, object]] = {}
+        deadline = time.monotonic() + 20
+        while len(found) < 2 and time.monotonic() < deadline:
+            for message in consumer.consume(50, timeout=0.5):
+                assert message.error() is None
+                value = json.loads(message.value())
+                if value["plugin_config_id"] == ctx.plugin_config_id and value["instance_id"] == str(SERVER_INSTANCE_ID):
+                    assert message.key().decode() == value["id"]
+                    found[value["message"]] = value
+        assert set(found) == {'amogus {"a":1}', "Plugin loaded"}
+        entry = found['amogus {"a":1}']
+        assert (entry["source"], entry["type"], entry["team_id"], entry["plugin_id"]) == ("CONSOLE", "INFO", ctx.team_id, ctx.plugin_id)
+        assert len(str(entry["timestamp"])) == len("2021-05-17 10:00:00.123")
+        assert not PluginLogEntry.objects.filter(plugin_config_id=ctx.plugin_config_id).exists()
+    finally:
+        consumer.close()
