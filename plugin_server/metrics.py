@@ -39,6 +39,12 @@ INGESTION_DEFINITION_NAME_TOO_LONG = "ingestion.definitions.name_too_long"  # co
 SINK_WRITE_TIME = "ingestion.sink.write_time"  # timing, tag sink: one batch written
 SINK_ROWS = "ingestion.sink.rows"  # count, tags sink, table: rows written
 
+# --- Metric names of the plugin meta host -----------------------------------------
+LOGS_ENTRIES_CREATED = "logs.entries_created"  # count, tags source, team_id, plugin_id (the original's)
+LOGS_ENTRIES_DROPPED = "logs.entries_dropped"  # count (port): plugin log entries lost (buffer full, refused row)
+LOGS_FLUSH_FAILED = "logs.flush_failed"  # count (port): a plugin log batch could not be written
+META_KAFKA_DELIVERY_FAILED = "meta.kafka_delivery_failed"  # count (port): a capture or log entry lost by Kafka
+
 
 class MetricsBackend(Protocol):
     def incr(self, name: str, value: int = 1, tags: Tags | None = None) -> None: ...

@@ -22,7 +22,8 @@ leaves the batch unacknowledged and the source delivers it again; the event
 uuid makes the second store a no-op.
 
 Errors, three paths: ``InvalidMessage`` → dead letter; ``RetriableError``
-(a service away) → the same work retried with exponential backoff, and after
+(a service away) → the same work retried with exponential backoff (a
+source's poll and ack until they work or the loop is stopped); for storage, after
 ``INGESTION_RETRY_ATTEMPTS`` the batch is dead-lettered as ``storage_failed``
 (if even that write fails, it is retried until it succeeds or the loop is
 stopped, leaving the batch unacknowledged); any other error while ingesting
@@ -244,7 +245,10 @@ class Consumer:
     def _take(self) -> _Batch | None:
         """Poll, decode and run the plugins: everything before storage."""
         self.last_iteration = self._clock()
-        deliveries = self.source.poll(self.options.batch_size, self.options.poll_timeout)
+        try:
+            deliveries = self._retrying(lambda: self.source.poll(self.options.batch_size, self.options.poll_timeout), forever=True)
+        except _Abandoned:
+            return None
         if not deliveries:
             return None
         batch = _Batch(deliveries, started=time.perf_counter())
@@ -286,7 +290,7 @@ class Consumer:
         metrics.incr(INGESTION_EVENTS_DUPLICATE, outcome.duplicates)
         if letters:
             self._retrying(lambda: self.dead_letters.write(letters), forever=True)
-        self.source.ack(batch.deliveries)
+        self._retrying(lambda: self.source.ack(batch.deliveries), forever=True)
         if outcome.kept and self.pool is not None:
             # After the ack: a plugin's on_event never holds up the queue, and
             # an event whose storage is not durable never reaches it.

@@ -266,3 +266,13 @@ def test_a_timestamp_in_the_year_30000_costs_no_event(source: CelerySource, uniq
     assert Event.objects.filter(team=team, event="far future").count() == 1
     assert recording_metrics.total(INGESTION_TIMESTAMP_IGNORED) == 1
     assert source.in_flight() == 0
+
+
+def test_a_redis_that_is_away_is_retried_not_fatal(unique_name: str, recording_metrics: RecordingMetrics) -> None:
+    """When Redis does not answer, the poll is retried with backoff until it works or the loop is stopped."""
+    nowhere = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)  # nothing listens on port 1
+    source = CelerySource(queue=unique_name, client=nowhere)
+    consumer = consumer_for(source, retry_backoff=0.01, retry_backoff_max=0.05)
+    threading.Timer(0.5, consumer.stop).start()
+    assert consumer.run_once() == 0
+    assert recording_metrics.total(INGESTION_RETRIES) >= 2

@@ -32,13 +32,15 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import cast
 
 import redis
 from django.conf import settings
 
 from plugin_server.events import Delivery, SourceName
+from plugin_server.exceptions import RetriableError
 from plugin_server.metrics import INGESTION_MESSAGES_POLLED, INGESTION_SOURCE_RECOVERED, get_metrics
 from plugin_server.redis_client import get_redis
 
@@ -85,6 +87,16 @@ end
 redis.call('DEL', KEYS[2], KEYS[3])
 return moved
 """
+
+
+@contextmanager
+def _redis_away_is_retriable() -> Iterator[None]:
+    # A Redis restart or network blip is a service away, not a bug: the loop
+    # retries with backoff instead of dying.
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        raise RetriableError(f"Redis unavailable: {error}") from error
 
 
 class CelerySource:
@@ -180,6 +192,10 @@ class CelerySource:
         return moved
 
     def poll(self, max_messages: int, timeout: float) -> list[Delivery]:
+        with _redis_away_is_retriable():
+            return self._poll(max_messages, timeout)
+
+    def _poll(self, max_messages: int, timeout: float) -> list[Delivery]:
         if time.monotonic() - self._last_recovery > self._ttl:
             self.recover()
         deliveries = self._take_batch(max_messages)
@@ -204,7 +220,8 @@ class CelerySource:
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         if deliveries:
-            self._redis.hdel(self._inflight_key, *[delivery.token for delivery in deliveries])
+            with _redis_away_is_retriable():
+                self._redis.hdel(self._inflight_key, *[delivery.token for delivery in deliveries])
 
     def in_flight(self) -> int:
         """Messages taken and not yet acknowledged (for status and tests)."""
