@@ -227,6 +227,9 @@ def _members(name: str) -> dict[str, Any]:
         value = replacements.get(attribute, getattr(module, attribute))
         if isinstance(value, types.ModuleType):
             continue
+        if isinstance(value, (set, list)):
+            # Shared by every plugin of the worker: hand out an immutable copy.
+            value = frozenset(value) if isinstance(value, set) else tuple(value)
         members[attribute] = value
     return members
 

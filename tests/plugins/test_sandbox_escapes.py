@@ -454,6 +454,14 @@ def test_it_denies_setattr_on_stdlib_classes() -> None:
         json.dumps({"a": object()})
 
 
+def test_it_denies_mutating_shared_module_containers() -> None:
+    """Module-level containers (hashlib.algorithms_available) are immutable copies: no plugin can empty them
+    for the others."""
+    with pytest.raises(AttributeError, match="clear"):
+        run("import hashlib\ndef run():\n    hashlib.algorithms_available.clear()\n")
+    assert run("import hashlib\ndef run():\n    return 'sha256' in hashlib.algorithms_available\n") is True
+
+
 def test_it_denies_attribute_writes_on_shared_functions() -> None:
     """Attributes of shared functions (here a builtin module function) cannot be set."""
     with pytest.raises(TypeError, match="own classes"):
