@@ -99,8 +99,9 @@ def stored(team: Team) -> int:
 def test_events_go_through_a_plugin_into_postgres_and_sigterm_exits_0(
     team: Team, unique_name: str, redis_client: redis.Redis, start_server: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
-    """Events sent with Celery are processed by the plugin and stored; bad messages are dead-lettered; SIGTERM → exit 0."""
-    server = start_server()
+    """With 2 workers: events sent with Celery are processed by the plugin and stored; bad messages are
+    dead-lettered; the healthcheck passes; SIGTERM → exit 0 (acceptance "Server": starts and stops cleanly)."""
+    server = start_server(WORKER_CONCURRENCY="2")
     send_events(unique_name, team, 50)
     redis_client.lpush(unique_name, b"not a celery message")
     wait_for(lambda: stored(team) == 50, 60, "50 stored events", server)
