@@ -39,6 +39,12 @@ INGESTION_DEFINITION_NAME_TOO_LONG = "ingestion.definitions.name_too_long"  # co
 SINK_WRITE_TIME = "ingestion.sink.write_time"  # timing, tag sink: one batch written
 SINK_ROWS = "ingestion.sink.rows"  # count, tags sink, table: rows written
 
+# --- Metric names of the plugin worker pool (port) --------------------------------------
+WORKER_TASK = "piscina_task.{kind}"  # timing: one task on a worker (process, on_events, task, ...)
+WORKER_REPLACED = "worker.replaced"  # count, tag reason: died, hung, exit, recycle, stop
+WORKER_RETRY = "worker.retry"  # count: a task retried on a new worker after losing one
+WORKER_REPORT_DROPPED = "worker.report_dropped"  # count: log lines or errors over a task's bound
+
 # --- Metric names of the plugin meta host -----------------------------------------
 LOGS_ENTRIES_CREATED = "logs.entries_created"  # count, tags source, team_id, plugin_id (the original's)
 LOGS_ENTRIES_DROPPED = "logs.entries_dropped"  # count (port): plugin log entries lost (buffer full, refused row)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection
 from datetime import datetime, timezone
 from typing import Any
 
-from plugin_server.metrics import get_metrics
+from plugin_server.metrics import WORKER_REPORT_DROPPED, get_metrics
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.errors import PluginErrorRecord, clear_plugin_errors, disable_plugin_config, record_plugin_errors
 from plugin_server.plugins.meta.logger import SERVER_INSTANCE_ID, LogEntry
@@ -137,5 +137,5 @@ def apply_report(
             logger.exception("deferred meta.%s.%s failed", api, method, extra={"plugin_config_id": ctx.plugin_config_id})
     dropped = result.get("dropped")
     if isinstance(dropped, int) and dropped > 0:
-        get_metrics().incr("worker.report_dropped", dropped)
+        get_metrics().incr(WORKER_REPORT_DROPPED, dropped)
         logger.warning("a worker dropped %d log lines or errors over its per-task bound", dropped)

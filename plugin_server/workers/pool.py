@@ -20,8 +20,8 @@ Reload (``PLUGINS_RELOAD_PUBSUB_CHANNEL``) re-reads the plugin configs and
 queues a ``configure`` task behind each worker's in-flight work; unchanged
 configs keep their instances, changed or removed ones are torn down.
 
-Metrics: ``worker.task`` (timing, tag ``kind``), ``worker.replaced`` (tag
-``reason``: died, hung, exit, recycle), ``worker.retry``.
+Metrics (names in plugin_server/metrics.py): ``piscina_task.<kind>``
+(timing of one task), ``worker.replaced`` (tag ``reason``), ``worker.retry``.
 """
 
 from __future__ import annotations
@@ -33,30 +33,26 @@ import queue
 import shutil
 import tempfile
 import threading
-import time
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import close_old_connections, connection
-
 from plugin_server.config import get_config
 from plugin_server.events import PluginEvent
-from plugin_server.exceptions import MetaCallError, PluginError, WorkerDied
-from plugin_server.metrics import get_metrics
+from plugin_server.exceptions import PluginError, WorkerDied
 from plugin_server.plugins.inventory import CodeCache, Inventory, load_inventory
 from plugin_server.plugins.lifecycle import SCHEDULE_KEYS, SETUP_ITEM
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.errors import PluginErrorRecord
-from plugin_server.workers.effects import Reporter, apply_report
-from plugin_server.workers.process import Blame, WorkerHung, WorkerProcess
+from plugin_server.workers.effects import Reporter
+from plugin_server.workers.process import Blame, WorkerProcess
+from plugin_server.workers.slot import TEARDOWN_SECONDS, Task, WorkerSlot
 
 logger = logging.getLogger(__name__)
 
 # Scheduled tasks and jobs may run this many times TASK_TIMEOUT (the job
 # cluster's own timeout is the same multiple).
 TASK_TIMEOUT_FACTOR = 4
-TEARDOWN_SECONDS = 5.0
 _TASK_NAMES = {**{camel: snake for snake, camel in SCHEDULE_KEYS.items()}, **{snake: snake for snake in SCHEDULE_KEYS}}
 
 
@@ -87,125 +83,10 @@ class PoolSettings:
         return cls(**values)
 
 
-@dataclass
-class _Task:
-    kind: str
-    payload: dict[str, Any]
-    allowed: Collection[int] | None
-    future: concurrent.futures.Future[Any]
-
-
-class _Slot:
-    """One worker and the thread that talks to it."""
-
-    def __init__(self, pool: WorkerPool, index: int) -> None:
-        self.pool = pool
-        self.index = index
-        self.queue: queue.Queue[_Task | None] = queue.Queue(maxsize=pool.settings.tasks_per_worker)
-        self.worker: WorkerProcess | None = None
-        self.tasks_done = 0
-        self.thread = threading.Thread(target=self._run, name=f"plugin-worker-{index}", daemon=True)
-
-    def submit(self, kind: str, payload: dict[str, Any], allowed: Collection[int] | None) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self.queue.put(_Task(kind, payload, allowed, future))
-        return future
-
-    def _run(self) -> None:
-        try:
-            while True:
-                task = self.queue.get()
-                if task is None:
-                    return
-                started = time.perf_counter()
-                try:
-                    task.future.set_result(self._execute(task))
-                except (PluginError, WorkerDied) as error:
-                    task.future.set_exception(error)
-                except Exception as error:  # noqa: BLE001 — the caller must hear of it, not hang
-                    logger.exception("plugin worker slot %d failed a %s task", self.index, task.kind)
-                    task.future.set_exception(error)
-                finally:
-                    get_metrics().timing("worker.task", (time.perf_counter() - started) * 1000, {"kind": task.kind})
-                    close_old_connections()
-        finally:
-            connection.close()
-
-    def _ensure(self) -> WorkerProcess:
-        if self.worker is None or not self.worker.alive():
-            if self.worker is not None:
-                self.worker.kill()
-            settings = self.pool.settings
-            worker = WorkerProcess(self.index, settings.memory_limit_mb, self.pool.empty_dir, settings.grace)
-            self.worker = worker
-            init = {"task_timeout": settings.task_timeout, "allowed_calls": self.pool.allowed_calls()}
-            for kind, payload in (("init", init), ("configure", {"specs": self.pool.inventory.specs})):
-                self._report(worker.exchange(kind, payload, settings.task_timeout, self._meta_server(None)), None)
-        return self.worker
-
-    def replace(self, reason: str) -> None:
-        if self.worker is not None:
-            self.worker.kill()
-            self.worker = None
-            get_metrics().incr("worker.replaced", 1, {"reason": reason})
-
-    def retire(self) -> None:
-        """Replace the worker after tearing its plugins down (WORKER_MAX_TASKS)."""
-        if self.worker is not None:
-            try:
-                self._report(self.worker.exchange("stop", None, TEARDOWN_SECONDS, self._meta_server(None)), None)
-            except WorkerDied:
-                logger.warning("plugin worker %d did not stop cleanly when retired", self.index)
-        self.replace("recycle")
-
-    def _meta_server(self, allowed: Collection[int] | None) -> Any:
-        def serve(config_id: int, api: str, method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
-            ctx = self.pool.context(config_id)
-            if ctx is None or (allowed is not None and config_id not in allowed):
-                raise MetaCallError(f"plugin config {config_id} is not running in this task")
-            if self.pool.host is None:
-                raise MetaCallError(f"meta.{api} is not available here")
-            return self.pool.host.call(ctx, api, method, args, kwargs)
-
-        return serve
-
-    def _report(self, result: dict[str, Any], allowed: Collection[int] | None) -> None:
-        apply_report(self.pool.reporter, result, self.pool.context, allowed, self.pool.on_system)
-
-    def _execute(self, task: _Task) -> Any:
-        settings = self.pool.settings
-        for attempt in (1, 2):
-            try:
-                worker = self._ensure()
-                result = worker.exchange(task.kind, task.payload, settings.task_timeout, self._meta_server(task.allowed))
-            except WorkerDied as death:
-                worker_gone = self.worker
-                blame = worker_gone.blame(str(death), hung=isinstance(death, WorkerHung)) if worker_gone else None
-                self.replace("hung" if blame and blame.hung else "died")
-                logger.warning("plugin worker %d lost during a %s task: %s", self.index, task.kind, death)
-                if blame is not None and not self.pool.blame(blame, task) or attempt == 2:
-                    raise
-                get_metrics().incr("worker.retry")
-                continue
-            self._report(result, task.allowed)
-            self.tasks_done += 1
-            if result.get("exit"):
-                self.replace("exit")
-            elif settings.max_tasks and self.tasks_done >= settings.max_tasks:
-                self.tasks_done = 0
-                self.retire()
-            if "failure" in result:
-                raise PluginError(str(result["failure"]))
-            return result.get("value")
-        raise WorkerDied("unreachable")
-
-
 class WorkerPool:
     """Runs plugins for the consumer, the scheduler and the job queue (see docs/architecture.md)."""
 
-    def __init__(
-        self, settings: PoolSettings | None = None, host: Any = None, reporter: Reporter | None = None
-    ) -> None:
+    def __init__(self, settings: PoolSettings | None = None, host: Any = None, reporter: Reporter | None = None) -> None:
         self.settings = settings or PoolSettings.from_config()
         if host is None and reporter is None:
             from plugin_server.plugins.meta.host import MetaHost
@@ -222,7 +103,7 @@ class WorkerPool:
         # Configs set up (or blamed) since they last changed: their error is no longer cleared on set-up.
         self._loaded: set[int] = set()
         self._lock = threading.Lock()
-        self._slots: list[_Slot] = []
+        self._slots: list[WorkerSlot] = []
 
     # --- state --------------------------------------------------------------------------
 
@@ -252,7 +133,7 @@ class WorkerPool:
             chains = {team: tuple(c for c in ids if c != config_id) for team, ids in inventory.chains.items()}
             self.inventory = Inventory(inventory.specs, inventory.contexts, {t: ids for t, ids in chains.items() if ids})
 
-    def blame(self, blame: Blame, task: _Task) -> bool:
+    def blame(self, blame: Blame, task: Task) -> bool:
         """Record a lost worker on the config it was running; True if the task should be retried."""
         ctx = self.context(blame.plugin_config_id)
         if ctx is None:
@@ -286,7 +167,7 @@ class WorkerPool:
         os.chmod(self.empty_dir, 0o555)
         self.inventory = inventory if inventory is not None else load_inventory(self._code_cache)
         self._contexts.update(self.inventory.contexts)
-        self._slots = [_Slot(self, index) for index in range(max(1, self.settings.concurrency))]
+        self._slots = [WorkerSlot(self, index) for index in range(max(1, self.settings.concurrency))]
         futures = []
         for slot in self._slots:
             slot.thread.start()

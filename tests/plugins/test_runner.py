@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import redis
 from django.test import override_settings
 
 from plugin_server.models import PluginLogEntry, PluginStorage

@@ -11,7 +11,6 @@ import pytest
 
 from plugin_server.models import PluginConfig, PluginLogEntry
 from plugin_server.pubsub import ReloadListener
-from plugin_server.workers.pool import WorkerPool
 from tests.factories import create_team
 from tests.workers.helpers import event, install
 
