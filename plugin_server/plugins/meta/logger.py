@@ -36,7 +36,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, close_old
 
 from plugin_server.config import get_config
 from plugin_server.ingestion.uuidt import uuidt
-from plugin_server.metrics import get_metrics
+from plugin_server.metrics import LOGS_ENTRIES_CREATED, LOGS_ENTRIES_DROPPED, LOGS_FLUSH_FAILED, get_metrics
 from plugin_server.models import PluginLogEntry
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.producer import MetaProducer
@@ -170,7 +170,7 @@ def _count_created(entries: Sequence[LogEntry]) -> None:
     counts = collections.Counter((entry.source, entry.team_id, entry.plugin_id) for entry in entries)
     metrics = get_metrics()
     for (source, team_id, plugin_id), count in counts.items():
-        metrics.incr("logs.entries_created", count, {"source": source, "team_id": team_id or 0, "plugin_id": plugin_id})
+        metrics.incr(LOGS_ENTRIES_CREATED, count, {"source": source, "team_id": team_id or 0, "plugin_id": plugin_id})
 
 
 class PluginLogWriter:
@@ -212,7 +212,7 @@ class PluginLogWriter:
             # After a failed write, wait for the retry time: no flush storm on a dead database.
             due = len(self._buffer) >= self.flush_size and time.monotonic() >= self._retry_at
         if dropped:
-            get_metrics().incr("logs.entries_dropped", dropped)
+            get_metrics().incr(LOGS_ENTRIES_DROPPED, dropped)
         if due:
             self.flush()
 
@@ -247,13 +247,13 @@ class PluginLogWriter:
                     insert_log_entries(entries)
             except (OperationalError, InterfaceError, BufferError, KafkaException):
                 logger.exception("plugin log: storage unavailable, keeping %d entries", len(entries))
-                get_metrics().incr("logs.flush_failed")
+                get_metrics().incr(LOGS_FLUSH_FAILED)
                 self._requeue(entries)
                 self._retry_at = time.monotonic() + self.flush_interval
                 return 0
             except DatabaseError:
                 logger.exception("plugin log: batch of %d entries refused, writing one by one", len(entries))
-                get_metrics().incr("logs.flush_failed")
+                get_metrics().incr(LOGS_FLUSH_FAILED)
                 return self._insert_one_by_one(entries)
             self._retry_at = 0.0
             return len(entries)
@@ -264,7 +264,7 @@ class PluginLogWriter:
             kept = entries[-room:] if room > 0 else []
             self._buffer.extendleft(reversed(kept))
         if len(entries) > len(kept):
-            get_metrics().incr("logs.entries_dropped", len(entries) - len(kept))
+            get_metrics().incr(LOGS_ENTRIES_DROPPED, len(entries) - len(kept))
 
     def _insert_one_by_one(self, entries: list[LogEntry]) -> int:
         written = 0
@@ -275,7 +275,7 @@ class PluginLogWriter:
                 logger.exception(
                     "plugin log: entry dropped", extra={"plugin_config_id": entry.plugin_config_id, "team_id": entry.team_id}
                 )
-                get_metrics().incr("logs.entries_dropped")
+                get_metrics().incr(LOGS_ENTRIES_DROPPED)
             else:
                 written += 1
         return written

@@ -16,7 +16,7 @@ import threading
 from typing import Any
 
 from plugin_server.config import get_config
-from plugin_server.metrics import get_metrics
+from plugin_server.metrics import META_KAFKA_DELIVERY_FAILED, get_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def _delivered(error: Any, message: Any) -> None:
     # Fire-and-forget for the caller, but a lost message must leave a trace.
     if error is not None:
         logger.error("meta: message not delivered to Kafka: %s", error, extra={"topic": message.topic()})
-        get_metrics().incr("meta.kafka_delivery_failed")
+        get_metrics().incr(META_KAFKA_DELIVERY_FAILED)
 
 
 class MetaProducer:
