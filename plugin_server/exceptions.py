@@ -40,6 +40,17 @@ class PluginLoadError(PluginError):
     """A plugin's code could not be found, read or compiled."""
 
 
+class RetryError(PluginError):
+    """Raised by a plugin job to ask for another attempt (a global of the plugin sandbox).
+
+    The job queue runs the job again with exponential backoff, up to
+    JOB_MAX_ATTEMPTS runs in all (docs/jobs.md). Anywhere else it is an
+    error like any other."""
+
+
+RETRY_FAILURE_PREFIX = "RetryError: "
+
+
 class WorkerDied(PluginServerError):
     """A worker process died (memory limit, crash) while running a task."""
 

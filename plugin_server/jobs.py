@@ -1,26 +1,34 @@
-"""Plugin jobs (``meta.jobs``): stored as django-q2 schedules that run once.
+"""The plugin job store (``meta.jobs``): django-q2 ONCE schedules in Postgres.
 
-A job enqueued by a plugin becomes a ``django_q`` :class:`Schedule` of type
-ONCE whose ``next_run`` is the job's due time and whose function is
-:func:`execute_job`. django-q2 deletes a ONCE schedule after starting it and
-``Q_CLUSTER["max_attempts"]`` is 1, which keeps the original's semantics: a
-job runs once, at or after its due time, and is not retried (spec:
-plugins.md §11). The job itself is the original's JSON object
-``{type, payload, timestamp (epoch ms), pluginConfigId, pluginConfigTeam}``.
+A job enqueued by a plugin becomes a ``django_q`` :class:`Schedule` row of
+type ONCE whose ``next_run`` is the job's due time and whose ``args`` hold
+the original's job object ``{type, payload, timestamp (epoch ms),
+pluginConfigId, pluginConfigTeam}`` (plus ``attempt`` once it is retried).
+The rows survive any restart: they are the queue.
 
-Only enqueueing lives here for now; running a job (the worker pool's
-``run_job``) is wired in by :func:`set_job_runner`.
+They are run by the ``jobs`` role of ``run_plugin_server``
+(:mod:`plugin_server.job_consumer`), which claims due rows with ``SELECT ...
+FOR UPDATE SKIP LOCKED`` and hands them to its own worker pool: plugin code
+only ever runs in a server's sandboxed workers, never in a django-q2
+cluster process. The rows carry ``cluster = JOBS_CLUSTER``, a name no
+django-q2 cluster has, so a ``qcluster`` started by mistake leaves them
+alone (docs/jobs.md says why django-q2's own runner is not used).
+
+A claim is a lease: ``next_run`` moves ``lease`` seconds ahead. A finished
+job's row is deleted; a job whose server died while running it is claimed
+again when the lease runs out (at least once, never two servers at a time).
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from django.db import transaction
 from django_q.models import Schedule
 
 from plugin_server.plugins.meta.context import PluginContext
@@ -28,6 +36,7 @@ from plugin_server.plugins.meta.context import PluginContext
 logger = logging.getLogger(__name__)
 
 JOB_FUNCTION = "plugin_server.jobs.execute_job"
+JOBS_CLUSTER = "plugin-server (run_plugin_server jobs role)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,18 +48,19 @@ class PluginJob:
     timestamp: int  # due time, epoch milliseconds
     plugin_config_id: int
     plugin_config_team: int | None
+    attempt: int = 1  # (port) which run this is; retries count up
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "type": self.type,
-                "payload": self.payload,
-                "timestamp": self.timestamp,
-                "pluginConfigId": self.plugin_config_id,
-                "pluginConfigTeam": self.plugin_config_team,
-            },
-            separators=(",", ":"),
-        )
+        job = {
+            "type": self.type,
+            "payload": self.payload,
+            "timestamp": self.timestamp,
+            "pluginConfigId": self.plugin_config_id,
+            "pluginConfigTeam": self.plugin_config_team,
+        }
+        if self.attempt > 1:
+            job["attempt"] = self.attempt
+        return json.dumps(job, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> PluginJob:
@@ -61,7 +71,21 @@ class PluginJob:
             timestamp=int(job["timestamp"]),
             plugin_config_id=int(job["pluginConfigId"]),
             plugin_config_team=job.get("pluginConfigTeam"),
+            attempt=int(job.get("attempt", 1)),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A due job this server leased: ``row_id`` finishes or reschedules it."""
+
+    row_id: int
+    job: PluginJob
+
+
+def _args(job: PluginJob) -> str:
+    # django-q2 reads args with ast.literal_eval: a one-string tuple is safe for any JSON.
+    return repr((job.to_json(),))
 
 
 def enqueue_job(ctx: PluginContext, name: str, payload: Any, run_at: datetime) -> PluginJob:
@@ -78,28 +102,67 @@ def enqueue_job(ctx: PluginContext, name: str, payload: Any, run_at: datetime) -
     Schedule.objects.create(
         name=f"plugin job {name} for config {ctx.plugin_config_id}"[:100],
         func=JOB_FUNCTION,
-        # django-q2 reads args with ast.literal_eval: a one-string tuple is safe for any JSON.
-        args=repr((job.to_json(),)),
+        args=_args(job),
         schedule_type=Schedule.ONCE,
         repeats=-1,
         next_run=run_at,
+        cluster=JOBS_CLUSTER,
     )
     logger.debug("plugin job enqueued", extra={"plugin_config_id": ctx.plugin_config_id, "team_id": ctx.team_id})
     return job
 
 
-_runner: Callable[[PluginJob], None] | None = None
+def _jobs() -> Any:
+    return Schedule.objects.filter(func=JOB_FUNCTION, cluster=JOBS_CLUSTER)
 
 
-def set_job_runner(runner: Callable[[PluginJob], None] | None) -> None:
-    """Install what runs a due job in this process (the server hands jobs to its worker pool)."""
-    global _runner
-    _runner = runner
+def claim_due_jobs(limit: int, lease: float, now: datetime | None = None) -> list[ClaimedJob]:
+    """Lease at most ``limit`` due jobs, oldest due first: one SELECT and one UPDATE.
+
+    A row that cannot be decoded is deleted with an error log line (it could
+    never run, and keeping it would block nothing but clutter the store)."""
+    if limit <= 0:
+        return []
+    now = now or datetime.now(timezone.utc)
+    claimed: list[ClaimedJob] = []
+    broken: list[int] = []
+    with transaction.atomic():
+        rows = list(
+            _jobs().select_for_update(skip_locked=True).filter(next_run__lte=now).order_by("next_run", "id").values_list("id", "args")[:limit]
+        )
+        for row_id, args in rows:
+            try:
+                (text,) = ast.literal_eval(args)
+                claimed.append(ClaimedJob(row_id, PluginJob.from_json(text)))
+            except (ValueError, TypeError, KeyError, SyntaxError) as error:
+                logger.error("plugin job row %d cannot be read (%s); deleted: %r", row_id, error, args[:200])
+                broken.append(row_id)
+        if claimed:
+            _jobs().filter(id__in=[job.row_id for job in claimed]).update(next_run=now + timedelta(seconds=lease))
+        if broken:
+            Schedule.objects.filter(id__in=broken).delete()
+    return claimed
+
+
+def finish_job(claimed: ClaimedJob) -> None:
+    """The job ran (or is dropped for good): its row goes."""
+    _jobs().filter(id=claimed.row_id).delete()
+
+
+def reschedule_job(claimed: ClaimedJob, delay: float) -> PluginJob:
+    """Run the job again ``delay`` seconds from now, as its next attempt."""
+    job = replace(claimed.job, attempt=claimed.job.attempt + 1)
+    _jobs().filter(id=claimed.row_id).update(args=_args(job), next_run=datetime.now(timezone.utc) + timedelta(seconds=delay))
+    return job
+
+
+def pending_jobs() -> int:
+    """How many jobs are stored (due or not)."""
+    return int(_jobs().count())
 
 
 def execute_job(job_json: str) -> None:
-    """django-q2's entry point for a due job."""
-    job = PluginJob.from_json(job_json)
-    if _runner is None:
-        raise RuntimeError("no plugin job runner is installed in this process")
-    _runner(job)
+    """What a django-q2 cluster would call: refused, plugin jobs run in the server's sandbox only."""
+    raise RuntimeError(
+        "plugin jobs are run by `./manage.py run_plugin_server` (mode all or jobs), not by a django-q2 cluster"
+    )

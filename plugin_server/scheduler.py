@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 import redis
-from django.db import close_old_connections
+from django.db import connection
 
 from plugin_server.exceptions import PluginError, WorkerDied
 from plugin_server.locks import SCHEDULE_LOCK_KEY, LockKeeper, RedisLock
@@ -169,7 +169,8 @@ class Scheduler:
                 record_plugin_error(ctx, type(error).__name__, str(error))
         finally:
             get_metrics().timing(f"scheduler.{task}", (time.perf_counter() - started) * 1000)
-            close_old_connections()
+            # Runs are minutes apart: hold no connection between them.
+            connection.close()
 
     def running(self) -> list[tuple[str, int]]:
         with self._running_lock:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from plugin_server.exceptions import RetryError
 from plugin_server.plugins.lifecycle import Instances, PluginInstance, Runtime
 
 TEAM_CHANGED = "Illegal Operation: Plugin tried to change teamID"
@@ -152,6 +153,12 @@ def run_task(runtime: Runtime, instance: PluginInstance, kind: str, name: str, p
         return runtime.call(instance.spec, function, args, limit, -1)
     except MemoryError:
         raise
+    except RetryError as error:
+        if kind != "job":
+            runtime.error(instance.spec, error, None)
+            return None
+        # Not an error yet: the job queue decides between a retry and the final failure.
+        raise RetryError(str(error)) from None
     except Exception as error:
         runtime.error(instance.spec, error, None)
         return None

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from plugin_server.exceptions import PluginError
+from plugin_server.exceptions import PluginError, RetryError
 from plugin_server.plugins.lifecycle import SCHEDULE_KEYS, ConfigSpec, Instances
 from plugin_server.plugins.meta.console import format_log_message
 from plugin_server.plugins.meta.wire import FetchResponse
@@ -192,7 +192,8 @@ class WorkerRuntime:
             self.log(spec, "LOG", args)
 
         capture = Capture(lambda method, args, kwargs: self.defer(spec, "posthog", method, args, kwargs))
-        return {"print": plugin_print, "posthog": capture}
+        # RetryError: a job asks the job queue for another attempt (docs/jobs.md).
+        return {"print": plugin_print, "posthog": capture, "RetryError": RetryError}
 
     def compile(self, spec: ConfigSpec, injected: dict[str, object]) -> Any:
         return self.sandbox.compile_plugin(spec.code, injected)
