@@ -224,14 +224,21 @@ class WorkerPool:
                 return True
         return False
 
-    def _route(self, events: list[PluginEvent], methods: tuple[str, ...]) -> dict[int, list[int]]:
-        """Indexes of the events that need a worker, grouped by worker."""
+    def _route(
+        self, events: list[PluginEvent], methods: tuple[str, ...], snapshot_methods: tuple[str, ...]
+    ) -> dict[int, list[int]]:
+        """Indexes of the events that need a worker, grouped by worker.
+
+        ``methods`` are the exports that make an event worth sending,
+        ``snapshot_methods`` the same for ``$snapshot`` events (none: they skip).
+        """
         chains = self.inventory.chains
         groups: dict[int, list[int]] = {}
         count = len(self._slots)
         for index, event in enumerate(events):
+            wanted = snapshot_methods if event.get("event") == "$snapshot" else methods
             chain = chains.get(event.get("team_id"))  # type: ignore[arg-type]
-            if chain and self._wants(chain, methods):
+            if chain and wanted and self._wants(chain, wanted):
                 key = hash((event.get("team_id"), str(event.get("distinct_id"))))
                 groups.setdefault(key % count, []).append(index)
         return groups
@@ -249,8 +256,12 @@ class WorkerPool:
         return futures
 
     def process_events(self, events: list[PluginEvent]) -> list[PluginEvent]:
-        """Run every team's ``process_event`` chain; returns the surviving events in input order."""
-        groups = self._route(events, ("process_event", "process_event_batch"))
+        """Run every team's ``process_event`` chain; returns the surviving events in input order.
+
+        ``$snapshot`` events are not sent to plugins here: only ``on_snapshot`` sees them.
+        """
+        # $snapshot events skip process_event (ingestion.md §2 step 1).
+        groups = self._route(events, ("process_event", "process_event_batch"), ())
         if not groups:
             return events
         results: list[PluginEvent | None] = list(events)
@@ -278,7 +289,7 @@ class WorkerPool:
 
     def process_event_batch(self, events: list[PluginEvent]) -> list[PluginEvent]:
         """Spec §4.2: each plugin's ``process_event_batch`` on each team's events."""
-        groups = self._route(events, ("process_event_batch",))
+        groups = self._route(events, ("process_event_batch",), ())
         passed = [event for index, event in enumerate(events) if not any(index in group for group in groups.values())]
         kept = [event for future in self._dispatch("process_batch", events, groups).values() for event in future.result()]
         self.reporter.flush()
@@ -286,7 +297,7 @@ class WorkerPool:
 
     def on_events(self, events: list[PluginEvent]) -> None:
         """``on_event`` / ``on_snapshot`` for stored events; waits until they ran."""
-        groups = self._route(events, ("on_event", "on_snapshot"))
+        groups = self._route(events, ("on_event",), ("on_snapshot",))
         for future in self._dispatch("on_events", events, groups).values():
             try:
                 future.result()

@@ -140,11 +140,6 @@ def test_event_captured_processed_ingested(pipeline: Callable[[str], Pipeline]) 
     assert chain.test_log() == [["processEvent"], ["onEvent", "custom event"]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (workers/pool.py, owner: worker pool): $snapshot events go through process_event; "
-    "ingestion.md §2 step 1 says they skip it. Remove this mark with the fix.",
-)
 def test_snapshot_captured_processed_ingested(pipeline: Callable[[str], Pipeline]) -> None:
     """A captured $snapshot skips process_event: its data is stored as sent and only on_snapshot runs."""
     chain = pipeline(E2E_PLUGIN)

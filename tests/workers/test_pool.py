@@ -327,3 +327,11 @@ def test_event_with_unusual_properties_is_not_rewritten(make_pool):
     pool = make_pool()
     out = pool.process_events([{**event(config.team_id), "properties": ["not", "a", "dict"]}])
     assert out[0]["properties"] == ["not", "a", "dict"] and out[0]["event"] == "renamed"
+
+
+def test_snapshot_events_skip_process_event(make_pool):
+    """$snapshot events are not handed to process_event (ingestion.md §2); they come back untouched."""
+    config = install("def process_event(event, meta):\n    return None\n")
+    pool = make_pool()
+    snapshot = {**event(config.team_id), "event": "$snapshot"}
+    assert pool.process_events([snapshot, event(config.team_id)]) == [snapshot]
