@@ -363,13 +363,13 @@ def _preload(sandbox: Any) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """``read_fd write_fd marker_fd memory_limit_mb empty_dir``."""
+    """``read_fd write_fd marker_fd memory_limit_mb empty_dir worker_index``."""
     read_fd, write_fd, marker_fd, memory_mb = (int(value) for value in argv[:4])
-    empty_dir = argv[4]
+    empty_dir, index = argv[4], int(argv[5])
     sandbox = importlib.import_module("plugin_server.plugins.sandbox")
     _preload(sandbox)
     marker = protocol.ProgressMarker(marker_fd)
-    report = harden(memory_mb, empty_dir, (read_fd, write_fd, marker_fd))
+    report = harden(memory_mb, empty_dir, (read_fd, write_fd, marker_fd), index)
     protocol.send_to_main(write_fd, {"t": "hello", "pid": os.getpid(), "applied": report.applied,
                                      "skipped": report.skipped})
     runtime = WorkerRuntime(read_fd, write_fd, marker, sandbox)

@@ -11,7 +11,8 @@ everything it will ever need, and before it reads a single plugin:
    but a downed loopback, so no socket reaches anything;
 3. ``chroot`` into an empty directory: no file, no Unix socket (a Postgres
    or Redis socket path) and no ``/proc`` to read;
-4. drop to an unprivileged user (``nobody``) with no supplementary groups,
+4. drop to an unprivileged user of its own (``WORKER_UID_BASE`` + worker
+   index, falling back to ``nobody``) with no supplementary groups,
    then ``RLIMIT_NPROC = 0`` and ``PR_SET_NO_NEW_PRIVS``: no new processes,
    no way back to root.
 
@@ -32,6 +33,9 @@ CLONE_NEWNET = 0x40000000
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_DUMPABLE = 4
 NOBODY = 65534
+# Worker N runs as user WORKER_UID_BASE + N (no name, no home, no files): a
+# worker cannot signal or trace another one, as it could if all were nobody.
+WORKER_UID_BASE = 61000
 # Pipes to the main process, the progress memfd and stdio, with room to spare.
 MAX_OPEN_FILES = 16
 
@@ -87,10 +91,15 @@ def _enter_empty_root(empty_dir: str) -> None:
     os.chdir("/")
 
 
-def _drop_privileges() -> None:
+def _drop_privileges(uid: int) -> None:
     os.setgroups([])
-    os.setgid(NOBODY)
-    os.setuid(NOBODY)
+    try:
+        os.setgid(uid)
+        os.setuid(uid)
+    except OSError:
+        # A user namespace may map only a few ids; nobody is always there.
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
 
 
 def _no_new_processes() -> None:
@@ -120,7 +129,7 @@ def close_other_fds(keep: tuple[int, ...]) -> None:
                 continue
 
 
-def harden(memory_limit_mb: int, empty_dir: str, keep_fds: tuple[int, ...]) -> HardeningReport:
+def harden(memory_limit_mb: int, empty_dir: str, keep_fds: tuple[int, ...], index: int = 0) -> HardeningReport:
     """Apply every layer this process can; returns what was applied and what not."""
     report = HardeningReport()
     close_other_fds(keep_fds)
@@ -133,7 +142,7 @@ def harden(memory_limit_mb: int, empty_dir: str, keep_fds: tuple[int, ...]) -> H
     _step(report, "few_open_files", lambda: _set_limit(resource.RLIMIT_NOFILE, MAX_OPEN_FILES))
     _step(report, "no_network", _unshare_network)
     _step(report, "empty_root", lambda: _enter_empty_root(empty_dir))
-    _step(report, "unprivileged_user", _drop_privileges)
+    _step(report, "unprivileged_user", lambda: _drop_privileges(WORKER_UID_BASE + index))
     _step(report, "no_new_processes", _no_new_processes)
     _step(report, "no_new_privileges", _no_new_privileges)
     return report

@@ -74,7 +74,7 @@ class WorkerProcess:
         child_fds = (to_child_read, from_child_write, marker_fd)
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-I", "-c", BOOTSTRAP, PROJECT_ROOT, *map(str, child_fds), str(memory_limit_mb), empty_dir],
+                [sys.executable, "-I", "-c", BOOTSTRAP, PROJECT_ROOT, *map(str, child_fds), str(memory_limit_mb), empty_dir, str(index)],
                 env=worker_environment(dict(os.environ)),
                 stdin=subprocess.DEVNULL,
                 # The worker's stray output goes to our stderr, never into the protocol pipes.

@@ -19,7 +19,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from django.db import close_old_connections, connection
+from django.db import DatabaseError, close_old_connections, connection
 
 from plugin_server.exceptions import RETRY_FAILURE_PREFIX, MetaCallError, PluginError, RetryError, WorkerDied
 from plugin_server.metrics import WORKER_REPLACED, WORKER_RETRY, WORKER_TASK, get_metrics
@@ -122,12 +122,21 @@ class WorkerSlot:
     def _report(self, result: dict[str, Any], allowed: Collection[int] | None) -> None:
         apply_report(self.pool.reporter, result, self.pool.context, allowed, self.pool.on_system)
 
+    def _report_or_log(self, result: dict[str, Any], allowed: Collection[int] | None) -> None:
+        """Apply a report; a database away must not throw the plugins' results away."""
+        try:
+            self._report(result, allowed)
+        except DatabaseError:
+            logger.exception("could not write a plugin worker's errors and logs", extra={"worker": self.index})
+
     def _execute(self, task: Task) -> Any:
         settings = self.pool.settings
         for attempt in (1, 2):
             try:
                 worker = self._ensure()
                 result = worker.exchange(task.kind, task.payload, settings.task_timeout, self._meta_server(task.allowed))
+                # A malformed report (ProtocolError, a WorkerDied) costs the worker, like a crash.
+                self._report_or_log(result, task.allowed)
             except WorkerDied as death:
                 worker_gone = self.worker
                 blame = worker_gone.blame(str(death), hung=isinstance(death, WorkerHung)) if worker_gone else None
@@ -137,7 +146,6 @@ class WorkerSlot:
                     raise
                 get_metrics().incr(WORKER_RETRY)
                 continue
-            self._report(result, task.allowed)
             self.tasks_done += 1
             if result.get("exit"):
                 self.replace("exit")

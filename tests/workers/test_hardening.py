@@ -7,7 +7,7 @@ import resource
 
 import pytest
 
-from plugin_server.workers.hardening import MAX_OPEN_FILES, NOBODY, worker_environment
+from plugin_server.workers.hardening import MAX_OPEN_FILES, WORKER_UID_BASE, worker_environment
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the isolation layers need root (CAP_SYS_ADMIN)")
@@ -45,7 +45,7 @@ def test_worker_process_is_locked_down(make_pool, monkeypatch):
     assert os.readlink(f"/proc/{pid}/root") == pool.empty_dir and os.listdir(pool.empty_dir) == []
     assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
     uid_line = next(line for line in _proc(pid, "status").splitlines() if line.startswith("Uid:"))
-    assert uid_line.split()[1:] == [str(NOBODY)] * 4
+    assert uid_line.split()[1:] == [str(WORKER_UID_BASE)] * 4
     assert "NoNewPrivs:\t1" in _proc(pid, "status")
     assert _limit(pid, "Max address space") == str(256 * 1024 * 1024)
     assert _limit(pid, "Max processes") == "0"
@@ -55,3 +55,14 @@ def test_worker_process_is_locked_down(make_pool, monkeypatch):
     assert "manage.py" not in _proc(pid, "cmdline")
     # The main process keeps its own limits: the worker set them on itself.
     assert resource.getrlimit(resource.RLIMIT_NPROC)[0] != 0
+
+
+@needs_root
+def test_workers_run_as_different_users(make_pool):
+    """Each worker has a user of its own, so one cannot signal or trace another."""
+    pool = make_pool(concurrency=2)
+    uids = set()
+    for worker in pool.workers():
+        line = next(line for line in _proc(worker.pid, "status").splitlines() if line.startswith("Uid:"))
+        uids.add(int(line.split()[1]))
+    assert len(uids) == 2 and 0 not in uids
