@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import redis
+from django.db import connection
 from django_q.models import Schedule
 
 from plugin_server.job_consumer import JobConsumer, JobSettings
@@ -106,6 +107,26 @@ def make_consumer(redis_client: redis.Redis, unique_name: str) -> Iterator[Calla
         consumer.stop()
 
 
+@pytest.fixture
+def scenario(make_pool, make_consumer, redis_client) -> Callable[..., tuple[PluginConfig, WorkerPool, JobConsumer]]:  # type: ignore[no-untyped-def]
+    """Install ``source``, start a pool and a consumer, and send one event per ``properties``."""
+
+    def start(source: str, *properties: dict[str, object], **options: object) -> tuple[PluginConfig, WorkerPool, JobConsumer]:
+        config = install(source)
+        clean(redis_client, config)
+        pool = make_pool(concurrency=1)
+        consumer = make_consumer(pool, **options)
+        pool.process_events([event(config.team_id, properties=dict(props)) for props in properties])
+        return config, pool, consumer
+
+    return start
+
+
+def drain(consumer: JobConsumer) -> None:
+    """Poll until every stored job is done."""
+    wait_until(lambda: pending_jobs() == 0 and consumer.in_flight() == 0, consumer.poll_once)
+
+
 def entries(config: PluginConfig, source: str | None = None) -> list[tuple[str, str, str]]:
     """The plugin's log lines about jobs (its set-up lines left out)."""
     rows = PluginLogEntry.objects.filter(plugin_config_id=config.id, message__contains="Job ").order_by("timestamp")
@@ -115,13 +136,9 @@ def entries(config: PluginConfig, source: str | None = None) -> list[tuple[str, 
 
 
 @pytest.mark.parametrize("kind", ["runNow", "runAt", "runIn"])
-def test_jobs_enqueued_by_a_plugin_run_in_the_sandbox(make_pool, make_consumer, redis_client, kind: str) -> None:
+def test_jobs_enqueued_by_a_plugin_run_in_the_sandbox(scenario, redis_client, kind: str) -> None:
     """processEvent enqueues logReply; the consumer runs it: [["processEvent"], ["reply", <kind>]] (acceptance)."""
-    config = install(REPLY_PLUGIN)
-    clean(redis_client, config)
-    pool = make_pool(concurrency=1)
-    consumer = make_consumer(pool)
-    pool.process_events([event(config.team_id, properties={"type": kind})])
+    config, pool, consumer = scenario(REPLY_PLUGIN, {"type": kind})
     assert pending_jobs() == 1
     wait_until(lambda: len(plugin_log(redis_client, config)) == 2 and consumer.in_flight() == 0, consumer.poll_once)
     log = plugin_log(redis_client, config)
@@ -131,25 +148,17 @@ def test_jobs_enqueued_by_a_plugin_run_in_the_sandbox(make_pool, make_consumer, 
     assert pending_jobs() == 0
 
 
-def test_a_job_is_not_run_before_it_is_due(make_pool, make_consumer, redis_client) -> None:
+def test_a_job_is_not_run_before_it_is_due(scenario, redis_client) -> None:
     """runIn(1 second): polls before the due time claim nothing."""
-    config = install(REPLY_PLUGIN)
-    clean(redis_client, config)
-    pool = make_pool(concurrency=1)
-    consumer = make_consumer(pool)
-    pool.process_events([event(config.team_id, properties={"type": "runIn"})])
+    config, pool, consumer = scenario(REPLY_PLUGIN, {"type": "runIn"})
     assert consumer.poll_once() == 0
     assert pending_jobs() == 1
 
 
-def test_retry_error_retries_with_exponential_backoff_then_succeeds(make_pool, make_consumer, redis_client) -> None:
+def test_retry_error_retries_with_exponential_backoff_then_succeeds(scenario, redis_client) -> None:
     """A job raising RetryError twice runs a third time, 0.2 s then 0.4 s later; each retry is in the plugin's log."""
-    config = install(RETRY_PLUGIN)
-    clean(redis_client, config)
-    pool = make_pool(concurrency=1)
-    consumer = make_consumer(pool)
-    pool.process_events([event(config.team_id, properties={"succeed_on": 3})])
-    wait_until(lambda: pending_jobs() == 0 and consumer.in_flight() == 0, consumer.poll_once)
+    config, pool, consumer = scenario(RETRY_PLUGIN, {"succeed_on": 3})
+    drain(consumer)
     runs = plugin_log(redis_client, config)
     assert [run[1] for run in runs] == [1, 2, 3]
     assert runs[1][2] - runs[0][2] >= 0.2
@@ -162,14 +171,10 @@ def test_retry_error_retries_with_exponential_backoff_then_succeeds(make_pool, m
     assert config.error is None
 
 
-def test_a_job_out_of_attempts_fails_for_good_and_says_so(make_pool, make_consumer, redis_client) -> None:
+def test_a_job_out_of_attempts_fails_for_good_and_says_so(scenario, redis_client) -> None:
     """JOB_MAX_ATTEMPTS = 2: two runs, one retry line, then the final failure on the config and in its log."""
-    config = install(RETRY_PLUGIN)
-    clean(redis_client, config)
-    pool = make_pool(concurrency=1)
-    consumer = make_consumer(pool, max_attempts=2)
-    pool.process_events([event(config.team_id, properties={"succeed_on": 99})])
-    wait_until(lambda: pending_jobs() == 0 and consumer.in_flight() == 0, consumer.poll_once)
+    config, pool, consumer = scenario(RETRY_PLUGIN, {"succeed_on": 99}, max_attempts=2)
+    drain(consumer)
     assert [run[1] for run in plugin_log(redis_client, config)] == [1, 2]
     config.refresh_from_db()
     assert config.error["message"] == "Job flaky failed after 2 attempts: not yet, run 2"
@@ -179,46 +184,36 @@ def test_a_job_out_of_attempts_fails_for_good_and_says_so(make_pool, make_consum
     ]
 
 
-def test_an_ordinary_error_in_a_job_is_recorded_and_not_retried(make_pool, make_consumer) -> None:
+def test_an_ordinary_error_in_a_job_is_recorded_and_not_retried(scenario) -> None:
     """Spec §4.4: an error other than RetryError is recorded on the config and the job is done."""
-    config = install("def boom(payload, meta):\n    raise ValueError('lol ' + payload)\njobs = {'boom': boom}\n"
-                     "def process_event(event, meta):\n    meta.jobs.boom('x').run_now()\n    return event\n")
-    pool = make_pool(concurrency=1)
-    consumer = make_consumer(pool)
-    pool.process_events([event(config.team_id)])
-    wait_until(lambda: pending_jobs() == 0 and consumer.in_flight() == 0, consumer.poll_once)
+    boom = ("def boom(payload, meta):\n    raise ValueError('lol ' + payload)\njobs = {'boom': boom}\n"
+            "def process_event(event, meta):\n    meta.jobs.boom('x').run_now()\n    return event\n")
+    config, _pool, consumer = scenario(boom, {})
+    drain(consumer)
     config.refresh_from_db()
     assert (config.error["name"], config.error["message"]) == ("ValueError", "lol x")
 
 
-def test_an_unknown_job_name_fails_when_it_runs(make_pool, make_consumer, redis_client) -> None:
+def test_an_unknown_job_name_fails_when_it_runs(scenario, redis_client) -> None:
     """meta.jobs.nope: enqueued, then recorded as the config's error when run (spec §6.4); the row goes."""
-    config = install(REPLY_PLUGIN)
-    clean(redis_client, config)
-    pool = make_pool(concurrency=1)
-    consumer = make_consumer(pool)
-    pool.process_events([event(config.team_id, properties={"type": "unknown"})])
+    config, pool, consumer = scenario(REPLY_PLUGIN, {"type": "unknown"})
     assert pending_jobs() == 1
-    wait_until(lambda: pending_jobs() == 0 and consumer.in_flight() == 0, consumer.poll_once)
+    drain(consumer)
     config.refresh_from_db()
     assert 'Task "nope" not found' in config.error["message"]
 
 
 @pytest.mark.parametrize("change", ["disabled", "deleted"])
-def test_a_job_of_a_disabled_or_deleted_config_is_dropped_with_a_log_line(make_pool, make_consumer, redis_client, change, caplog) -> None:
+def test_a_job_of_a_disabled_or_deleted_config_is_dropped_with_a_log_line(scenario, redis_client, change, caplog) -> None:
     """The job never runs; its row goes; the server log (and the plugin's log if the config exists) says why."""
-    config = install(REPLY_PLUGIN)
-    clean(redis_client, config)
-    pool = make_pool(concurrency=1)
-    consumer = make_consumer(pool)
-    pool.process_events([event(config.team_id, properties={"type": "runNow"})])
+    config, pool, consumer = scenario(REPLY_PLUGIN, {"type": "runNow"})
     if change == "disabled":
         PluginConfig.objects.filter(id=config.id).update(enabled=False)
     else:
         PluginLogEntry.objects.filter(plugin_config_id=config.id).delete()
         PluginConfig.objects.filter(id=config.id).delete()
     with caplog.at_level("WARNING", logger="plugin_server.job_consumer"):
-        wait_until(lambda: pending_jobs() == 0 and consumer.in_flight() == 0, consumer.poll_once)
+        drain(consumer)
     assert [entry[0] for entry in plugin_log(redis_client, config)] == ["processEvent"]
     assert f"its plugin config {config.id} was {change}" in caplog.text
     expected = [("SYSTEM", "WARN", "Job logReply dropped: the plugin config is disabled")] if change == "disabled" else []
@@ -260,7 +255,13 @@ def test_two_consumers_polling_at_once_run_each_job_once(make_pool, make_consume
     assert pending_jobs() == 20
 
     def both() -> None:
-        threads = [threading.Thread(target=consumer.poll_once) for consumer in (one, two)]
+        def poll(consumer: JobConsumer) -> None:
+            try:
+                consumer.poll_once()
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=poll, args=(consumer,)) for consumer in (one, two)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -271,13 +272,9 @@ def test_two_consumers_polling_at_once_run_each_job_once(make_pool, make_consume
     assert len(replies) == 20
 
 
-def test_a_job_leased_by_a_server_that_died_runs_again_after_the_lease(make_pool, make_consumer, redis_client) -> None:
+def test_a_job_leased_by_a_server_that_died_runs_again_after_the_lease(scenario, redis_client) -> None:
     """A claim is a lease: a job claimed by a server that then died is run by another once the lease is over."""
-    config = install(REPLY_PLUGIN)
-    clean(redis_client, config)
-    pool = make_pool(concurrency=1)
-    consumer = make_consumer(pool)
-    pool.process_events([event(config.team_id, properties={"type": "runNow"})])
+    config, pool, consumer = scenario(REPLY_PLUGIN, {"type": "runNow"})
     assert len(claim_due_jobs(10, lease=0.5)) == 1  # the "dead" server's claim
     assert consumer.poll_once() == 0
     wait_until(lambda: len(plugin_log(redis_client, config)) == 2 and consumer.in_flight() == 0, consumer.poll_once)
