@@ -233,7 +233,8 @@ def compile_plugin(
             call_with_time_limit(exec, compiled, namespace, seconds=seconds)
         else:
             exec(compiled, namespace)
-    except PluginError:
+    except (PluginError, MemoryError):
+        # A MemoryError stays one: the worker pool replaces a worker that ran out of memory.
         raise
     except ImportError as error:
         raise PluginLoadError(str(error)) from error

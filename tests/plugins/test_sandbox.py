@@ -528,3 +528,9 @@ def test_kept_handler_mode_deadline_is_per_call(kept_alarm_handler: Any) -> None
     """Each call gets its own deadline: many short calls in a row never add up to a timeout."""
     exports = compile_source("import time\ndef run():\n    time.sleep(0.05)\n    return 1\njobs = {'run': run}\n")
     assert sum(call_with_time_limit(exports.jobs["run"], seconds=0.2) for _ in range(8)) == 8
+
+
+def test_memory_error_in_module_body_stays_a_memory_error() -> None:
+    """Running out of memory while loading is not disguised as a load error: the pool must see it to recycle."""
+    with pytest.raises(MemoryError):
+        compile_source("raise MemoryError('out of memory')\n")
