@@ -72,12 +72,12 @@ def test_reload_plugins_runs_setup_again(make_pool) -> None:  # type: ignore[no-
 
 
 def test_reload_schedule_rebuilds_the_schedule(make_pool) -> None:  # type: ignore[no-untyped-def]
-    """A config enabled after start is in the schedule after reload; a disabled one leaves it."""
-    team = create_team()
-    old = install("def run_every_hour(meta):\n    pass\n", team, order=1)
-    pool = make_pool(concurrency=1)
-    assert pool.scheduled_tasks() == {"runEveryMinute": [], "runEveryHour": [old.id], "runEveryDay": []}
-    new = install("def run_every_day(meta):\n    pass\n", team, order=2)
-    PluginConfig.objects.filter(id=old.id).update(enabled=False)
+    """A config enabled after start is in the schedule after reload; a disabled one leaves it (every team, two workers)."""
+    old = install("def run_every_hour(meta):\n    pass\n")
+    other = install("def run_every_minute(meta):\n    pass\n")
+    pool = make_pool(concurrency=2)
+    assert pool.scheduled_tasks() == {"runEveryMinute": [other.id], "runEveryHour": [old.id], "runEveryDay": []}
+    new = install("def run_every_day(meta):\n    pass\n")
+    PluginConfig.objects.filter(id=old.id).update(enabled=False, updated_at=timezone.now())
     pool.reload()
-    assert pool.scheduled_tasks() == {"runEveryMinute": [], "runEveryHour": [], "runEveryDay": [new.id]}
+    assert pool.scheduled_tasks() == {"runEveryMinute": [other.id], "runEveryHour": [], "runEveryDay": [new.id]}
