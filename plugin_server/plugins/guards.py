@@ -125,6 +125,11 @@ def _check_name(obj: object, name: str) -> None:
     if name in _FORMAT_NAMES:
         if isinstance(obj, str) or (isinstance(obj, type) and issubclass(obj, str)):
             raise _deny('Using the format() and format_map() methods of "str" is not allowed in plugins; use f-strings')
+    elif name == "obj":
+        # AttributeError.obj is the object a lookup failed on, which may be one
+        # deep inside the stdlib: plugins only get it from their own objects.
+        if isinstance(obj, BaseException):
+            raise _deny('"obj" of an exception is not available in plugins')
     elif len(_plain_names) < _MAX_PLAIN_NAMES:
         _plain_names.add(name)
 
@@ -134,8 +139,10 @@ def guarded_getattr(obj: object, name: str, default: object = _MISSING) -> Any:
 
     ``str.format`` and ``format_map`` resolve ``{0.__class__}`` inside C code,
     past every guard, so they are refused on strings and the ``str`` class.
-    Every ``a.b`` in plugin code comes here, hence the fast path for names
-    already checked.
+    ``AttributeError.obj`` (the object a failed lookup was made on, possibly
+    one inside the stdlib) is refused too. Every ``a.b`` in plugin code comes
+    here, hence the fast path for names already checked (never for those
+    whose answer depends on the object).
     """
     if name not in _plain_names:
         _check_name(obj, name)

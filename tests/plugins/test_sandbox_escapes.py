@@ -297,6 +297,27 @@ def test_it_denies_tracebacks_through_getattr() -> None:
         run(source)
 
 
+def test_it_denies_the_object_of_an_attribute_error() -> None:
+    """AttributeError.obj (the object a failed lookup was made on, maybe deep in the stdlib) is refused,
+    while plugin objects may still have an attribute called obj."""
+    source = """
+    import json
+    class Holder:
+        def __init__(self):
+            self.obj = "mine"
+    def run(which):
+        if which == "own":
+            return Holder().obj
+        try:
+            json.dumps.nothing
+        except AttributeError as error:
+            return error.obj
+    """
+    assert run(source, "own") == "mine"
+    with pytest.raises(AttributeError, match='"obj" of an exception'):
+        run(source, "error")
+
+
 def test_it_denies_exception_groups() -> None:
     """except* (a known RestrictedPython escape route) is refused at load."""
     source = """
