@@ -134,3 +134,18 @@ def test_after_a_sigkill_mid_stream_every_event_is_stored_once(
     assert stored(team) == total
     distinct_ids = Event.objects.filter(team=team).values_list("distinct_id", flat=True)
     assert len(set(distinct_ids)) == total
+
+
+def test_two_servers_on_one_queue_store_every_event_once(
+    team: Team, unique_name: str, start_server: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    """Two servers consuming the same queue (scale-out) store every event exactly once, then both stop with exit 0."""
+    total = 600
+    servers = [start_server(), start_server()]
+    send_events(unique_name, team, total, prefix="shared")
+    wait_for(lambda: stored(team) >= total, 120, f"{total} stored events", servers[0])
+    for server in servers:
+        server.send_signal(signal.SIGTERM)
+    assert [server.wait(30) for server in servers] == [0, 0]
+    assert stored(team) == total
+    assert len(set(Event.objects.filter(team=team).values_list("distinct_id", flat=True))) == total
