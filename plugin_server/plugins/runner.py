@@ -59,7 +59,7 @@ def run_process_event(
             failed.append(instance.spec.label)
             continue
         try:
-            result = runtime.call(instance.spec, process, (current, instance.meta), runtime.task_timeout, item)
+            result = runtime.call(instance.spec, process, (current, instance.meta), runtime.task_timeout, item, "process_event")
         except Exception as error:
             runtime.error(instance.spec, error, current)
             failed.append(instance.spec.label)
@@ -103,7 +103,7 @@ def run_process_event_batch(
             continue
         ran = True
         try:
-            result = runtime.call(instance.spec, function, (batch, instance.meta), runtime.task_timeout, 0)
+            result = runtime.call(instance.spec, function, (batch, instance.meta), runtime.task_timeout, 0, "process_event_batch")
         except Exception as error:
             runtime.error(instance.spec, error, batch[0])
             failed.append(instance.spec.label)
@@ -130,7 +130,7 @@ def run_on_event(
         if function is None:
             continue
         try:
-            runtime.call(instance.spec, function, (event, instance.meta), runtime.task_timeout, item)
+            runtime.call(instance.spec, function, (event, instance.meta), runtime.task_timeout, item, name)
         except Exception as error:
             runtime.error(instance.spec, error, event)
 
@@ -150,7 +150,7 @@ def run_task(runtime: Runtime, instance: PluginInstance, kind: str, name: str, p
     if not callable(function):
         raise TaskNotFound(f'Task "{name}" not found for plugin "{instance.spec.plugin_name}"')
     try:
-        return runtime.call(instance.spec, function, args, limit, -1)
+        return runtime.call(instance.spec, function, args, limit, -1, f"task.{kind}.{name}")
     except MemoryError:
         raise
     except RetryError as error:

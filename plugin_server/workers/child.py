@@ -165,6 +165,7 @@ class WorkerRuntime:
         self.errors: list[list[Any]] = []
         self.system_events: list[dict[str, Any]] = []
         self.deferred: list[list[Any]] = []
+        self.timings: dict[tuple[int, str], list[Any]] = {}
         self.dropped = 0
         self.exit_after = False
 
@@ -198,17 +199,31 @@ class WorkerRuntime:
     def compile(self, spec: ConfigSpec, injected: dict[str, object]) -> Any:
         return self.sandbox.compile_plugin(spec.code, injected)
 
-    def call(self, spec: ConfigSpec, fn: Callable[..., Any], args: tuple[Any, ...], limit: float, item: int) -> Any:
-        self.marker.set(time.monotonic() + limit, spec.plugin_config_id, item)
+    def call(
+        self, spec: ConfigSpec, fn: Callable[..., Any], args: tuple[Any, ...], limit: float, item: int, what: str = ""
+    ) -> Any:
+        """One plugin call under its time limit; ``what`` names it for the timings (spec §14.2)."""
+        started = time.monotonic()
+        self.marker.set(started + limit, spec.plugin_config_id, item)
+        failed = True
         try:
-            return call_with_time_limit(fn, *args, seconds=limit)
+            result = call_with_time_limit(fn, *args, seconds=limit)
+            failed = False
+            return result
         except MemoryError:
             # The plugin's garbage is gone once this unwinds, but the heap may
             # be fragmented: finish the task, then hand over to a fresh worker.
             self.exit_after = True
             raise PluginError("Plugin exceeded the worker memory limit; its worker was replaced") from None
         finally:
-            self.marker.set(time.monotonic() + self.task_timeout, 0, item)
+            ended = time.monotonic()
+            self.marker.set(ended + self.task_timeout, 0, item)
+            if what:
+                # Summed per (config, call) and sent with the result: no metric per call on the wire.
+                timing = self.timings.setdefault((spec.plugin_config_id, what), [0, 0.0, 0])
+                timing[0] += 1
+                timing[1] += (ended - started) * 1000
+                timing[2] += failed
 
     def error(self, spec: ConfigSpec, error: BaseException | str, event: dict[str, Any] | None) -> None:
         if len(self.errors) >= MAX_ERRORS:
@@ -343,6 +358,7 @@ class WorkerRuntime:
             "logs": self.logs,
             "system": self.system_events,
             "deferred": self.deferred,
+            "timings": [[config_id, what, *numbers] for (config_id, what), numbers in self.timings.items()],
             "dropped": self.dropped,
             "exit": self.exit_after,
         }

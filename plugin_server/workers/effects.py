@@ -62,6 +62,27 @@ class Reporter:
         self.host.flush()
 
 
+def emit_timing(ctx: PluginContext, what: str, calls: int, total_ms: float, errors: int) -> None:
+    """The original's per-plugin metrics (spec §14.2), one per batch: the mean call time and the error count."""
+    metrics = get_metrics()
+    name = ctx.plugin_name
+    mean = total_ms / calls
+    if what == "process_event":
+        metrics.timing("plugin.process_event", mean, {"plugin": name, "teamId": ctx.team_id or 0})
+    elif what == "process_event_batch":
+        metrics.timing("plugin.process_event_batch", mean, {"plugin": name, "teamId": ctx.team_id or 0})
+        metrics.timing(f"plugin.{name}.process_event_batch", mean)
+    elif what in ("on_event", "on_snapshot"):
+        # The original used the on_event names for on_snapshot too.
+        what = "on_event"
+        metrics.timing(f"plugin.{name}.on_event", mean)
+    else:
+        what = f"{what}.{ctx.plugin_config_id}"
+        metrics.timing(f"plugin.{what}", mean)
+    if errors:
+        metrics.incr(f"plugin.{name}.{what}.ERROR" if not what.startswith("task.") else f"plugin.{what}.ERROR", errors)
+
+
 def _timestamp(value: object) -> datetime:
     if isinstance(value, str):
         try:
@@ -119,7 +140,6 @@ def apply_report(
                 event=event if isinstance(event, dict) else None,
             )
         )
-        get_metrics().incr(f"plugin.{records[-1].ctx.plugin_name}.process_event.ERROR")
     if records:
         reporter.errors(records)
     for entry in result.get("logs") or []:
@@ -135,6 +155,10 @@ def apply_report(
             reporter.deferred(ctx, str(api), str(method), args, kwargs)
         except Exception:  # noqa: BLE001 — fire-and-forget: the plugin is gone, log it
             logger.exception("deferred meta.%s.%s failed", api, method, extra={"plugin_config_id": ctx.plugin_config_id})
+    for entry in result.get("timings") or []:
+        check_reply(isinstance(entry, list) and len(entry) == 5 and isinstance(entry[1], str), "timing")
+        check_reply(all(isinstance(number, (int, float)) for number in entry[2:]) and entry[2] > 0, "timing numbers")
+        emit_timing(context(entry[0]), entry[1], int(entry[2]), float(entry[3]), int(entry[4]))
     dropped = result.get("dropped")
     if isinstance(dropped, int) and dropped > 0:
         get_metrics().incr(WORKER_REPORT_DROPPED, dropped)

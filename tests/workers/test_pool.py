@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from plugin_server.metrics import RecordingMetrics, set_metrics
 from plugin_server.models import PluginConfig, PluginLogEntry
 from plugin_server.pubsub import ReloadListener
 from tests.factories import create_team
@@ -335,3 +336,25 @@ def test_snapshot_events_skip_process_event(make_pool):
     pool = make_pool()
     snapshot = {**event(config.team_id), "event": "$snapshot"}
     assert pool.process_events([snapshot, event(config.team_id)]) == [snapshot]
+
+
+def test_plugin_metrics_are_the_originals(make_pool):
+    """Per batch: plugin.process_event (tags plugin, teamId), plugin.<name>.process_event.ERROR with the
+    count of failed calls, and plugin.task.<type>.<task>.<config id> for tasks."""
+    config = install(
+        "def process_event(event, meta):\n    if event['properties']['n'] % 2:\n        raise ValueError('odd')\n    return event\n"
+        "def run_every_minute(meta):\n    pass\n"
+    )
+    recording = RecordingMetrics()
+    set_metrics(recording)
+    try:
+        pool = make_pool(concurrency=1)
+        pool.process_events([event(config.team_id, n=i) for i in range(5)])
+        pool.run_scheduled(config.id, "runEveryMinute")
+    finally:
+        set_metrics(None)
+    name = config.plugin.name
+    timings = [(metric, tags) for kind, metric, _value, tags in recording.calls if kind == "timing"]
+    assert ("plugin.process_event", {"plugin": name, "teamId": config.team_id}) in timings
+    assert (f"plugin.task.schedule.run_every_minute.{config.id}", {}) in timings
+    assert recording.total(f"plugin.{name}.process_event.ERROR") == 2
