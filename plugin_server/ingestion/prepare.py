@@ -34,6 +34,10 @@ CAMPAIGN_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_content", "utm
 INITIAL_KEYS = (*CAMPAIGN_KEYS, "$browser", "$browser_version", "$device_type", "$current_url", "$os", "$referring_domain", "$referrer")
 REPLACEMENT_CHARACTER = "\ufffd"
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# An ISO date whose year has five or more digits (the year 30000): no database
+# column can hold it, and "now" would be a guess, so the event is dead-lettered
+# for an operator to look at (a merely unreadable timestamp is ignored: §3.3).
+_YEAR_OUT_OF_RANGE = re.compile(r"^\s*[+-]?\d{5,}-")
 
 
 class Reason(str, enum.Enum):
@@ -49,6 +53,7 @@ class Reason(str, enum.Enum):
     INVALID_SESSION_ID = "invalid_session_id"
     EVENT_TOO_LARGE = "event_too_large"
     DATABASE_REJECTED = "database_rejected"
+    TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
 
 
 def invalid(reason: Reason, message: str, team_id: int | None = None) -> InvalidMessage:
@@ -115,6 +120,9 @@ def check_event(event: object, max_bytes: int) -> tuple[PluginEvent, bool]:
         raise invalid(Reason.INVALID_UUID, f'Not a valid UUID: "{render_for_error(event["uuid"])}"', team_id)
     if event.get("distinct_id") is None:
         raise invalid(Reason.MISSING_DISTINCT_ID, "Event has no distinct_id", team_id)
+    timestamp = event.get("timestamp")
+    if isinstance(timestamp, str) and _YEAR_OUT_OF_RANGE.match(timestamp):
+        raise invalid(Reason.TIMESTAMP_OUT_OF_RANGE, f"Timestamp out of range: {timestamp[:40]!r}", team_id)
     properties = event.get("properties")
     if properties is not None and not isinstance(properties, dict):
         raise invalid(Reason.PROPERTIES_NOT_AN_OBJECT, f"Event properties are not an object but {type(properties).__name__}", team_id)

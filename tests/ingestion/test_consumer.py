@@ -23,7 +23,6 @@ from plugin_server.metrics import (
     INGESTION_EVENTS_STORED,
     INGESTION_MESSAGES_INVALID,
     INGESTION_RETRIES,
-    INGESTION_TIMESTAMP_IGNORED,
     RecordingMetrics,
 )
 from plugin_server.models import DeadLetter, Event
@@ -258,13 +257,14 @@ def test_run_takes_a_batch_ahead_and_finishes_it_after_a_stop(source: CelerySour
 
 
 @pytest.mark.django_db
-def test_a_timestamp_in_the_year_30000_costs_no_event(source: CelerySource, unique_name: str, recording_metrics: RecordingMetrics) -> None:
-    """An event whose timestamp Python cannot represent is stored at `now` and counted, not lost (the ingester's rule)."""
+def test_a_timestamp_in_the_year_30000_is_dead_lettered(source: CelerySource, unique_name: str, recording_metrics: RecordingMetrics) -> None:
+    """An event whose timestamp no column can hold is kept as a dead letter with its reason, and acknowledged."""
     team = create_team()
     send(unique_name, task_args({"event": "far future", "properties": {}, "timestamp": "30000-01-01T00:00:00Z"}, team_id=team.id))
     drain(consumer_for(source))
-    assert Event.objects.filter(team=team, event="far future").count() == 1
-    assert recording_metrics.total(INGESTION_TIMESTAMP_IGNORED) == 1
+    assert not Event.objects.filter(team=team, event="far future").exists()
+    letter = DeadLetter.objects.get(reason="timestamp_out_of_range")
+    assert letter.team_id == team.id and b"30000-01-01" in bytes(letter.payload)
     assert source.in_flight() == 0
 
 

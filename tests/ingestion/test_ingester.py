@@ -87,9 +87,20 @@ def test_bad_input_is_returned_invalid_and_the_rest_is_stored(team: Team, ingest
     assert list(Event.objects.filter(team=team).values_list("event", flat=True)) == ["good"]
 
 
-def test_timestamp_in_the_year_30000_is_stored_at_now(team: Team, ingester: Ingester, recording_metrics: RecordingMetrics) -> None:
-    """A timestamp Python cannot hold (year 30000) is ignored: the event is stored at `now` and counted."""
-    result = ingester.ingest([event_of(team, timestamp="30000-01-01T00:00:00Z")])
+def test_timestamp_in_the_year_30000_is_dead_lettered(team: Team, ingester: Ingester) -> None:
+    """A timestamp no column can hold (year 30000) makes the event invalid: returned for the dead-letter store, not stored."""
+    bad = event_of(team, timestamp="30000-01-01T00:00:00Z")
+    good = event_of(team, event="good")
+    result = ingester.ingest([bad, good])
+    [(returned, error)] = result.invalid
+    assert returned is bad and error.reason == "timestamp_out_of_range"
+    assert result.stored == [good["uuid"]]
+    assert list(Event.objects.filter(team=team).values_list("event", flat=True)) == ["good"]
+
+
+def test_an_unreadable_timestamp_is_stored_at_now(team: Team, ingester: Ingester, recording_metrics: RecordingMetrics) -> None:
+    """A timestamp that is not a date at all is ignored (spec §3.3): the event is stored at `now` and counted."""
+    result = ingester.ingest([event_of(team, timestamp="not a date")])
     assert len(result.stored) == 1
     assert Event.objects.get(team=team).timestamp == NOW
     assert recording_metrics.total("ingestion.timestamp_ignored") == 1
