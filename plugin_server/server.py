@@ -1,10 +1,18 @@
 """The plugin server process: composes the parts and owns their start and stop order.
 
 Start (spec: plugins.md §9.2): check Postgres and Redis → start the worker
-pool → web (unless DISABLE_WEB) → ingestion source and consumer → reload
-listener (PLUGINS_RELOAD_PUBSUB_CHANNEL) → status heartbeat → "All systems
-go". The consumer loop then runs on the main thread. A failure while
-starting stops what was started and exits 1.
+pool → web (unless DISABLE_WEB) → ingestion source and consumer → scheduler
+→ job consumer → reload listener (PLUGINS_RELOAD_PUBSUB_CHANNEL; a reload
+also reloads the schedule) → status heartbeat → "All systems go". The
+consumer loop then runs on the main thread (without ingestion the main
+thread waits for a signal). A failure while starting stops what was started
+and exits 1.
+
+Roles (PLUGIN_SERVER_MODE or ``run_plugin_server --mode``): ``all`` runs
+every part; ``ingestion`` only the consumer; ``scheduler`` only the
+scheduler; ``jobs`` only the job consumer. Each role has its own worker
+pool; scheduler and jobs are once cluster-wide through their Redis locks,
+so any number of servers of any role may run (docs/jobs.md).
 
 Shutdown (warm, then cold, like a Celery worker):
 
@@ -12,7 +20,9 @@ Shutdown (warm, then cold, like a Celery worker):
   finishes the batch in hand (stores it, writes its dead letters,
   acknowledges it) and returns; then, in order: web, source (whatever it
   took but did not acknowledge goes back to the queue), reload listener,
-  worker pool (teardown_plugin everywhere), status, database connections;
+  job consumer and scheduler (each releases its lock and waits for the
+  runs in flight), worker pool (teardown_plugin everywhere), status,
+  database connections;
   exit 0. A watchdog ends the process (exit 1) if all that takes longer than
   SHUTDOWN_TIMEOUT seconds; nothing is lost then either, as nothing
   unacknowledged is forgotten.
@@ -31,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Protocol
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -39,6 +49,7 @@ from django.db import connection, connections
 
 from plugin_server.ingestion.consumer import Consumer, EventIngester, PluginRunner
 from plugin_server.ingestion.sources.base import Source
+from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.redis_client import get_redis
 from plugin_server.status import StatusHeartbeat
 from plugin_server.web import HealthServer
@@ -49,12 +60,23 @@ logger = logging.getLogger(__name__)
 # for this long: a poll blocks at most INGESTION_POLL_TIMEOUT, a batch takes
 # well under a minute unless a service is away.
 READY_STALE_AFTER = 120.0
+MODES = ("all", "ingestion", "scheduler", "jobs")
+# Parts stopped in this order at shutdown (spec §9.3); unknown names last.
+STOP_ORDER = ("web", "source", "reload listener", "job consumer", "scheduler", "worker pool", "status")
 
 
 class ManagedPool(PluginRunner, Protocol):
     """The WorkerPool as the server drives it."""
 
     def start(self) -> None: ...
+
+    def run_scheduled(self, plugin_config_id: int, task: str) -> None: ...
+
+    def run_job(self, plugin_config_id: int, job_name: str, payload: Any) -> Any: ...
+
+    def scheduled_tasks(self) -> dict[str, list[int]]: ...
+
+    def context(self, config_id: int) -> PluginContext | None: ...
 
     def reload(self) -> None: ...
 
@@ -71,6 +93,11 @@ class ServerOptions:
     web_port: int
     shutdown_timeout: float
     job_queues: str
+    mode: str = "all"
+
+    def runs(self, part: str) -> bool:
+        """Whether this server's role includes ``part`` (ingestion, scheduler or jobs)."""
+        return self.mode in ("all", part)
 
     @classmethod
     def from_settings(cls) -> ServerOptions:
@@ -81,6 +108,7 @@ class ServerOptions:
             web_port=settings.WEB_PORT,
             shutdown_timeout=settings.SHUTDOWN_TIMEOUT,
             job_queues=settings.JOB_QUEUES or "",
+            mode=settings.PLUGIN_SERVER_MODE,
         )
 
 
@@ -122,6 +150,7 @@ class Server:
         self._pool_factory = pool_factory
         self._ingester_factory = ingester_factory
         self.consumer: Consumer | None = None
+        self._started = False
         self._source: Source | None = None
         self._stoppables: list[tuple[str, Callable[[], None]]] = []  # started parts, stopped in reverse
         self._signals = 0
@@ -166,25 +195,50 @@ class Server:
             web = HealthServer(self.options.web_hostname, self.options.web_port, self.ready)
             web.start()
             self._stoppables.append(("web", web.stop))
-        source = self._source_factory(self.options)
-        self._source = source
-        self._stoppables.append(("source", source.close))
-        self.consumer = Consumer(source, self._ingester_factory(), pool)
-        if self._stop_requested.is_set():
-            self.consumer.stop()
+        source_name = "none"
+        if self.options.runs("ingestion"):
+            source = self._source_factory(self.options)
+            self._source = source
+            source_name = source.name.value
+            self._stoppables.append(("source", source.close))
+            self.consumer = Consumer(source, self._ingester_factory(), pool)
+            if self._stop_requested.is_set():
+                self.consumer.stop()
+        reload_schedule: Callable[[], object] = lambda: None  # noqa: E731
+        if self.options.runs("scheduler"):
+            from plugin_server.scheduler import Scheduler
+
+            scheduler = Scheduler.from_settings(pool)
+            scheduler.start()
+            self._stoppables.append(("scheduler", scheduler.stop))
+            reload_schedule = scheduler.load_schedule
+        if self.options.runs("jobs"):
+            from plugin_server.job_consumer import JobConsumer
+
+            jobs = JobConsumer(pool)
+            jobs.start()
+            self._stoppables.append(("job consumer", jobs.stop))
         from plugin_server.pubsub import ReloadListener
 
-        listener = ReloadListener(pool.reload)
+        def reload() -> None:
+            pool.reload()
+            reload_schedule()  # spec §9.4: the schedule follows the reloaded plugins
+
+        listener = ReloadListener(reload)
         listener.start()
         self._stoppables.append(("reload listener", listener.stop))
         status = StatusHeartbeat(job_queues=self.options.job_queues)
         status.start()
         self._stoppables.append(("status", status.stop))
-        logger.info("All systems go", extra={"source": source.name.value})
+        self._started = True
+        logger.info("All systems go", extra={"source": source_name, "mode": self.options.mode})
 
     def ready(self) -> bool:
         consumer = self.consumer
-        if consumer is None or consumer.stopping:
+        if consumer is None:
+            # A scheduler or jobs server is ready once started, until it stops.
+            return self._started and not self.options.runs("ingestion") and not self._stop_requested.is_set()
+        if consumer.stopping:
             return False
         return time.monotonic() - consumer.last_iteration < READY_STALE_AFTER
 
@@ -195,7 +249,7 @@ class Server:
         watchdog.start()
         try:
             # Web first (readiness goes away), then source, listener, pool, status.
-            order = {"web": 0, "source": 1, "reload listener": 2, "worker pool": 3, "status": 4}
+            order = {name: index for index, name in enumerate(STOP_ORDER)}
             for name, stop in sorted(self._stoppables, key=lambda part: order.get(part[0], len(order))):
                 try:
                     stop()
@@ -218,9 +272,13 @@ class Server:
         except Exception:  # noqa: BLE001 -- report any start-up failure, exit 1
             logger.exception("the plugin server failed to start")
             return 1
-        assert self.consumer is not None
         try:
-            self.consumer.run()
+            if self.consumer is None:
+                # No ingestion in this role: the scheduler / job consumer threads work until a signal.
+                while not self._stop_requested.wait(1.0):
+                    pass
+            else:
+                self.consumer.run()
         except Exception:
             # An error the loop does not know: stop cleanly (the batch in hand
             # is not acknowledged and comes back) and let the supervisor restart us.

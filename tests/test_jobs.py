@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -13,10 +15,12 @@ from django.db import connection
 from django_q.models import Schedule
 
 from plugin_server.job_consumer import JobConsumer, JobSettings
-from plugin_server.jobs import claim_due_jobs, pending_jobs
-from plugin_server.locks import LockKeeper, RedisLock
+from plugin_server.jobs import claim_due_jobs, enqueue_job, pending_jobs
+from plugin_server.locks import JOB_QUEUE_LOCK_KEY, LockKeeper, RedisLock
 from plugin_server.models import PluginConfig, PluginLogEntry
+from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.workers.pool import WorkerPool
+from tests.e2e.test_server_e2e import start_server, wait_for  # noqa: F401  (fixture)
 from tests.workers.conftest import make_pool  # noqa: F401  (fixture)
 from tests.workers.helpers import event, install
 
@@ -290,3 +294,49 @@ def test_a_broken_job_row_is_deleted_with_an_error(make_consumer, make_pool, cap
         assert claim_due_jobs(10, lease=10) == []
     assert pending_jobs() == 0
     assert "cannot be read" in caplog.text
+
+
+def test_a_job_enqueued_before_a_restart_runs_after_it_once(start_server, redis_client, unique_name) -> None:
+    """`run_plugin_server --mode jobs` SIGKILLed before the job is due; the next server runs it, at its time, once,
+    and (jobs role) leaves the ingestion queue alone."""
+    config = install(REPLY_PLUGIN)
+    clean(redis_client, config)
+    redis_client.delete(JOB_QUEUE_LOCK_KEY)
+    due = datetime.now(timezone.utc) + timedelta(seconds=6)
+    enqueue_job(PluginContext(config.id, config.plugin_id, config.team_id, "reply"), "logReply", "after restart", due)
+    redis_client.rpush(unique_name, b"an ingestion task the jobs role must not take")
+    env = {"PLUGIN_SERVER_MODE": "jobs", "SCHEDULE_LOCK_TTL": "2", "JOB_POLL_INTERVAL": "0.1"}
+    first = start_server(**env)
+    wait_for(lambda: redis_client.get(JOB_QUEUE_LOCK_KEY) is not None, 30, "the job-queue lock", first)
+    first.kill()
+    first.wait(10)
+    assert plugin_log(redis_client, config) == [] and pending_jobs() == 1
+    second = start_server(**env)
+    wait_for(lambda: len(plugin_log(redis_client, config)) == 1 and pending_jobs() == 0, 30, "the job", second)
+    ((kind, payload, ran_at),) = plugin_log(redis_client, config)
+    assert (kind, payload) == ("reply", "after restart")
+    assert ran_at >= due.timestamp()
+    assert redis_client.llen(unique_name) == 1
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(30) == 0
+    assert len(plugin_log(redis_client, config)) == 1
+    redis_client.delete(unique_name)
+
+
+@pytest.mark.parametrize(
+    ("mode", "parts"),
+    [("all", {"ingestion", "scheduler", "jobs"}), ("ingestion", {"ingestion"}), ("scheduler", {"scheduler"}), ("jobs", {"jobs"})],
+)
+def test_process_roles_pick_the_parts_a_server_runs(mode: str, parts: set[str]) -> None:
+    """`run_plugin_server --mode` (or PLUGIN_SERVER_MODE) chooses the parts; anything else is refused."""
+    from django.core.management.base import CommandError
+
+    from plugin_server.management.commands.run_plugin_server import Command
+    from plugin_server.server import ServerOptions
+
+    parser = Command().create_parser("manage.py", "run_plugin_server")
+    assert parser.parse_args(["--mode", mode]).mode == mode
+    options = ServerOptions(kafka_enabled=False, disable_web=True, web_hostname="", web_port=0, shutdown_timeout=1, job_queues="", mode=mode)
+    assert {part for part in ("ingestion", "scheduler", "jobs") if options.runs(part)} == parts
+    with pytest.raises(CommandError):
+        parser.parse_args(["--mode", "everything"])

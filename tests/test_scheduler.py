@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 
@@ -12,6 +13,7 @@ from plugin_server.locks import LockKeeper, RedisLock
 from plugin_server.models import PluginConfig
 from plugin_server.scheduler import Scheduler
 from plugin_server.workers.pool import WorkerPool
+from tests.e2e.test_server_e2e import start_server, wait_for  # noqa: F401  (fixture)
 from tests.workers.conftest import make_pool  # noqa: F401  (fixture)
 from tests.workers.helpers import install
 
@@ -160,3 +162,32 @@ def test_started_scheduler_runs_every_minute_in_real_time(make_pool, make_schedu
     scheduler.stop()
     assert runs(redis_client, config, "hour") == 0
     assert redis_client.get(f"{scheduler.keeper.lock.key}") is None  # released on stop
+
+
+def test_when_the_lock_holder_is_killed_another_server_takes_over(start_server, redis_client) -> None:
+    """Two `run_plugin_server --mode scheduler`: SIGKILL the one running the tasks; the other runs them within the lock TTL,
+    and no boundary ever runs twice."""
+    config = install("import time\ndef run_every_minute(meta):\n    meta.cache.lpush('log', str(time.time()))\n")
+    key = f"@plugin/{config.plugin_id}/{config.team_id}/log"
+    redis_client.delete(key, "plugin-server:locks:schedule")
+    env = {"PLUGIN_SERVER_MODE": "scheduler", "SCHEDULE_LOCK_TTL": "2", "SCHEDULE_TIME_SCALE": str(1 / 60)}
+
+    def times() -> list[float]:
+        return sorted(float(value) for value in redis_client.lrange(key, 0, -1))
+
+    first = start_server(**env)
+    wait_for(lambda: len(times()) >= 2, 60, "the first server's runs", first)
+    second = start_server(**env)
+    # The second server starts (a few seconds) while the first keeps the lock and runs every boundary.
+    wait_for(lambda: len(times()) >= 6, 60, "more runs", second)
+    first.kill()
+    first.wait(10)
+    killed_at = time.time()
+    wait_for(lambda: times()[-1] > killed_at, 30, "a run by the second server", second)
+    taken_over_after = min(t for t in times() if t > killed_at) - killed_at
+    # Lock TTL 2 s, retried every 0.2 s, then the next 1 s boundary.
+    assert taken_over_after < 2 + 0.2 + 1 + 1.5
+    runs = times()
+    assert len({int(t) for t in runs}) == len(runs), "a boundary ran twice"
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(30) == 0

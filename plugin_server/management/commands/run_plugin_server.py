@@ -1,19 +1,23 @@
 """``./manage.py run_plugin_server``: run the plugin server until SIGTERM / SIGINT.
 
 Thin on purpose: settings → :class:`plugin_server.server.Server` → exit code.
+``--mode`` picks the parts this process runs (default: PLUGIN_SERVER_MODE,
+itself ``all`` by default): ``ingestion``, ``scheduler`` or ``jobs``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import threading
+from argparse import ArgumentParser
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from plugin_server.server import Server
+from plugin_server.server import MODES, Server, ServerOptions
 
 logger = logging.getLogger(__name__)
 
@@ -24,11 +28,22 @@ class Command(BaseCommand):
     help = "Run the plugin server: consume ingestion tasks, run plugins, store events (stops cleanly on SIGTERM/SIGINT)."
     requires_system_checks = "__all__"
 
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument(
+            "--mode",
+            choices=MODES,
+            default=None,
+            help="run only ingestion, only the scheduler or only plugin jobs (default: PLUGIN_SERVER_MODE, i.e. all)",
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
         if settings.PLUGIN_SERVER_IDLE:
             self._idle()
             return
-        sys.exit(Server().run())
+        server_options = ServerOptions.from_settings()
+        if options["mode"]:
+            server_options = dataclasses.replace(server_options, mode=options["mode"])
+        sys.exit(Server(server_options).run())
 
     def _idle(self) -> None:
         # PLUGIN_SERVER_IDLE (spec: plugins.md §9.1): run, do nothing, say so.
