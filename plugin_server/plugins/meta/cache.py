@@ -5,7 +5,7 @@ two configs of one plugin in one team share a cache; ``@all`` when the config
 has no team). Values are stored as JSON text unless ``json_serialize`` is
 false. Unlike the original, ``get`` of a missing key returns the default
 (ingestion.md §12). The list operations are the later versions' (lpush takes
-one string or at most 1000).
+one string or at most 1000; lpop, lrem).
 """
 
 from __future__ import annotations
@@ -138,6 +138,29 @@ class PluginCache:
         except redis.ResponseError as error:
             raise MetaCallError(f"lrange: {key!r} does not hold a list") from error
         return [item.decode("utf-8", errors="replace") for item in items]
+
+    def lpop(self, ctx: PluginContext, key: str, count: int | None = None) -> str | list[str] | None:
+        """Take the first item (None when empty), or up to ``count`` items as a list."""
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or not 0 < count <= MAX_LRANGE_ITEMS):
+            raise MetaCallError(f"lpop: count must be an integer from 1 to {MAX_LRANGE_ITEMS}")
+        try:
+            popped = cast("bytes | list[bytes] | None", self.client.lpop(cache_key(ctx, key), count))
+        except redis.ResponseError as error:
+            raise MetaCallError(f"lpop: {key!r} does not hold a list") from error
+        if popped is None:
+            return [] if count is not None else None
+        if isinstance(popped, list):
+            return [item.decode("utf-8", errors="replace") for item in popped]
+        return popped.decode("utf-8", errors="replace")
+
+    def lrem(self, ctx: PluginContext, key: str, count: int, value: str) -> int:
+        """Remove ``count`` occurrences of ``value`` (0: all; negative: from the end); returns how many went."""
+        if isinstance(count, bool) or not isinstance(count, int) or not isinstance(value, str):
+            raise MetaCallError("lrem takes an integer count and a string value")
+        try:
+            return cast(int, self.client.lrem(cache_key(ctx, key), count, value))
+        except redis.ResponseError as error:
+            raise MetaCallError(f"lrem: {key!r} does not hold a list") from error
 
     def llen(self, ctx: PluginContext, key: str) -> int:
         try:

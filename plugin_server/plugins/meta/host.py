@@ -36,7 +36,7 @@ __all__ = ["ALLOWED_CALLS", "MetaHost", "PluginContext"]
 logger = logging.getLogger(__name__)
 
 ALLOWED_CALLS: dict[str, frozenset[str]] = {
-    "cache": frozenset({"set", "get", "incr", "expire", "lpush", "lrange", "llen"}),
+    "cache": frozenset({"set", "get", "incr", "expire", "lpush", "lrange", "llen", "lpop", "lrem"}),
     "storage": frozenset({"get", "set", "delete"}),
     "logger": frozenset(LOG_METHODS),
     "fetch": frozenset({"fetch"}),

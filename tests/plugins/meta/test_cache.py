@@ -171,3 +171,18 @@ def test_lrange_is_bounded(ctx: PluginContext, cache: PluginCache) -> None:
     for start, stop in ((0, -1), (0, 10_000), (-11_000, -1)):
         with pytest.raises(MetaCallError, match="at most 10000 items"):
             cache.lrange(ctx, "long", start, stop)
+
+
+def test_lpop_and_lrem(ctx: PluginContext, cache: PluginCache) -> None:
+    """It pops one item (None when empty) or several (a list), and removes items by value (later versions' API)."""
+    cache.lpush(ctx, "q", ["a", "b", "a", "c"])  # list is c, a, b, a
+    assert cache.lpop(ctx, "q") == "c"
+    assert cache.lrem(ctx, "q", 0, "a") == 2
+    assert cache.lrange(ctx, "q", 0, -1) == ["b"]
+    assert cache.lpop(ctx, "q", 5) == ["b"]
+    assert cache.lpop(ctx, "q") is None
+    assert cache.lpop(ctx, "q", 2) == []
+    with pytest.raises(MetaCallError, match="count must be an integer"):
+        cache.lpop(ctx, "q", 0)
+    with pytest.raises(MetaCallError, match="integer count and a string"):
+        cache.lrem(ctx, "q", 1, 5)
