@@ -88,7 +88,9 @@ class WorkerPool:
 
     def __init__(self, settings: PoolSettings | None = None, host: Any = None, reporter: Reporter | None = None) -> None:
         self.settings = settings or PoolSettings.from_config()
-        if host is None and reporter is None:
+        # A host the pool made is the pool's to close (log buffer, capture producer, fetch connections).
+        self._owns_host = host is None and reporter is None
+        if self._owns_host:
             from plugin_server.plugins.meta.host import MetaHost
 
             host = MetaHost()
@@ -206,6 +208,8 @@ class WorkerPool:
             slot.replace("stop")
         self._slots = []
         self.reporter.flush()
+        if self._owns_host:
+            self.host.close()
         if self.empty_dir:
             shutil.rmtree(self.empty_dir, ignore_errors=True)
 
