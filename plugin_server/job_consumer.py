@@ -22,8 +22,8 @@ Outcomes (docs/jobs.md):
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
+import queue
 import threading
 import time
 from collections.abc import Iterable
@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 # Time a leased job has to finish before another claim may run it again, beyond the pool's job limit.
 LEASE_MARGIN_SECONDS = 60.0
+# Leased jobs waiting per job thread: enough to keep the thread busy between polls.
+QUEUED_PER_THREAD = 2
 NOT_IN_FORCE = "is not in force"
 
 
@@ -76,7 +78,8 @@ class JobSettings:
             retry_base=config.job_retry_base_seconds,
             poll_interval=config.job_poll_interval,
             concurrency=config.jobs_workers,
-            lease=config.task_timeout * TASK_TIMEOUT_FACTOR + LEASE_MARGIN_SECONDS,
+            # A leased job may wait behind QUEUED_PER_THREAD others of its thread.
+            lease=config.task_timeout * TASK_TIMEOUT_FACTOR * (QUEUED_PER_THREAD + 1) + LEASE_MARGIN_SECONDS,
             lock_ttl=config.schedule_lock_ttl,
         )
 
@@ -104,51 +107,71 @@ def _plugin_log(ctx: PluginContext, source: LogSource, type: LogType, message: s
 
 
 class JobConsumer:
-    """Polls for due jobs while holding the job-queue lock and runs them on the pool."""
+    """Polls for due jobs while holding the job-queue lock and runs them on the pool.
+
+    ``concurrency`` threads (JOBS_WORKERS) run jobs from a queue the poller
+    fills with at most ``QUEUED_PER_THREAD`` leased jobs per thread; when a
+    poll found a full batch the next poll comes as soon as a slot frees, so a
+    backlog drains at the pool's pace, not one batch per poll interval.
+    """
 
     def __init__(self, pool: JobPool, keeper: LockKeeper | None = None, settings: JobSettings | None = None) -> None:
         self.pool = pool
         self.settings = settings or JobSettings.from_config()
         self.keeper = keeper or LockKeeper(RedisLock(JOB_QUEUE_LOCK_KEY, self.settings.lock_ttl))
-        self._executor = concurrent.futures.ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="plugin-job")
-        self._in_flight: set[concurrent.futures.Future[None]] = set()
-        self._in_flight_lock = threading.Lock()
+        self.capacity = self.settings.concurrency * QUEUED_PER_THREAD
+        self._queue: queue.Queue[tuple[ClaimedJob, _ConfigState | None] | None] = queue.Queue()
+        self._in_flight = 0
+        self._changed = threading.Condition()
+        self._workers: list[threading.Thread] = []
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
     # --- one step ----------------------------------------------------------------------
 
     def poll_once(self) -> int:
-        """Lease due jobs for the free slots and start them; returns how many started."""
+        """Lease due jobs for the free slots and queue them; returns how many were leased."""
         if not self.keeper.held:
             return 0
-        with self._in_flight_lock:
-            free = self.settings.concurrency - len(self._in_flight)
+        with self._changed:
+            free = self.capacity - self._in_flight
         claimed = claim_due_jobs(free, self.settings.lease)
         if not claimed:
             return 0
         states = _config_states(job.job.plugin_config_id for job in claimed)
+        if not self._workers:
+            self._workers = [
+                threading.Thread(target=self._work, name=f"plugin-job-{index}", daemon=True)
+                for index in range(self.settings.concurrency)
+            ]
+            for worker in self._workers:
+                worker.start()
+        with self._changed:
+            self._in_flight += len(claimed)
         for job in claimed:
-            future = self._executor.submit(self._execute, job, states.get(job.job.plugin_config_id))
-            with self._in_flight_lock:
-                self._in_flight.add(future)
-            future.add_done_callback(self._done)
+            self._queue.put((job, states.get(job.job.plugin_config_id)))
         return len(claimed)
 
-    def _done(self, future: concurrent.futures.Future[None]) -> None:
-        with self._in_flight_lock:
-            self._in_flight.discard(future)
+    def _work(self) -> None:
+        try:
+            while (item := self._queue.get()) is not None:
+                try:
+                    self._execute(*item)
+                finally:
+                    with self._changed:
+                        self._in_flight -= 1
+                        self._changed.notify_all()
+        finally:
+            connection.close()
 
     def in_flight(self) -> int:
-        with self._in_flight_lock:
-            return len(self._in_flight)
+        with self._changed:
+            return self._in_flight
 
     def wait(self, timeout: float = 30.0) -> bool:
-        """Wait for the jobs in flight; True when none is left."""
-        with self._in_flight_lock:
-            futures = list(self._in_flight)
-        _done, pending = concurrent.futures.wait(futures, timeout=timeout)
-        return not pending
+        """Wait for the leased jobs to finish; True when none is left."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._in_flight == 0, timeout)
 
     # --- one job -----------------------------------------------------------------------
 
@@ -171,8 +194,6 @@ class JobConsumer:
             logger.exception("plugin job %s: the job store failed; it runs again after its lease", job.type, extra=extra)
         finally:
             get_metrics().timing("jobs.run", (time.perf_counter() - started) * 1000)
-            # Job threads come and go with the executor: hold no connection between jobs.
-            connection.close()
 
     def _run(self, claimed: ClaimedJob, ctx: PluginContext) -> None:
         job = claimed.job
@@ -218,17 +239,24 @@ class JobConsumer:
 
     def _loop(self) -> None:
         try:
-            while not self._stopped.wait(self.settings.poll_interval):
+            while not self._stopped.is_set():
                 try:
-                    self.poll_once()
+                    leased = self.poll_once()
                 except DatabaseError:
                     logger.exception("job consumer: could not read due jobs")
                     close_old_connections()
+                    leased = 0
+                if leased and self.in_flight() >= self.capacity:
+                    # A full batch: more may be due; poll again as soon as a slot frees.
+                    with self._changed:
+                        self._changed.wait_for(lambda: self._in_flight < self.capacity, self.settings.poll_interval)
+                elif not leased:
+                    self._stopped.wait(self.settings.poll_interval)
         finally:
             connection.close()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop polling, release the lock, let the jobs in flight finish (spec §9.3)."""
+        """Stop polling, release the lock, let the leased jobs finish (spec §9.3)."""
         self._stopped.set()
         if self._thread is not None:
             self._thread.join(5.0)
@@ -236,4 +264,8 @@ class JobConsumer:
         self.keeper.stop()
         if not self.wait(timeout):
             logger.warning("plugin jobs still running at shutdown; they run again after their lease")
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for _worker in self._workers:
+            self._queue.put(None)
+        for worker in self._workers:
+            worker.join(1.0)
+        self._workers = []
