@@ -131,7 +131,7 @@ def send_tasks(queue: str, team_id: int, events: int, distinct_ids: int) -> None
     app.close()
 
 
-def run(concurrency: int, events: int, distinct_ids: int, timeout: float) -> Result:
+def run(concurrency: int, events: int, distinct_ids: int, timeout: float, profile: str | None = None) -> Result:
     from django.db import connection
 
     from plugin_server.redis_client import get_redis
@@ -162,6 +162,11 @@ def run(concurrency: int, events: int, distinct_ids: int, timeout: float) -> Res
                 raise SystemExit("the server did not start")
             time.sleep(0.05)
         pids = process_tree(server.pid)
+        profiler = None
+        if profile:
+            # Samples the main process over the timed part (py-spy is not a requirement: pip install py-spy).
+            out = f"{profile}-c{concurrency}.txt"
+            profiler = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(server.pid), "--format", "raw", "--threads", "-o", out, "--nonblocking"], stdout=subprocess.DEVNULL)
         cpu_before = cpu_seconds(pids)
         peak = rss_bytes(pids)
         started = time.monotonic()
@@ -192,6 +197,9 @@ def run(concurrency: int, events: int, distinct_ids: int, timeout: float) -> Res
             )
             backends = [row[0] for row in cursor.fetchall()]
         postgres_cpu = sum(cpu_seconds(backends).values())
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(60)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
@@ -205,6 +213,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/posthog_bench_ingest")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--profile", metavar="PREFIX", help="record the main process with py-spy into PREFIX-c<concurrency>.txt (collapsed stacks)")
     args = parser.parse_args()
 
     os.environ["DATABASE_URL"] = args.database_url
@@ -219,7 +228,7 @@ def main() -> None:
     results = []
     for concurrency in args.concurrency:
         print(f"WORKER_CONCURRENCY={concurrency}: {args.events} events, {args.distinct_ids} distinct ids", flush=True)
-        results.append(run(concurrency, args.events, args.distinct_ids, args.timeout))
+        results.append(run(concurrency, args.events, args.distinct_ids, args.timeout, args.profile))
         print("  " + results[-1].line(), flush=True)
     print()
     for result in results:

@@ -36,6 +36,7 @@ from kombu.transport.virtual.base import Channel as VirtualChannel
 from kombu.transport.virtual.base import Message as TransportMessage
 from kombu.utils.json import loads as kombu_json_loads
 
+from plugin_server import json_codec
 from plugin_server.events import CELERY_TASK_NAME, Delivery, PluginEvent
 from plugin_server.exceptions import InvalidMessage
 
@@ -53,6 +54,11 @@ class _BodyCodecs:
 _BODY_CODECS = _BodyCodecs()
 
 
+def _plain_kombu_loads(data: Any) -> Any:
+    # What json_codec.loads falls back to for what orjson does not read alike.
+    return kombu_json_loads(data, object_hook=None)
+
+
 def decode(delivery: Delivery, max_bytes: int) -> PluginEvent:
     """The event carried by one Celery message, or :class:`InvalidMessage`."""
     if len(delivery.payload) > max_bytes:
@@ -67,7 +73,7 @@ def decode(delivery: Delivery, max_bytes: int) -> PluginEvent:
 
 def _read_envelope(payload: bytes) -> dict[str, Any]:
     try:
-        envelope = kombu_json_loads(payload, object_hook=None)
+        envelope = json_codec.loads(payload, _plain_kombu_loads)
     except (ValueError, UnicodeDecodeError) as error:
         raise InvalidMessage("bad_envelope", f"envelope is not JSON text: {error}") from error
     if not isinstance(envelope, dict) or not isinstance(envelope.get("properties"), dict):
@@ -96,7 +102,7 @@ def _read_body(envelope: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         # Plain JSON, as the original's JSON.parse read it: kombu's default
         # object hook would turn {"__type__": ..., "__value__": ...} inside an
         # event into Python objects (or refuse it), and costs a call per object.
-        body = kombu_json_loads(message.body, object_hook=None)
+        body = json_codec.loads(message.body, _plain_kombu_loads)
     except (DecodeError, binascii.Error, ValueError, TypeError) as error:
         raise InvalidMessage("bad_body", f"message body cannot be decoded: {error}") from error
     headers: dict[str, Any] = envelope.get("headers") or {}

@@ -28,6 +28,7 @@ from django.db import connection, transaction
 from django.db.backends.utils import CursorWrapper
 
 from plugin_server.ingestion.elements import Element, elements_hash
+from plugin_server.json_codec import dumps_text
 from plugin_server.metrics import SINK_ROWS, SINK_WRITE_TIME, get_metrics, timed
 from plugin_server.sinks.base import PreparedBatch, PreparedEvent, PreparedRecording
 
@@ -176,4 +177,4 @@ class PostgresSink:
 def _json_text(rows: list[dict[str, object]]) -> str:
     # The whole batch as one JSON document: encoded by the C encoder in one call
     # and sent as one parameter, where arrays of texts would be escaped item by item.
-    return json.dumps(rows, ensure_ascii=False, default=str)
+    return dumps_text(rows)

@@ -26,6 +26,7 @@ import pickle
 import struct
 from typing import Any
 
+from plugin_server import json_codec
 from plugin_server.exceptions import WorkerDied
 
 _HEADER = struct.Struct(">IB")
@@ -93,7 +94,7 @@ def receive_from_worker(fd: int) -> dict[str, Any]:
     if size > MAX_WORKER_FRAME:
         raise ProtocolError(f"the worker sent a frame of {size} bytes (limit {MAX_WORKER_FRAME})")
     try:
-        message = json.loads(_read_exactly(fd, size))
+        message = json_codec.loads(_read_exactly(fd, size))
     except ValueError as error:
         raise ProtocolError(f"the worker sent invalid JSON: {error}") from None
     if not isinstance(message, dict) or not isinstance(message.get("t"), str):

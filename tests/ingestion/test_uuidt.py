@@ -57,3 +57,23 @@ def test_invalid_uuid_texts(text: object) -> None:
 def test_render_for_error() -> None:
     """Values are shown in errors as the original rendered them."""
     assert [render_for_error(value) for value in (None, True, "x", 5)] == ["null", "true", "x", "5"]
+
+
+def test_random_parts_differ_across_blocks_and_after_fork() -> None:
+    """Random bytes are read in blocks: ids stay distinct across block ends, and a forked child
+    does not repeat the random parts left in its parent's block."""
+    import os
+
+    generate = UUIDTGenerator(clock_ms=lambda: 1)
+    parts = [generate().bytes[8:] for _ in range(1500)]
+    assert len(set(parts)) == len(parts)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send the next random part and leave at once
+        os.write(write, generate().bytes[8:])
+        os._exit(0)
+    os.close(write)
+    child_part = os.read(read, 8)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child_part != generate().bytes[8:]
