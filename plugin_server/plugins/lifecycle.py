@@ -108,6 +108,20 @@ class PluginInstance:
 
         return derived
 
+    def process_event_batch_fn(self) -> Callable[..., Any] | None:
+        """``process_event_batch``, or the one derived from ``process_event``: each event, falsy results dropped (spec §3.2)."""
+        direct = self.method("process_event_batch")
+        if direct is not None:
+            return direct
+        process = self.method("process_event")
+        if process is None:
+            return None
+
+        def derived(events: list[dict[str, Any]], meta: Any) -> list[Any]:
+            return [result for result in (process(event, meta) for event in events) if result]
+
+        return derived
+
     def job(self, name: str) -> Callable[..., Any] | None:
         """The handler of job ``name`` from the exported ``jobs`` dict, or None."""
         jobs = self.method("jobs")

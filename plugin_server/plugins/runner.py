@@ -98,7 +98,7 @@ def run_process_event_batch(
     failed: list[str] = []
     ran = False
     for instance in _chain(instances, config_ids, 0):
-        function = instance.method("process_event_batch")
+        function = instance.process_event_batch_fn()
         if function is None or not batch:
             continue
         ran = True

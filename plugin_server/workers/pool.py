@@ -293,7 +293,7 @@ class WorkerPool:
 
     def process_event_batch(self, events: list[PluginEvent]) -> list[PluginEvent]:
         """Spec §4.2: each plugin's ``process_event_batch`` on each team's events."""
-        groups = self._route(events, ("process_event_batch",), ())
+        groups = self._route(events, ("process_event_batch", "process_event"), ())
         passed = [event for index, event in enumerate(events) if not any(index in group for group in groups.values())]
         kept = [event for future in self._dispatch("process_batch", events, groups).values() for event in future.result()]
         self.reporter.flush()
