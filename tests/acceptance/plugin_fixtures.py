@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
 import redis
 
 from plugin_server.models import Organization, Plugin, PluginAttachment, PluginConfig, Team
+from plugin_server.plugins.meta.fetch import FetchLimits, PluginFetch
+from plugin_server.plugins.meta.host import MetaHost
+from plugin_server.workers.pool import PoolSettings, WorkerPool
+from tests.plugins.meta.test_through_workers import Answer
 
 ORGANIZATION_ID = "ca30f2ec-e9a4-4001-bf27-3ef194086068"
 PLUGIN_NAME = "test-maxmind-plugin"
@@ -26,6 +32,7 @@ PLUGIN_JSON = {
     ],
 }
 CONFIG_SCHEMA = PLUGIN_JSON["config"]
+RESULTS = {"count": 2, "query": "bla", "results": [True, True]}
 PASS_THROUGH = "def process_event(event, meta):\n    return event\n"
 
 
@@ -114,3 +121,45 @@ def clean_plugin_cache(redis_client: redis.Redis) -> Iterator[None]:
     drop()
     yield
     drop()
+
+
+class Results(Answer):
+    """Answers every GET with {count: 2, query: "bla", results: [true, true]} and remembers the paths."""
+
+    paths: list[str] = []
+
+    def do_GET(self) -> None:
+        self.paths.append(self.path)
+        super().do_GET()
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, list[str]]]:
+    """A loopback HTTP server standing in for the original's mocked fetch: (base url, paths asked for)."""
+    paths: list[str] = []
+    handler = type("Handler", (Results,), {"paths": paths})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", paths
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def pool(clean_plugin_cache: None) -> Iterator[Callable[..., WorkerPool]]:
+    """Start one worker (settings overridable) around a host that may fetch from the loopback server."""
+    host = MetaHost(fetch=PluginFetch(FetchLimits(timeout=5, max_response_bytes=1_000_000, allow_private_networks=True)))
+    pools: list[WorkerPool] = []
+
+    def start(**overrides: Any) -> WorkerPool:
+        values: dict[str, Any] = {"concurrency": 1, "task_timeout": 5.0, "memory_limit_mb": 512}
+        values.update(overrides)
+        started = WorkerPool(PoolSettings.from_config(**values), host=host)
+        started.start()
+        pools.append(started)
+        return started
+
+    yield start
+    for started in pools:
+        started.stop()
+    host.close()

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,57 +14,13 @@ from django.test import override_settings
 from plugin_server.exceptions import PluginError
 from plugin_server.models import PluginConfig, PluginLogEntry
 from plugin_server.plugins.meta.capture import CAPTURE_TASK
-from plugin_server.plugins.meta.fetch import FetchLimits, PluginFetch
-from plugin_server.plugins.meta.host import MetaHost
 from plugin_server.plugins.sandbox import PluginExports
-from plugin_server.workers.pool import PoolSettings, WorkerPool
-from tests.acceptance.plugin_fixtures import PLUGIN_NAME, clean_plugin_cache, install_spec, spec_event  # noqa: F401
+from plugin_server.workers.pool import WorkerPool
+from tests.acceptance.plugin_fixtures import PLUGIN_NAME, RESULTS, clean_plugin_cache, install_spec, pool, server, spec_event  # noqa: F401
 from tests.plugins.meta.test_capture import pop_task
-from tests.plugins.meta.test_through_workers import Answer
 from tests.plugins.sandbox_helpers import compile_source
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.redis]
-
-RESULTS = {"count": 2, "query": "bla", "results": [True, True]}
-
-
-class Results(Answer):
-    """Answers every GET with the spec's JSON (RESULTS) and remembers the paths asked for."""
-
-    paths: list[str] = []
-
-    def do_GET(self) -> None:
-        self.paths.append(self.path)
-        super().do_GET()
-
-
-@pytest.fixture
-def server() -> Iterator[tuple[str, list[str]]]:
-    paths: list[str] = []
-    handler = type("Handler", (Results,), {"paths": paths})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", paths
-    httpd.shutdown()
-    httpd.server_close()
-
-
-@pytest.fixture
-def pool(clean_plugin_cache: None) -> Iterator[Callable[[], WorkerPool]]:  # noqa: F811
-    """Start one worker around a host that may fetch from the test's loopback server."""
-    host = MetaHost(fetch=PluginFetch(FetchLimits(timeout=5, max_response_bytes=1_000_000, allow_private_networks=True)))
-    pools: list[WorkerPool] = []
-
-    def start() -> WorkerPool:
-        started = WorkerPool(PoolSettings.from_config(concurrency=1, task_timeout=5.0, memory_limit_mb=512), host=host)
-        started.start()
-        pools.append(started)
-        return started
-
-    yield start
-    for started in pools:
-        started.stop()
-    host.close()
 
 
 def own(properties: dict[str, Any]) -> dict[str, Any]:
