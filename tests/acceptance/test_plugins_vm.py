@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,8 @@ from tests.plugins.meta.test_capture import pop_task
 from tests.plugins.sandbox_helpers import compile_source
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.redis]
+
+TEST_MMDB = Path(__file__).resolve().parents[1] / "data" / "GeoLite2-City-Test.mmdb"
 
 
 def own(properties: dict[str, Any]) -> dict[str, Any]:
@@ -242,3 +245,32 @@ def test_lazy_instance_failing_creation_has_no_methods(pool) -> None:  # type: i
     assert started.scheduled_tasks() == {"runEveryMinute": [], "runEveryHour": [], "runEveryDay": []}
     with pytest.raises(PluginError):
         started.run_scheduled(39, "runEveryMinute")
+
+
+# --- GeoIP (mmdb.test.ts) as a plugin sees it ---------------------------------------------------
+
+LOCATE = (
+    "def process_event(event, meta):\n"
+    "    try:\n"
+    "        found = meta.geoip.locate('89.160.20.129')\n"
+    "        event['properties']['city'] = found['city']['names']['en']\n"
+    "        event['properties']['junk'] = meta.geoip.locate('asdfgh')\n"
+    "    except Exception as error:\n"
+    "        event['properties']['error'] = str(error)\n"
+    "    return event\n"
+)
+
+
+def test_geoip_disabled_is_not_available_in_the_worker(pool) -> None:  # type: ignore[no-untyped-def]
+    """DISABLE_MMDB=true (even with a database file) → a lookup of 89.160.20.129 from a plugin fails with
+    `IP location capabilities are not available in this PostHog instance!`."""
+    with override_settings(DISABLE_MMDB=True, MMDB_PATH=str(TEST_MMDB)):
+        (out,) = run(pool, LOCATE)
+    assert own(out["properties"]) == {"error": "IP location capabilities are not available in this PostHog instance!"}
+
+
+def test_geoip_lookup_through_the_worker(pool) -> None:  # type: ignore[no-untyped-def]
+    """With the test City database: 89.160.20.129 → city Linköping, `asdfgh` → None, through a plugin's meta.geoip."""
+    with override_settings(DISABLE_MMDB=False, MMDB_PATH=str(TEST_MMDB)):
+        (out,) = run(pool, LOCATE)
+    assert own(out["properties"]) == {"city": "Linköping", "junk": None}
