@@ -121,6 +121,15 @@ def apply_report(
         level, text = SYSTEM_MESSAGES[news["what"]]
         reporter.log(LogEntry.for_context(ctx, "SYSTEM", level, text(instance=SERVER_INSTANCE_ID)))  # type: ignore[arg-type]
         first = on_system(news["what"], ctx.plugin_config_id, news)
+        if news["what"] == "loaded":
+            # The server's own line for each instance started (spec §2.2 step 4: "Loaded <info>").
+            logger.info(
+                "Loaded plugin %s ID %s (config %s)",
+                ctx.plugin_name,
+                ctx.plugin_id,
+                ctx.plugin_config_id,
+                extra={"plugin_config_id": ctx.plugin_config_id, "team_id": ctx.team_id},
+            )
         if news["what"] == "loaded" and first:
             reporter.loaded(ctx)
         elif news["what"] == "setup_failed":

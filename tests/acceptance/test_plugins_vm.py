@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -217,10 +218,12 @@ def test_on_event_and_on_snapshot_fetch(pool, server) -> None:  # type: ignore[n
 # --- Lazy instance (vm.lazy.test.ts) ----------------------------------------------------
 
 
-def test_lazy_instance_get_methods_and_loaded_log(pool) -> None:  # type: ignore[no-untyped-def]
+def test_lazy_instance_get_methods_and_loaded_log(pool, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
     """An instance with process_event and run_every_minute: process_event runs, there is no batch method (the
     batch path falls back to process_event), an unknown task is not found, run_every_minute is in the schedule;
-    loading clears the config's old error and writes a SYSTEM/INFO `Plugin loaded` line."""
+    loading logs `Loaded plugin test-maxmind-plugin ID 60 (config 39)`, clears the config's old error and writes
+    a SYSTEM/INFO `Plugin loaded` line."""
+    caplog.set_level(logging.INFO, logger="plugin_server.workers.effects")
     install_spec(
         "def process_event(event, meta):\n    event['event'] = 'seen'\n    return event\n"
         "def run_every_minute(meta):\n    return 1\n",
@@ -233,6 +236,7 @@ def test_lazy_instance_get_methods_and_loaded_log(pool) -> None:  # type: ignore
         started.run_job(39, "unknownTask", {})
     assert PluginConfig.objects.get(id=39).error is None
     assert PluginLogEntry.objects.filter(plugin_config_id=39, source="SYSTEM", type="INFO", message__contains="Plugin loaded").exists()
+    assert f"Loaded plugin {PLUGIN_NAME} ID 60 (config 39)" in caplog.messages
 
 
 def test_lazy_instance_failing_creation_has_no_methods(pool) -> None:  # type: ignore[no-untyped-def]
