@@ -320,11 +320,11 @@ class WorkerPool:
         finally:
             self.reporter.flush()
 
-    def run_scheduled(self, plugin_config_id: int, task: str) -> None:
-        """Run ``run_every_minute`` / ``runEveryMinute`` ... of one config."""
+    def run_scheduled(self, plugin_config_id: int, task: str) -> Any:
+        """Run ``run_every_minute`` / ``runEveryMinute`` ... of one config; its return value (vm.test "runEvery")."""
         if task not in _TASK_NAMES:
             raise PluginError(f'Task "{task}" not found')
-        self._task(plugin_config_id, "schedule", _TASK_NAMES[task], None)
+        return self._task(plugin_config_id, "schedule", _TASK_NAMES[task], None)
 
     def run_job(self, plugin_config_id: int, job_name: str, payload: Any) -> Any:
         """Run job ``job_name``; raises PluginError when the config has no such job."""

@@ -184,13 +184,13 @@ def test_run_every(pool) -> None:  # type: ignore[no-untyped-def]
     ids=["posthog in runEvery", "posthog.capture accepts user-defined distinct id"],
 )
 def test_posthog_capture_in_run_every(pool, unique_name: str, redis_client: redis.Redis, properties, distinct_id) -> None:  # type: ignore[no-untyped-def]
-    """run_every_minute captures my-new-event → one process_event_with_plugins task on the plugins queue with
+    """run_every_minute captures my-new-event and returns "haha" → the task returns "haha"; one process_event_with_plugins task on the plugins queue with
     args [distinct_id, None, None, data, 2, ts, ts] and no kwargs; the distinct id is the plugin's name (its row is
     loaded here; without one it is plugin-id-60, see tests/plugins/meta/test_capture.py) or the user's own."""
     install_spec(f"def run_every_minute(meta):\n    posthog.capture('my-new-event', {properties!r})\n    return 'haha'\n")
     try:
         with override_settings(PLUGINS_CELERY_QUEUE=unique_name):
-            pool().run_scheduled(39, "runEveryMinute")
+            assert pool().run_scheduled(39, "runEveryMinute") == "haha"
             envelope, args, kwargs = pop_task(redis_client, unique_name)
     finally:
         redis_client.delete(unique_name)
