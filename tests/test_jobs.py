@@ -236,6 +236,17 @@ def test_a_payload_json_cannot_hold_is_refused_at_enqueue_time(make_pool, redis_
     assert "JSON" in error and "run_now" in error
 
 
+def test_a_refused_payload_is_logged_even_when_the_plugin_catches_the_error(make_pool) -> None:
+    """The enqueue error reaches the plugin (which may catch it) and an ERROR line is in its log regardless."""
+    config = install("def process_event(event, meta):\n    try:\n        meta.jobs.later({1, 2}).run_in(seconds=5)\n"
+                     "    except Exception as error:\n        event['properties']['error'] = str(error)\n    return event\n")
+    out = make_pool(concurrency=1).process_events([event(config.team_id)])
+    assert "must be JSON values" in out[0]["properties"]["error"]
+    assert pending_jobs() == 0
+    (line,) = PluginLogEntry.objects.filter(plugin_config_id=config.id, type="ERROR").values_list("message", flat=True)
+    assert line.startswith("meta.jobs.run_in(): arguments must be JSON values")
+
+
 def test_without_the_lock_no_job_is_taken(make_pool, make_consumer, redis_client, unique_name) -> None:
     """Only the holder of the job-queue lock polls: another consumer leaves due jobs alone."""
     config = install(REPLY_PLUGIN)

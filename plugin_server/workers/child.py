@@ -260,7 +260,11 @@ class WorkerRuntime:
         try:
             arguments = json.loads(json.dumps([list(args), kwargs]))
         except (TypeError, ValueError) as error:
-            raise PluginError(f"meta.{api}.{method}(): arguments must be JSON values ({error})") from None
+            message = f"meta.{api}.{method}(): arguments must be JSON values ({error})"
+            if api == "jobs":
+                # A refused job payload is in the plugin's log even when the plugin catches the error.
+                self.log(spec, "ERROR", (message,))
+            raise PluginError(message) from None
         message = {"t": "meta", "id": request_id, "cfg": spec.plugin_config_id, "api": api, "method": method,
                    "args": arguments[0], "kwargs": arguments[1]}
         # A deadline passing meanwhile is raised after the answer: a frame is never cut in half.
