@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -53,6 +53,10 @@ from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.redis_client import get_redis
 from plugin_server.status import StatusHeartbeat
 from plugin_server.web import HealthServer
+
+if TYPE_CHECKING:
+    from plugin_server.job_consumer import JobConsumer
+    from plugin_server.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +154,8 @@ class Server:
         self._pool_factory = pool_factory
         self._ingester_factory = ingester_factory
         self.consumer: Consumer | None = None
+        self.scheduler: Scheduler | None = None
+        self.jobs: JobConsumer | None = None
         self._started = False
         self._source: Source | None = None
         self._stoppables: list[tuple[str, Callable[[], None]]] = []  # started parts, stopped in reverse
@@ -208,21 +214,24 @@ class Server:
         if self.options.runs("scheduler"):
             from plugin_server.scheduler import Scheduler
 
-            scheduler = Scheduler.from_settings(pool)
+            scheduler = self.scheduler = Scheduler.from_settings(pool)
             scheduler.start()
             self._stoppables.append(("scheduler", scheduler.stop))
             reload_schedule = scheduler.load_schedule
         if self.options.runs("jobs"):
             from plugin_server.job_consumer import JobConsumer
 
-            jobs = JobConsumer(pool)
+            jobs = self.jobs = JobConsumer(pool)
             jobs.start()
             self._stoppables.append(("job consumer", jobs.stop))
         from plugin_server.pubsub import ReloadListener
 
         def reload() -> None:
-            pool.reload()
-            reload_schedule()  # spec §9.4: the schedule follows the reloaded plugins
+            try:
+                pool.reload()
+                reload_schedule()  # spec §9.4: the schedule follows the reloaded plugins
+            finally:
+                connection.close()  # the listener's thread: reloads are rare, hold no connection between them
 
         listener = ReloadListener(reload)
         listener.start()

@@ -191,3 +191,28 @@ def test_when_the_lock_holder_is_killed_another_server_takes_over(start_server, 
     assert len({int(t) for t in runs}) == len(runs), "a boundary ran twice"
     second.send_signal(signal.SIGTERM)
     assert second.wait(30) == 0
+
+
+def test_a_scheduler_server_reloads_its_schedule_with_the_plugins(unique_name) -> None:
+    """Server in scheduler mode: a reload published on the channel reloads the pool, then the schedule (spec §9.4)."""
+    from django.test import override_settings
+
+    from plugin_server.pubsub import publish_reload
+    from plugin_server.server import Server, ServerOptions
+    from plugin_server.workers.pool import PoolSettings
+
+    first = install("def run_every_hour(meta):\n    pass\n")
+    options = ServerOptions(kafka_enabled=False, disable_web=True, web_hostname="", web_port=0, shutdown_timeout=30,
+                            job_queues="", mode="scheduler")
+    with override_settings(PLUGINS_RELOAD_PUBSUB_CHANNEL=unique_name):
+        server = Server(options, pool_factory=lambda: WorkerPool(PoolSettings.from_config(concurrency=1, task_timeout=2.0)))
+        server.start()
+        try:
+            assert server.consumer is None and server.jobs is None and server.scheduler is not None
+            assert server.scheduler.schedule == {"runEveryMinute": [], "runEveryHour": [first.id], "runEveryDay": []}
+            second = install("def run_every_day(meta):\n    pass\n")
+            publish_reload()
+            wait_until(lambda: server.scheduler.schedule["runEveryDay"] == [second.id])
+            assert server.ready()
+        finally:
+            server.shutdown()
