@@ -1,9 +1,10 @@
 """The job consumer: runs due plugin jobs on this server's worker pool (spec: plugins.md §4.4, §11).
 
 Only the holder of the Redis lock ``plugin-server:locks:job-queue-consumer``
-(TTL ``SCHEDULE_LOCK_TTL``) polls, every ``JOB_POLL_INTERVAL`` seconds; it
-leases at most as many due jobs as it has free slots (``JOBS_WORKERS``), so
-a busy pool is never handed more than it can start. Each job runs as
+(TTL ``SCHEDULE_LOCK_TTL``) polls, every ``JOB_POLL_INTERVAL`` seconds (at
+once again after a full batch); it leases at most as many due jobs as it has
+free slots (``JOBS_WORKERS`` threads × ``QUEUED_PER_THREAD``), so a busy
+pool is never handed more than it can start soon. Each job runs as
 ``jobs[type](payload, meta)`` in the sandbox (``WorkerPool.run_job``).
 
 Outcomes (docs/jobs.md):
