@@ -66,5 +66,18 @@ def dumps_text(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, default=str)
 
 
+def compact_utf8(value: Any) -> bytes | None:
+    """orjson's compact UTF-8 encoding of ``value``, or None where only json can encode it.
+
+    None for a lone surrogate, a non-text key, an integer beyond 64 bits, a
+    date or dataclass, a cycle. Otherwise: NaN/Infinity come out as ``null``
+    and a NUL character as ``\\u0000``, so a caller checking for those must
+    look for both texts (a text that merely contains them only costs the slow path)."""
+    try:
+        return orjson.dumps(value, option=_PASSTHROUGH, default=_refuse)
+    except TypeError:
+        return None
+
+
 def _refuse(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is left to json")

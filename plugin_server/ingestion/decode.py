@@ -24,6 +24,7 @@ crash) then carries the same uuid twice, and is stored once.
 
 from __future__ import annotations
 
+import base64
 import binascii
 import hashlib
 from datetime import datetime
@@ -95,23 +96,33 @@ def _read_body(envelope: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
             "bad_content_type", f"content encoding {encoding!r} / body encoding {body_encoding!r} (expected utf-8 / base64)"
         )
     envelope["properties"].setdefault("delivery_tag", None)
+    headers: dict[str, Any] = envelope.get("headers") or {}
+    raw_body = envelope.get("body")
+    message: TransportMessage | None = None
     try:
-        message = TransportMessage(envelope, channel=_BODY_CODECS, accept=ACCEPTED_CONTENT_TYPES)
-        if message.errors:
-            raise DecodeError(str(message.errors[0][1]))
+        if "task" in headers and not headers.get("compression") and isinstance(raw_body, str) and raw_body:
+            # Protocol 2, uncompressed (what PostHog sends): exactly what the
+            # kombu message below would decode (base64 of the UTF-8 text),
+            # without building it: a sixth of decoding's CPU.
+            body_bytes = base64.b64decode(raw_body.encode("utf-8"))
+        else:
+            message = TransportMessage(envelope, channel=_BODY_CODECS, accept=ACCEPTED_CONTENT_TYPES)
+            if message.errors:
+                raise DecodeError(str(message.errors[0][1]))
+            body_bytes = message.body
         # Plain JSON, as the original's JSON.parse read it: kombu's default
         # object hook would turn {"__type__": ..., "__value__": ...} inside an
         # event into Python objects (or refuse it), and costs a call per object.
-        body = json_codec.loads(message.body, _plain_kombu_loads)
+        body = json_codec.loads(body_bytes, _plain_kombu_loads)
     except (DecodeError, binascii.Error, ValueError, TypeError) as error:
         raise InvalidMessage("bad_body", f"message body cannot be decoded: {error}") from error
-    headers: dict[str, Any] = envelope.get("headers") or {}
     if "task" in headers:  # protocol 2
         if not isinstance(body, list) or len(body) != 3:
             raise InvalidMessage("bad_body", "protocol 2 body is not [args, kwargs, embed]")
         return body, headers
     if not isinstance(body, dict):  # protocol 1 is an object
         raise InvalidMessage("bad_body", "message has no task header and its body is not a protocol 1 object")
+    assert message is not None  # no task header: the kombu message was built
     try:
         proto2_body, proto2_headers, _decoded, _utc = hybrid_to_proto2(message, body)
     except InvalidTaskError as error:

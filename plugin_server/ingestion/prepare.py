@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from plugin_server import json_codec
 from plugin_server.events import PluginEvent
 from plugin_server.exceptions import InvalidMessage
 from plugin_server.ingestion.elements import extract_elements
@@ -79,8 +80,17 @@ def _sanitised(value: Any) -> Any:
     return value
 
 
-def _needs_sanitising(event: PluginEvent) -> tuple[bool, int]:
-    """Whether the event holds something Postgres refuses, and the size of its JSON."""
+def _needs_sanitising(event: PluginEvent, max_bytes: int) -> tuple[bool, int]:
+    """Whether the event holds something Postgres refuses, and the size of its JSON
+    (exact when over ``max_bytes``; when under, possibly a smaller figure, also under)."""
+    # Fast path, ~5x cheaper than json.dumps: orjson's compact encoding fails on
+    # a lone surrogate or a key json would have to convert; with no "null"
+    # (NaN comes out as null) and no "\u0000" in it, the event is clean. json's
+    # text (", " and ": " separators, floats spelt by repr) is at most twice as
+    # long, so 3x under the limit is surely under it.
+    compact = json_codec.compact_utf8(event)
+    if compact is not None and b"null" not in compact and b"\\u0000" not in compact and 3 * len(compact) <= max_bytes:
+        return False, len(compact)
     try:
         text = json.dumps(event, ensure_ascii=False, allow_nan=False, default=str)
     except ValueError:
@@ -126,7 +136,7 @@ def check_event(event: object, max_bytes: int) -> tuple[PluginEvent, bool]:
     properties = event.get("properties")
     if properties is not None and not isinstance(properties, dict):
         raise invalid(Reason.PROPERTIES_NOT_AN_OBJECT, f"Event properties are not an object but {type(properties).__name__}", team_id)
-    dirty, size = _needs_sanitising(event)
+    dirty, size = _needs_sanitising(event, max_bytes)
     if size > max_bytes:
         raise invalid(Reason.EVENT_TOO_LARGE, f"Event of {size} bytes is over the limit of {max_bytes} bytes", team_id)
     # A plugin may have used a non-text key; JSON would turn it into text, so do the same now.

@@ -186,3 +186,13 @@ def test_event_data_is_plain_json(sent: Callable[..., Delivery]) -> None:
     unknown = {"__type__": "nonsense", "__value__": 1}
     event = decode(sent(task_args({"event": "e", "properties": {"typed": typed, "unknown": unknown}})), LIMIT)
     assert event["properties"] == {"typed": typed, "unknown": unknown}
+
+
+@pytest.mark.parametrize("compression", ["zlib", "gzip"])
+def test_a_compressed_body_decodes_like_a_plain_one(sent: Callable[..., Delivery], compression: str) -> None:
+    """A producer that compresses its task bodies (task_compression) gives the same event."""
+    args = task_args(team_id=2, distinct_id="d1", data={"event": "$pageview", "uuid": "0179f2a1-0000-0000-0000-000000000001"})
+    plain = decode(sent(args), LIMIT)
+    compressed = sent(args, task_compression=compression)
+    assert json.loads(compressed.payload)["headers"]["compression"]
+    assert decode(compressed, LIMIT) == plain

@@ -84,3 +84,44 @@ def test_dumps_text_reads_back_as_json_dumps(value: object) -> None:
 def test_dumps_text_leaves_a_lone_surrogate_to_json() -> None:
     """A lone surrogate is left to json, which encodes it (and Postgres refuses it later, as before)."""
     assert dumps_text({"a": "\ud800"}) == json.dumps({"a": "\ud800"}, ensure_ascii=False)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"a": 1, "b": "é", "c": [1.5, 1e16, True]},
+        {"a": None},
+        {"a": float("nan")},
+        {"a": [float("-inf")]},
+        {"a": "x\x00"},
+        {"a": "\\u0000 as text"},
+        {"a": "\ud800"},
+        {1: 2},
+        {"big": 2**70},
+        {"when": datetime.datetime(2026, 1, 1)},
+        {"id": uuid.UUID("99abcdef-1234-4321-0000-dcba87654321")},
+        {"a": "é" * 300},
+        {"a": [0.1] * 40, "b": {"k": "v" * 30}},
+    ],
+)
+def test_needs_sanitising_gives_json_verdict(event: dict) -> None:
+    """The orjson fast path of check_event's test says what the json one says: dirty or not, and
+    over a size limit or not, for limits around the event's size."""
+    from plugin_server.ingestion import prepare
+
+    def json_verdict(limit: int) -> tuple[bool, bool]:
+        try:
+            text = json.dumps(event, ensure_ascii=False, allow_nan=False, default=str)
+        except ValueError:
+            return True, len(json.dumps(event, ensure_ascii=False, default=str).encode("utf-8", "replace")) > limit
+        dirty = "\\u0000" in text
+        try:
+            size = len(text) if dirty else len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            return True, len(text.encode("utf-8", "replace")) > limit
+        return dirty, size > limit
+
+    exact = len(json.dumps(event, ensure_ascii=False, default=str).encode("utf-8", "replace"))
+    for limit in (1, exact - 1, exact, exact + 1, 2 * exact, 3 * exact, 10 * exact):
+        dirty, size = prepare._needs_sanitising(event, limit)
+        assert (dirty, size > limit) == json_verdict(limit), limit
