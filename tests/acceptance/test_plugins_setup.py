@@ -15,6 +15,7 @@ from tests.acceptance.plugin_fixtures import (  # noqa: F401  (fixtures)
     clean_plugin_cache,
     install_spec,
     pool,
+    server,
     spec_config,
     spec_event,
     spec_plugin,
@@ -229,16 +230,19 @@ def test_endless_loops_time_out_with_their_position(pool, source: str, position:
 
 
 WAITS = {
-    "small promises": "import time\ndef process_event(event, meta):\n    for i in range(4):\n        time.sleep(0.8)\n    return event\n",
+    "small promises": (
+        "import time\ndef process_event(event, meta):\n    meta.fetch('{url}/results.json')\n"
+        "    for i in range(4):\n        time.sleep(0.8)\n    return event\n"
+    ),
     "long promise": "import time\ndef process_event(event, meta):\n    time.sleep(4)\n    return event\n",
 }
 
 
 @pytest.mark.parametrize("source", list(WAITS.values()), ids=list(WAITS))
-def test_long_waits_time_out(pool, source: str) -> None:  # type: ignore[no-untyped-def]
-    """Four sequential 0.8 s waits, or one 4 s wait, fail after 1–4 s with `Script execution timed out after
-    promise waited for 1 second`."""
-    install_spec(source)
+def test_long_waits_time_out(pool, server, source: str) -> None:  # type: ignore[no-untyped-def]
+    """A fetch then four sequential 0.8 s waits, or one 4 s wait, fail after 1–4 s with `Script execution timed
+    out after promise waited for 1 second`."""
+    install_spec(source.format(url=server[0]))
     started = pool(task_timeout=1.0)
     began = time.monotonic()
     started.process_events([spec_event()])
