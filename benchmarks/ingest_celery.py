@@ -166,7 +166,7 @@ def run(concurrency: int, events: int, distinct_ids: int, timeout: float, profil
         if profile:
             # Samples the main process over the timed part (py-spy is not a requirement: pip install py-spy).
             out = f"{profile}-c{concurrency}.txt"
-            profiler = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(server.pid), "--format", "raw", "--threads", "-o", out, "--nonblocking"], stdout=subprocess.DEVNULL)
+            profiler = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(server.pid), "--format", "raw", "--rate", "250", "--gil", "-o", out, "--nonblocking"], stdout=subprocess.DEVNULL)
         cpu_before = cpu_seconds(pids)
         peak = rss_bytes(pids)
         started = time.monotonic()
