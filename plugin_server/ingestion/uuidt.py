@@ -79,7 +79,7 @@ uuidt = UUIDTGenerator()
 
 def is_valid_uuid(value: object) -> bool:
     """True for a string in the 8-4-4-4-12 hex form (any case), as the original checks."""
-    return isinstance(value, str) and _UUID_PATTERN.match(value) is not None
+    return isinstance(value, str) and _UUID_PATTERN.fullmatch(value) is not None
 
 
 def render_for_error(value: object) -> str:

@@ -46,8 +46,8 @@ def test_valid_uuid_texts(text: str) -> None:
 @pytest.mark.parametrize(
     "text",
     ["99aBcDeF-1234-4321-WXyz-dcba87654321", "99aBcDeF123443210000dcba87654321", "99aBcDeF-1234-4321-0000-dcba876543210",
-     "99aBcDeF-1234-4321-0000-dcba8765432", "", None, 12],
-    ids=["non-hex", "no hyphens", "one too many", "one too few", "empty", "null", "number"],
+     "99aBcDeF-1234-4321-0000-dcba8765432", "99abcdef-1234-4321-0000-dcba87654321\n", "", None, 12],
+    ids=["non-hex", "no hyphens", "one too many", "one too few", "trailing newline", "empty", "null", "number"],
 )
 def test_invalid_uuid_texts(text: object) -> None:
     """Anything else is not a uuid."""
