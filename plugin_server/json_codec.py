@@ -62,7 +62,7 @@ def dumps_text(value: Any) -> str:
         return orjson.dumps(value, option=_PASSTHROUGH, default=_refuse).decode()
     except TypeError:
         # A non-text key, a big integer, a lone surrogate or a value of another
-        # type: json decides (and raises) as it did before.
+        # kind: json decides (and raises) as it did before.
         return json.dumps(value, ensure_ascii=False, default=str)
 
 
