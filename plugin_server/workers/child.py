@@ -24,9 +24,9 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
-from plugin_server.exceptions import PluginError, RetryError
+from plugin_server.exceptions import PluginError, RetryError, WorkerDied
 from plugin_server.plugins.lifecycle import SCHEDULE_KEYS, ConfigSpec, Instances
 from plugin_server.plugins.meta.console import format_log_message
 from plugin_server.plugins.meta.wire import FetchResponse
@@ -85,7 +85,8 @@ class JobRunner:
 
     def run_in(self, duration: float | None = None, unit: str | None = None, **keywords: float) -> Any:
         if duration is not None:
-            keywords.update(duration=duration, unit=unit)  # type: ignore[dict-item]
+            # The main process reads unit as a text beside the float keywords.
+            cast(dict[str, Any], keywords).update(duration=duration, unit=unit)
         return self._call("run_in", (self._name, self._payload), keywords)
 
     def run_at(self, when: Any) -> Any:
@@ -260,11 +261,11 @@ class WorkerRuntime:
         try:
             arguments = json.loads(json.dumps([list(args), kwargs]))
         except (TypeError, ValueError) as error:
-            message = f"meta.{api}.{method}(): arguments must be JSON values ({error})"
+            refusal = f"meta.{api}.{method}(): arguments must be JSON values ({error})"
             if api == "jobs":
                 # A refused job payload is in the plugin's log even when the plugin catches the error.
-                self.log(spec, "ERROR", (message,))
-            raise PluginError(message) from None
+                self.log(spec, "ERROR", (refusal,))
+            raise PluginError(refusal) from None
         message = {"t": "meta", "id": request_id, "cfg": spec.plugin_config_id, "api": api, "method": method,
                    "args": arguments[0], "kwargs": arguments[1]}
         # A deadline passing meanwhile is raised after the answer: a frame is never cut in half.
@@ -338,6 +339,7 @@ class WorkerRuntime:
                 return
             self.reset()
             self.marker.set(time.monotonic() + self.task_timeout, 0, -1)
+            failure: str | None
             try:
                 value = self.handle(kind, payload)
             except MemoryError:
@@ -396,7 +398,7 @@ def main(argv: list[str]) -> None:
     keep_alarm_handler()
     try:
         runtime.serve()
-    except protocol.WorkerDied:
+    except WorkerDied:
         # The main process went away: nothing left to serve.
         pass
     sys.stdout.flush()

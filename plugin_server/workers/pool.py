@@ -253,7 +253,7 @@ class WorkerPool:
         for worker_index, indexes in groups.items():
             batch = [events[index] for index in indexes]
             teams = {event.get("team_id") for event in batch}
-            team_chains = {team: chains[team] for team in teams if team in chains}  # type: ignore[index]
+            team_chains = {team: chains[team] for team in teams if team in chains}
             allowed = {config_id for chain in team_chains.values() for config_id in chain}
             payload = {"chains": team_chains, "events": batch}
             futures[worker_index] = self._slots[worker_index].submit(kind, payload, allowed)

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from plugin_server.exceptions import WorkerDied
 from plugin_server.workers import protocol
@@ -143,7 +143,11 @@ class WorkerProcess:
         protocol.check_reply(isinstance(config_id, int) and isinstance(api, str) and isinstance(method, str), "meta call")
         protocol.check_reply(isinstance(args, list) and isinstance(kwargs, dict), "meta arguments")
         try:
-            reply = {"id": request_id, "value": serve_meta(config_id, api, method, args, kwargs)}
+            # The check_reply calls above have vetted each type; mypy cannot see through them.
+            value = serve_meta(
+                cast(int, config_id), cast(str, api), cast(str, method), cast(list[Any], args), cast(dict[str, Any], kwargs)
+            )
+            reply = {"id": request_id, "value": value}
         except Exception as error:  # noqa: BLE001 — any failure is the plugin's answer, not ours
             reply = {"id": request_id, "error": str(error) or type(error).__name__}
         try:
