@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, cast
 
 import dj_database_url
 
@@ -71,6 +72,8 @@ POSTHOG_DB_USER = env_str("POSTHOG_DB_USER", "postgres")
 POSTHOG_DB_PASSWORD = env_str("POSTHOG_DB_PASSWORD", "")
 POSTHOG_POSTGRES_HOST = env_str("POSTHOG_POSTGRES_HOST", "localhost")
 POSTHOG_POSTGRES_PORT = env_int("POSTHOG_POSTGRES_PORT", 5432)
+# A plain dict: the Postgres OPTIONS/TEST keys are added below and in settings.test.
+_database: dict[str, Any]
 if POSTHOG_DB_NAME:
     _database = {
         "ENGINE": "django.db.backends.postgresql",
@@ -81,7 +84,7 @@ if POSTHOG_DB_NAME:
         "PORT": POSTHOG_POSTGRES_PORT,
     }
 else:
-    _database = dj_database_url.parse(DATABASE_URL)
+    _database = cast(dict[str, Any], dj_database_url.parse(DATABASE_URL))
 if os.environ.get("DYNO"):
     _database.setdefault("OPTIONS", {})["sslmode"] = "require"
 DATABASES = {"default": _database}
