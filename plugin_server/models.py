@@ -12,31 +12,57 @@ from __future__ import annotations
 
 import importlib
 import uuid
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import models
 
-_source = importlib.import_module(getattr(settings, "POSTHOG_MODELS_MODULE", "posthog_standin.models"))
+if TYPE_CHECKING:
+    # The type checker sees the stand-ins (same fields as PostHog's models);
+    # "X as X" re-exports them under strict.
+    from posthog_standin.models import (
+        Cohort as Cohort,
+        CohortPeople as CohortPeople,
+        Element as Element,
+        ElementGroup as ElementGroup,
+        Event as Event,
+        EventDefinition as EventDefinition,
+        Organization as Organization,
+        OrganizationMembership as OrganizationMembership,
+        Person as Person,
+        PersonDistinctId as PersonDistinctId,
+        Plugin as Plugin,
+        PluginAttachment as PluginAttachment,
+        PluginConfig as PluginConfig,
+        PluginLogEntry as PluginLogEntry,
+        PluginStorage as PluginStorage,
+        PropertyDefinition as PropertyDefinition,
+        SessionRecordingEvent as SessionRecordingEvent,
+        Team as Team,
+        User as User,
+    )
+else:
+    _source = importlib.import_module(getattr(settings, "POSTHOG_MODELS_MODULE", "posthog_standin.models"))
 
-Organization = _source.Organization
-User = _source.User
-OrganizationMembership = _source.OrganizationMembership
-Team = _source.Team
-Person = _source.Person
-PersonDistinctId = _source.PersonDistinctId
-Cohort = _source.Cohort
-CohortPeople = _source.CohortPeople
-Element = _source.Element
-ElementGroup = _source.ElementGroup
-Event = _source.Event
-SessionRecordingEvent = _source.SessionRecordingEvent
-EventDefinition = _source.EventDefinition
-PropertyDefinition = _source.PropertyDefinition
-Plugin = _source.Plugin
-PluginConfig = _source.PluginConfig
-PluginAttachment = _source.PluginAttachment
-PluginStorage = _source.PluginStorage
-PluginLogEntry = _source.PluginLogEntry
+    Organization = _source.Organization
+    User = _source.User
+    OrganizationMembership = _source.OrganizationMembership
+    Team = _source.Team
+    Person = _source.Person
+    PersonDistinctId = _source.PersonDistinctId
+    Cohort = _source.Cohort
+    CohortPeople = _source.CohortPeople
+    Element = _source.Element
+    ElementGroup = _source.ElementGroup
+    Event = _source.Event
+    SessionRecordingEvent = _source.SessionRecordingEvent
+    EventDefinition = _source.EventDefinition
+    PropertyDefinition = _source.PropertyDefinition
+    Plugin = _source.Plugin
+    PluginConfig = _source.PluginConfig
+    PluginAttachment = _source.PluginAttachment
+    PluginStorage = _source.PluginStorage
+    PluginLogEntry = _source.PluginLogEntry
 
 
 class DeadLetter(models.Model):

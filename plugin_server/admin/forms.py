@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ast
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.core.files.uploadedfile import UploadedFile
@@ -77,7 +77,8 @@ class PluginForm(forms.ModelForm):  # type: ignore[type-arg]
             return cleaned
         probe = Plugin(
             pk=self.instance.pk,
-            organization_id=getattr(cleaned.get("organization"), "pk", None),
+            # An unsaved probe: a missing organization is the form's error, not a crash.
+            organization_id=getattr(cleaned.get("organization"), "pk", None),  # type: ignore[misc]
             name=cleaned.get("name") or "",
             plugin_type=kind,
             is_global=bool(cleaned.get("is_global")),
@@ -153,7 +154,7 @@ class PluginConfigForm(forms.ModelForm):  # type: ignore[type-arg]
 
     def _chosen_plugin(self) -> Plugin | None:
         if self.instance.plugin_id:
-            return self.instance.plugin
+            return cast(Plugin, self.instance.plugin)
         chosen = self.data.get(self.add_prefix("plugin")) if self.is_bound else self.initial.get("plugin")
         chosen = getattr(chosen, "pk", chosen)
         try:

@@ -28,7 +28,7 @@ import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.conf import settings
 
@@ -193,7 +193,8 @@ def _root_prefix(names: list[str]) -> str:
 
 
 def _load_archive(plugin: Plugin, digest: str) -> PluginCode:
-    archive = bytes(plugin.archive)
+    # Called only when the archive column is set (load_plugin_code).
+    archive = bytes(cast(bytes | memoryview, plugin.archive))
     opened = _zip_reader(archive) or _tgz_reader(archive)
     if opened is None:
         raise PluginLoadError("Could not read archive as .zip or .tgz")
