@@ -35,6 +35,9 @@ class Organization(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    class Meta:
+        db_table = "posthog_organization"
+
 
 class User(models.Model):
     """The slice of ``posthog_user`` read for first-event telemetry."""
@@ -45,6 +48,9 @@ class User(models.Model):
 
     def __str__(self) -> str:
         return self.email or str(self.distinct_id)
+
+    class Meta:
+        db_table = "posthog_user"
 
 
 class OrganizationMembership(models.Model):
@@ -58,6 +64,7 @@ class OrganizationMembership(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        db_table = "posthog_organizationmembership"
         constraints = [
             models.UniqueConstraint(fields=["organization_id", "user_id"], name="unique_organization_membership")
         ]
@@ -94,6 +101,9 @@ class Team(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.pk})"
 
+    class Meta:
+        db_table = "posthog_team"
+
 
 class Person(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
@@ -104,6 +114,7 @@ class Person(models.Model):
     uuid = models.UUIDField(db_index=True, default=uuid.uuid4, editable=False)
 
     class Meta:
+        db_table = "posthog_person"
         indexes = [models.Index(fields=["team_id", "id"], name="posthog_person_team_id_idx")]
 
 
@@ -113,6 +124,7 @@ class PersonDistinctId(models.Model):
     distinct_id = models.CharField(max_length=400)
 
     class Meta:
+        db_table = "posthog_persondistinctid"
         constraints = [models.UniqueConstraint(fields=["team", "distinct_id"], name="unique distinct_id for team")]
 
 
@@ -123,6 +135,9 @@ class Cohort(models.Model):
     name = models.CharField(max_length=400, null=True, blank=True)
     deleted = models.BooleanField(default=False)
 
+    class Meta:
+        db_table = "posthog_cohort"
+
 
 class CohortPeople(models.Model):
     id = models.BigAutoField(primary_key=True)
@@ -130,6 +145,7 @@ class CohortPeople(models.Model):
     person = models.ForeignKey(Person, on_delete=models.CASCADE)
 
     class Meta:
+        db_table = "posthog_cohortpeople"
         indexes = [models.Index(fields=["cohort_id", "person_id"], name="posthog_cohortpeople_cp_idx")]
 
 
@@ -138,6 +154,7 @@ class ElementGroup(models.Model):
     hash = models.CharField(max_length=400, null=True, blank=True)
 
     class Meta:
+        db_table = "posthog_elementgroup"
         constraints = [models.UniqueConstraint(fields=["team", "hash"], name="unique hash for each team")]
 
 
@@ -154,6 +171,9 @@ class Element(models.Model):
     order = models.IntegerField(null=True, blank=True)
     group = models.ForeignKey(ElementGroup, on_delete=models.CASCADE, null=True, blank=True)
 
+    class Meta:
+        db_table = "posthog_element"
+
 
 class Event(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, null=True, blank=True)
@@ -167,6 +187,7 @@ class Event(models.Model):
     site_url = models.CharField(max_length=200, null=True, blank=True)
 
     class Meta:
+        db_table = "posthog_event"
         indexes = [
             models.Index(fields=["team_id", "-timestamp"], name="posthog_event_team_ts_idx"),
             models.Index(fields=["elements_hash"], name="posthog_event_elhash_idx"),
@@ -182,6 +203,7 @@ class SessionRecordingEvent(models.Model):
     snapshot_data = models.JSONField(default=dict)
 
     class Meta:
+        db_table = "posthog_sessionrecordingevent"
         indexes = [models.Index(fields=["team_id", "session_id"], name="posthog_sre_team_session_idx")]
 
 
@@ -193,6 +215,7 @@ class EventDefinition(models.Model):
     query_usage_30_day = models.IntegerField(default=None, null=True)
 
     class Meta:
+        db_table = "posthog_eventdefinition"
         constraints = [models.UniqueConstraint(fields=["team", "name"], name="posthog_eventdefinition_team_id_name_unique")]
 
 
@@ -205,6 +228,7 @@ class PropertyDefinition(models.Model):
     query_usage_30_day = models.IntegerField(default=None, null=True)
 
     class Meta:
+        db_table = "posthog_propertydefinition"
         constraints = [models.UniqueConstraint(fields=["team", "name"], name="posthog_propertydefinition_team_id_name_unique")]
 
 
@@ -239,6 +263,9 @@ class Plugin(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.pk})"
 
+    class Meta:
+        db_table = "posthog_plugin"
+
 
 class PluginConfig(models.Model):
     """One plugin enabled for one team, with its settings and its place in the chain."""
@@ -255,6 +282,9 @@ class PluginConfig(models.Model):
     def __str__(self) -> str:
         return f"{self.plugin} for team {self.team_id}"
 
+    class Meta:
+        db_table = "posthog_pluginconfig"
+
 
 class PluginAttachment(models.Model):
     team = models.ForeignKey(Team, on_delete=models.CASCADE, null=True, blank=True)
@@ -265,6 +295,9 @@ class PluginAttachment(models.Model):
     file_size = models.IntegerField()
     contents = models.BinaryField()
 
+    class Meta:
+        db_table = "posthog_pluginattachment"
+
 
 class PluginStorage(models.Model):
     plugin_config = models.ForeignKey(PluginConfig, on_delete=models.CASCADE)
@@ -272,6 +305,7 @@ class PluginStorage(models.Model):
     value = models.TextField(blank=True, null=True)
 
     class Meta:
+        db_table = "posthog_pluginstorage"
         constraints = [models.UniqueConstraint(fields=["plugin_config_id", "key"], name="posthog_unique_plugin_storage_key")]
 
 
@@ -299,6 +333,7 @@ class PluginLogEntry(models.Model):
     instance_id = models.UUIDField()
 
     class Meta:
+        db_table = "posthog_pluginlogentry"
         indexes = [
             models.Index(fields=["plugin_config_id", "-timestamp"], name="posthog_plugin_log_cfg_ts_idx"),
         ]

@@ -43,7 +43,7 @@ def form_errors(response: Any) -> object:
 
 
 def url(name: str, *args: Any) -> str:
-    app = "plugin_server" if name.startswith("deadletter") else "posthog"
+    app = "plugin_server" if name.startswith("deadletter") else "posthog_standin"
     return reverse(f"admin:{app}_{name}", args=args)
 
 
@@ -458,7 +458,7 @@ def test_team_and_plugin_are_chosen_through_autocomplete(admin_client: Client) -
     plugin = create_plugin(organization=team.organization, name="findable plugin", source=SOURCE)
     for field, term, expected in (("team", "Searchable", str(team)), ("plugin", "findable", str(plugin))):
         response = admin_client.get(
-            reverse("admin:autocomplete"), {"app_label": "posthog", "model_name": "pluginconfig", "field_name": field, "term": term}
+            reverse("admin:autocomplete"), {"app_label": "posthog_standin", "model_name": "pluginconfig", "field_name": field, "term": term}
         )
         assert [result["text"] for result in response.json()["results"]] == [expected]
 

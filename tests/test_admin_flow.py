@@ -58,14 +58,14 @@ def test_install_configure_run_reload_and_read_errors_and_logs(admin_client: Cli
     """Everything an operator does in the admin reaches the running pool, and what the plugin did comes back."""
     team = create_team()
     response = admin_client.post(
-        reverse("admin:posthog_plugin_add"),
+        reverse("admin:posthog_standin_plugin_add"),
         {"organization": team.organization_id, "name": "greeter", "source": SOURCE, "config_schema": json.dumps(SCHEMA)},
     )
     assert response.status_code == 302
     plugin = Plugin.objects.get(name="greeter")
 
     response = admin_client.post(
-        reverse("admin:posthog_pluginconfig_add"),
+        reverse("admin:posthog_standin_pluginconfig_add"),
         {"team": team.pk, "plugin": plugin.pk, "enabled": "on", "order": "1", "config__greeting": "hello", "config__token": "t0k3n", **INLINE},
     )
     assert response.status_code == 302
@@ -81,7 +81,7 @@ def test_install_configure_run_reload_and_read_errors_and_logs(admin_client: Cli
             assert time.monotonic() < deadline
             listener.poll(timeout=0.1)
         response = admin_client.post(
-            reverse("admin:posthog_pluginconfig_change", args=[config.pk]),
+            reverse("admin:posthog_standin_pluginconfig_change", args=[config.pk]),
             {"enabled": "on", "order": "1", "config__greeting": "bonjour", "config__token": "", **INLINE},
         )
         assert response.status_code == 302
@@ -94,9 +94,9 @@ def test_install_configure_run_reload_and_read_errors_and_logs(admin_client: Cli
     assert PluginConfig.objects.get(pk=config.pk).config == {"greeting": "bonjour", "token": "t0k3n"}
 
     assert [event["event"] for event in greet(pool, team.pk, "boom")] == ["boom"]  # the event goes on unchanged
-    page = admin_client.get(reverse("admin:posthog_pluginconfig_change", args=[config.pk])).content.decode()
+    page = admin_client.get(reverse("admin:posthog_standin_pluginconfig_change", args=[config.pk])).content.decode()
     assert "errornote" in page and "cannot greet a boom" in page
     assert "greeter ready" in page  # the plugin's own print, in the latest logs
     assert "t0k3n" not in page
-    listing = admin_client.get(reverse("admin:posthog_pluginconfig_changelist") + "?has_error=yes").content.decode()
+    listing = admin_client.get(reverse("admin:posthog_standin_pluginconfig_changelist") + "?has_error=yes").content.decode()
     assert "cannot greet a boom" in listing

@@ -8,10 +8,13 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from django.conf import settings
+
+from plugin_server.routers import ExistingSchemaRouter
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +60,7 @@ def test_migrate_on_an_existing_posthog_schema_creates_only_the_servers_own_tabl
     assert "plugin_server_deadletter" in tables and "django_q_schedule" in tables
     assert not {table for table in tables if table.startswith("posthog_")}
     with psycopg.connect(_admin_dsn(empty_database)) as connection:
-        applied = connection.execute("SELECT name FROM django_migrations WHERE app = 'posthog'").fetchall()
+        applied = connection.execute("SELECT name FROM django_migrations WHERE app = 'posthog_standin'").fetchall()
     assert applied == [("0001_initial",)]
 
 
@@ -66,10 +69,20 @@ def test_migrate_leaves_existing_posthog_tables_as_they_are(empty_database: str)
     _migrate(empty_database, existing=False)
     with psycopg.connect(_admin_dsn(empty_database), autocommit=True) as connection:
         connection.execute("ALTER TABLE posthog_team ADD COLUMN posthog_only_column text")
-        connection.execute("DELETE FROM django_migrations WHERE app = 'posthog'")
+        connection.execute("DELETE FROM django_migrations WHERE app = 'posthog_standin'")
     _migrate(empty_database, existing=True)
     with psycopg.connect(_admin_dsn(empty_database)) as connection:
         columns = {row[0] for row in connection.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'posthog_team'"
         ).fetchall()}
     assert "posthog_only_column" in columns
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_the_router_speaks_only_for_the_stand_ins(existing: bool, settings: Any) -> None:
+    """PostHog's own app (`posthog`) and every other app are left to Django: no veto, whatever the setting."""
+    settings.USE_EXISTING_POSTHOG_SCHEMA = existing
+    router = ExistingSchemaRouter()
+    for label in ("posthog", "auth", "plugin_server", "django_q"):
+        assert router.allow_migrate("default", label, model_name="team") is None
+    assert router.allow_migrate("default", "posthog_standin", model_name="team") is (False if existing else None)

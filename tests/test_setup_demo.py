@@ -78,7 +78,7 @@ def test_the_demo_admin_can_log_in_and_sees_the_demo_config() -> None:
     client = Client()
     assert client.login(username="admin", password="admin")
     config = PluginConfig.objects.get()
-    page = client.get(reverse("admin:posthog_pluginconfig_change", args=[config.pk])).content.decode()
+    page = client.get(reverse("admin:posthog_standin_pluginconfig_change", args=[config.pk])).content.decode()
     assert 'name="config__greeting"' in page and "Hello from the demo plugin" in page
 
 

@@ -21,12 +21,12 @@ from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
-from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from plugin_server.admin.forms import PluginConfigForm, PluginForm
+from plugin_server.admin.links import admin_url
 from plugin_server.admin.records import is_list_page
 from plugin_server.admin.schema_fields import SchemaFields, markdown_notes, schema_rows
 from plugin_server.exceptions import PluginLoadError
@@ -140,8 +140,8 @@ class PluginAdmin(ReloadOnChangeMixin, admin.ModelAdmin):  # type: ignore[type-a
     def configs(self, plugin: Plugin) -> str:
         if not plugin.pk:
             return "-"
-        listed = reverse("admin:posthog_pluginconfig_changelist") + f"?plugin__id__exact={plugin.pk}"
-        add = reverse("admin:posthog_pluginconfig_add") + f"?plugin={plugin.pk}"
+        listed = admin_url(PluginConfig, "changelist") + f"?plugin__id__exact={plugin.pk}"
+        add = admin_url(PluginConfig, "add") + f"?plugin={plugin.pk}"
         return format_html('<a href="{}">configs of this plugin</a> · <a href="{}">configure it for a team</a>', listed, add)
 
     @admin.display(description="last error")
@@ -271,7 +271,7 @@ class PluginConfigAdmin(ReloadOnChangeMixin, admin.ModelAdmin):  # type: ignore[
             .order_by("-timestamp")
             .values_list("timestamp", "source", "type", "message")[:LATEST_LOGS]
         )
-        listed = reverse("admin:posthog_pluginlogentry_changelist") + f"?plugin_config_id={config.pk}"
+        listed = admin_url(PluginLogEntry, "changelist") + f"?plugin_config_id={config.pk}"
         link = format_html('<p><a href="{}">all log entries of this config</a></p>', listed)
         if not entries:
             return format_html("No log entries yet.{}", link)

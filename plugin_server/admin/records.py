@@ -11,10 +11,10 @@ from django.db import connections
 from django.db.models import QuerySet
 from django.utils.functional import cached_property
 from django.http import HttpRequest
-from django.urls import reverse
 from django.utils.html import format_html
 
-from plugin_server.models import DeadLetter, Organization, PluginLogEntry, Team
+from plugin_server.admin.links import admin_url
+from plugin_server.models import DeadLetter, Organization, PluginConfig, PluginLogEntry, Team
 
 # Bytes of a dead letter's payload shown on its page.
 PAYLOAD_PREVIEW_BYTES = 64 * 1024
@@ -113,7 +113,7 @@ class PluginLogEntryAdmin(ReadOnlyAdmin):
 
     @admin.display(description="plugin config", ordering="plugin_config_id")
     def config_link(self, entry: PluginLogEntry) -> str:
-        url = reverse("admin:posthog_pluginconfig_change", args=[entry.plugin_config_id])
+        url = admin_url(PluginConfig, "change", entry.plugin_config_id)
         return format_html('<a href="{}">{}</a>', url, entry.plugin_config_id)
 
     @admin.display(description="message")
