@@ -34,6 +34,7 @@ from typing import Literal
 from confluent_kafka import KafkaException
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection, transaction
 
+from plugin_server.clickhouse.messages import PLUGIN_LOG_ENTRIES_TOPIC, plugin_log_entry_value
 from plugin_server.config import get_config
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.metrics import LOGS_ENTRIES_CREATED, LOGS_ENTRIES_DROPPED, LOGS_FLUSH_FAILED, get_metrics
@@ -56,8 +57,6 @@ LOG_METHODS: dict[str, LogType] = {
     "warning": "WARN",
     "error": "ERROR",
 }
-
-PLUGIN_LOG_ENTRIES_TOPIC = "plugin_log_entries"
 
 # One id per server start (spec: plugins.md §5.2, ``instance_id``).
 SERVER_INSTANCE_ID = uuidt()
@@ -139,30 +138,13 @@ def insert_log_entries(entries: Sequence[LogEntry]) -> None:
     _count_created(entries)
 
 
-def kafka_timestamp(moment: datetime) -> str:
-    """``2021-05-17 10:00:00.123``: the log-entry format of the Kafka pipeline (UTC)."""
-    moment = moment.astimezone(timezone.utc)
-    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
-
-
 def produce_log_entries(producer: MetaProducer, entries: Sequence[LogEntry]) -> None:
     """Send entries to the ``plugin_log_entries`` topic (Kafka pipeline), keyed by id.
 
     Raises BufferError when the producer's queue is full, KafkaException on
     a producer error."""
     for entry in entries:
-        value = {
-            "id": str(entry.id),
-            "team_id": entry.team_id if entry.team_id is not None else 0,
-            "plugin_id": entry.plugin_id,
-            "plugin_config_id": entry.plugin_config_id,
-            "timestamp": kafka_timestamp(entry.timestamp),
-            "source": entry.source,
-            "type": entry.type,
-            "message": cap_message(entry.message),
-            "instance_id": str(entry.instance_id),
-        }
-        producer.produce(PLUGIN_LOG_ENTRIES_TOPIC, str(entry.id), json.dumps(value, ensure_ascii=False).encode())
+        producer.produce(PLUGIN_LOG_ENTRIES_TOPIC, str(entry.id), plugin_log_entry_value(entry))
     _count_created(entries)
 
 

@@ -210,12 +210,14 @@ def test_overlong_entry_from_a_worker_is_cut(ctx: PluginContext) -> None:
 
 def test_kafka_timestamp_format() -> None:
     """It formats times as the original's log-entry format, in UTC with milliseconds."""
+    import json
     from datetime import datetime, timedelta, timezone
 
-    from plugin_server.plugins.meta.logger import kafka_timestamp
+    from plugin_server.clickhouse.messages import plugin_log_entry_value
 
     moment = datetime(2021, 5, 17, 12, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
-    assert kafka_timestamp(moment) == "2021-05-17 10:00:00.123"
+    entry = LogEntry(team_id=2, plugin_id=1, plugin_config_id=1, source="CONSOLE", type="LOG", message="m", timestamp=moment)
+    assert json.loads(plugin_log_entry_value(entry))["timestamp"] == "2021-05-17 10:00:00.123"
 
 
 @pytest.mark.kafka
