@@ -18,3 +18,24 @@ def check_kafka_settings(app_configs: Any, **kwargs: Any) -> list[Error]:
     if settings.REDIS_POOL_MIN_SIZE > settings.REDIS_POOL_MAX_SIZE:
         errors.append(Error("REDIS_POOL_MIN_SIZE is larger than REDIS_POOL_MAX_SIZE.", id="plugin_server.E002"))
     return errors
+
+
+# Models a PostHog may keep in ClickHouse instead (today's does): without
+# them the server's only way to store these rows is the Kafka pipeline.
+KAFKA_ONLY_WHEN_MISSING = ("Event", "SessionRecordingEvent", "Element", "ElementGroup", "PluginLogEntry")
+
+
+@register()
+def check_host_models(app_configs: Any, **kwargs: Any) -> list[Error]:
+    from plugin_server.models import missing_models, models_package
+
+    missing = [name for name in KAFKA_ONLY_WHEN_MISSING if name in missing_models()]
+    if missing and not settings.KAFKA_ENABLED:
+        return [
+            Error(
+                f"{models_package()} has no Django model {', '.join(missing)}: these rows can only go to ClickHouse.",
+                hint="Set KAFKA_ENABLED=true (and KAFKA_HOSTS): events, recordings and plugin log entries are then produced to Kafka.",
+                id="plugin_server.E003",
+            )
+        ]
+    return []

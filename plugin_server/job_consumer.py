@@ -40,7 +40,7 @@ from plugin_server.metrics import get_metrics
 from plugin_server.models import PluginConfig
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.errors import record_plugin_error
-from plugin_server.plugins.meta.logger import LogEntry, LogSource, LogType, insert_log_entries
+from plugin_server.plugins.meta.logger import LogEntry, LogSource, LogType, store_log_entries
 
 logger = logging.getLogger(__name__)
 
@@ -101,10 +101,7 @@ def _config_states(config_ids: Iterable[int]) -> dict[int, _ConfigState]:
 
 
 def _plugin_log(ctx: PluginContext, source: LogSource, type: LogType, message: str) -> None:
-    try:
-        insert_log_entries([LogEntry.for_context(ctx, source, type, message)])
-    except DatabaseError:
-        logger.exception("could not write a plugin log line: %s", message, extra={"plugin_config_id": ctx.plugin_config_id})
+    store_log_entries([LogEntry.for_context(ctx, source, type, message)])
 
 
 class JobConsumer:

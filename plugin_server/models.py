@@ -1,21 +1,107 @@
 """The one place the plugin server gets PostHog's models from.
 
-On its own the server uses the stand-ins in :mod:`posthog_standin.models`
-(same tables and columns as PostHog). Inside PostHog's monolith, set
-``POSTHOG_MODELS_MODULE = "posthog.models"`` and leave ``posthog_standin`` out
-of ``INSTALLED_APPS``: every other module imports models from here only, so
-nothing else needs to know which it got. The server's own tables are defined
-at the bottom.
+On its own the server uses the stand-ins of the app ``posthog_standin``
+(same tables and columns as PostHog). Inside PostHog's monolith set
+``POSTHOG_MODELS_MODULE = "posthog.models"`` and leave ``posthog_standin``
+out of ``INSTALLED_APPS``. Every other module imports models from here
+only, so nothing else needs to know which set it got.
+
+Each model is taken from the module where PostHog defines it
+(``posthog.models.plugin`` for ``PluginStorage``, ``posthog.models.person``
+for ``Person``, ...), never from the package's ``__init__``, which has
+never exported all of them. The stand-ins are one module: a configured
+package without such a submodule is looked up itself.
+
+A model the configured PostHog does not have, or has as something else than
+a Django model (today's PostHog keeps events, recordings and plugin log
+entries in ClickHouse), is ``None`` here and named by :func:`missing_models`;
+the server then uses the Kafka path for it (see :mod:`plugin_server.checks`).
+The server's own tables are defined at the bottom.
 """
 
 from __future__ import annotations
 
 import importlib
 import uuid
-from typing import TYPE_CHECKING
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import models
+
+STANDIN_MODELS_MODULE = "posthog_standin.models"
+
+# Model name -> the submodules of the models package that may define it,
+# in PostHog's layout of May 2021 and of today (the first that has it wins).
+MODEL_MODULES: dict[str, tuple[str, ...]] = {
+    "Organization": ("organization",),
+    "OrganizationMembership": ("organization",),
+    "User": ("user",),
+    "Team": ("team", "team.team"),
+    "Person": ("person", "person.person"),
+    "PersonDistinctId": ("person", "person.person"),
+    "Cohort": ("cohort", "cohort.cohort"),
+    "CohortPeople": ("cohort", "cohort.cohort"),
+    "Element": ("element", "element.element"),
+    "ElementGroup": ("element_group",),
+    "Event": ("event", "event.event"),
+    "SessionRecordingEvent": ("session_recording_event",),
+    "EventDefinition": ("event_definition",),
+    "PropertyDefinition": ("property_definition",),
+    "Plugin": ("plugin",),
+    "PluginConfig": ("plugin",),
+    "PluginAttachment": ("plugin",),
+    "PluginStorage": ("plugin",),
+    "PluginLogEntry": ("plugin",),
+}
+
+# Models the server cannot run without, whatever the PostHog.
+REQUIRED_MODELS = frozenset(
+    {"Organization", "Team", "Person", "PersonDistinctId", "Plugin", "PluginConfig", "PluginAttachment", "PluginStorage"}
+)
+
+
+def _import_if_present(name: str) -> ModuleType | None:
+    """The module ``name``, or None when it (or a parent package) does not exist.
+
+    An import error raised *inside* an existing module is not swallowed."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name and (name == error.name or name.startswith(error.name + ".")):
+            return None
+        raise
+
+
+def resolve_model(package: str, name: str) -> type[models.Model] | None:
+    """The Django model ``name`` from the module of ``package`` that defines it, or None."""
+    modules = [_import_if_present(f"{package}.{submodule}") for submodule in MODEL_MODULES[name]]
+    # A single module (the stand-ins) holds every model itself.
+    modules.append(importlib.import_module(package))
+    for module in modules:
+        found = getattr(module, name, None) if module is not None else None
+        if found is not None:
+            return found if isinstance(found, type) and issubclass(found, models.Model) else None
+    return None
+
+
+def models_package() -> str:
+    """The configured models package (``POSTHOG_MODELS_MODULE``)."""
+    return str(getattr(settings, "POSTHOG_MODELS_MODULE", STANDIN_MODELS_MODULE))
+
+
+_resolved: dict[str, Any] = {name: resolve_model(models_package(), name) for name in MODEL_MODULES}
+
+
+def missing_models() -> frozenset[str]:
+    """Names of the models the configured PostHog does not have as Django models."""
+    return frozenset(name for name, model in _resolved.items() if model is None)
+
+
+def has_model(name: str) -> bool:
+    """Whether the configured PostHog has the model ``name`` as a Django model."""
+    return _resolved.get(name) is not None
+
 
 if TYPE_CHECKING:
     # The type checker sees the stand-ins (same fields as PostHog's models);
@@ -42,27 +128,15 @@ if TYPE_CHECKING:
         User as User,
     )
 else:
-    _source = importlib.import_module(getattr(settings, "POSTHOG_MODELS_MODULE", "posthog_standin.models"))
+    _absent = sorted(REQUIRED_MODELS & missing_models())
+    if _absent:
+        from django.core.exceptions import ImproperlyConfigured
 
-    Organization = _source.Organization
-    User = _source.User
-    OrganizationMembership = _source.OrganizationMembership
-    Team = _source.Team
-    Person = _source.Person
-    PersonDistinctId = _source.PersonDistinctId
-    Cohort = _source.Cohort
-    CohortPeople = _source.CohortPeople
-    Element = _source.Element
-    ElementGroup = _source.ElementGroup
-    Event = _source.Event
-    SessionRecordingEvent = _source.SessionRecordingEvent
-    EventDefinition = _source.EventDefinition
-    PropertyDefinition = _source.PropertyDefinition
-    Plugin = _source.Plugin
-    PluginConfig = _source.PluginConfig
-    PluginAttachment = _source.PluginAttachment
-    PluginStorage = _source.PluginStorage
-    PluginLogEntry = _source.PluginLogEntry
+        raise ImproperlyConfigured(
+            f"POSTHOG_MODELS_MODULE={models_package()!r} has no Django model {', '.join(_absent)}:"
+            " the plugin server needs PostHog's models (or the stand-ins, posthog_standin.models)."
+        )
+    globals().update(_resolved)
 
 
 class DeadLetter(models.Model):

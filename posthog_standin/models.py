@@ -323,7 +323,8 @@ class PluginLogEntry(models.Model):
         ERROR = "ERROR", "error"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4)
-    team_id = models.IntegerField(db_index=True)
+    # NULL: the entry of a config without a team (a global plugin).
+    team_id = models.IntegerField(db_index=True, null=True, blank=True)
     plugin_id = models.IntegerField(db_index=True)
     plugin_config_id = models.IntegerField(db_index=True)
     timestamp = models.DateTimeField(default=timezone.now)

@@ -7,7 +7,9 @@ actions that reach running servers), plus read-only lists of plugin log
 entries and dead letters.
 
 Inside PostHog's monolith PostHog may already register some of these
-models; those registrations are kept and ours skipped.
+models; those registrations are kept and ours skipped. A model the host
+does not have as a Django model (plugin log entries in today's PostHog) is
+not registered.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ REGISTRATIONS: tuple[tuple[Any, type[admin.ModelAdmin]], ...] = (  # type: ignor
 )
 
 for model, model_admin in REGISTRATIONS:
+    if model is None:
+        # Not a Django model in this PostHog (today's keeps log entries in ClickHouse).
+        continue
     if admin.site.is_registered(model):
         logger.info("%s is already in the admin; keeping that registration", model.__name__)
     else:

@@ -30,7 +30,7 @@ from plugin_server.admin.links import admin_url
 from plugin_server.admin.records import is_list_page
 from plugin_server.admin.schema_fields import SchemaFields, markdown_notes, schema_rows
 from plugin_server.exceptions import PluginLoadError
-from plugin_server.models import Plugin, PluginAttachment, PluginConfig, PluginLogEntry
+from plugin_server.models import Plugin, PluginAttachment, PluginConfig, PluginLogEntry, has_model
 from plugin_server.plugins.loader import load_plugin_code
 from plugin_server.pubsub import publish_reload
 
@@ -266,6 +266,8 @@ class PluginConfigAdmin(ReloadOnChangeMixin, admin.ModelAdmin):  # type: ignore[
 
     @admin.display(description="latest log entries")
     def latest_logs(self, config: PluginConfig) -> str:
+        if not has_model("PluginLogEntry"):
+            return "Log entries are kept in ClickHouse by this PostHog (the plugin_log_entries topic)."
         entries = (
             PluginLogEntry.objects.filter(plugin_config_id=config.pk)
             .order_by("-timestamp")

@@ -19,7 +19,7 @@ from django.db import connection, transaction
 
 from plugin_server.models import PluginConfig
 from plugin_server.plugins.meta.context import PluginContext
-from plugin_server.plugins.meta.logger import LogEntry, insert_log_entries
+from plugin_server.plugins.meta.logger import LogEntry, store_log_entries
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +69,15 @@ def record_plugin_errors(records: Sequence[PluginErrorRecord]) -> None:
     entries = [
         LogEntry.for_context(record.ctx, "PLUGIN", "ERROR", record.message, timestamp=record.time) for record in records
     ]
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {table} AS pc SET error = v.error FROM (VALUES {values_sql}) AS v(id, error) WHERE pc.id = v.id",
-                params,
-            )
-        insert_log_entries(entries)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} AS pc SET error = v.error FROM (VALUES {values_sql}) AS v(id, error) WHERE pc.id = v.id",
+            params,
+        )
+    # Outside the error's transaction (or in a savepoint of the caller's): a
+    # log write the table refuses is counted and logged, and never undoes
+    # the error record.
+    store_log_entries(entries)
     for record in records:
         logger.info(
             "plugin error recorded: %s",

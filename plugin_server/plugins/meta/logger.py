@@ -41,7 +41,7 @@ from plugin_server.metrics import LOGS_ENTRIES_CREATED, LOGS_ENTRIES_DROPPED, LO
 from plugin_server.models import PluginLogEntry
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.producer import MetaProducer
-from plugin_server.plugins.meta.console import cap_message, format_log_message
+from plugin_server.plugins.meta.console import TRUNCATED_SUFFIX, cap_message, format_log_message
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +92,49 @@ class LogEntry:
         )
 
 
+# A btree index entry holds at most ~2.7 kB: where the host's table indexes
+# ``message`` (PostHog 2021: ``TextField(db_index=True)``), a longer message
+# would be refused, so stored messages are cut to this many UTF-8 bytes.
+MAX_INDEXED_MESSAGE_BYTES = 2_000
+
+
+def _message_indexed() -> bool:
+    return bool(getattr(PluginLogEntry._meta.get_field("message"), "db_index", False))
+
+
+def _team_nullable() -> bool:
+    field = next(field for field in PluginLogEntry._meta.concrete_fields if field.attname == "team_id")
+    return bool(field.null)
+
+
+def _cut_to_bytes(message: str, limit: int) -> str:
+    encoded = message.encode("utf-8")
+    if len(encoded) <= limit:
+        return message
+    suffix = TRUNCATED_SUFFIX.encode("utf-8")
+    # errors="ignore" drops a character cut in half.
+    return encoded[: limit - len(suffix)].decode("utf-8", errors="ignore") + TRUNCATED_SUFFIX
+
+
 def _storable(message: str) -> str:
     # Postgres text cannot hold NUL: a plugin printing one must not poison the
     # batch. Lines come from untrusted workers too, so the length is capped here.
-    return cap_message(message).replace("\x00", "\ufffd")
+    message = cap_message(message).replace("\x00", "\ufffd")
+    return _cut_to_bytes(message, MAX_INDEXED_MESSAGE_BYTES) if _message_indexed() else message
+
+
+def _storable_entries(entries: Sequence[LogEntry]) -> list[LogEntry]:
+    """The entries the table can hold: a config without a team (a global one)
+    logs with team NULL where the column allows it; where it does not (PostHog
+    2021: a foreign key, NOT NULL) its entries are dropped and counted, never
+    written under a team id that does not exist."""
+    if _team_nullable():
+        return list(entries)
+    kept = [entry for entry in entries if entry.team_id is not None]
+    if len(kept) < len(entries):
+        logger.warning("plugin log: %d entries of configs without a team dropped (team_id is NOT NULL here)", len(entries) - len(kept))
+        get_metrics().incr(LOGS_ENTRIES_DROPPED, len(entries) - len(kept))
+    return kept
 
 
 def insert_log_entries(entries: Sequence[LogEntry]) -> None:
@@ -105,6 +144,7 @@ def insert_log_entries(entries: Sequence[LogEntry]) -> None:
     instances and no per-value parameter quoting, which cost more in Python
     than the database's own work.
     """
+    entries = _storable_entries(entries)
     if not entries:
         return
     table = connection.ops.quote_name(PluginLogEntry._meta.db_table)
@@ -112,8 +152,7 @@ def insert_log_entries(entries: Sequence[LogEntry]) -> None:
         [
             [
                 str(entry.id),
-                # The column is NOT NULL; a config without a team (global) logs under team 0.
-                entry.team_id if entry.team_id is not None else 0,
+                entry.team_id,
                 entry.plugin_id,
                 entry.plugin_config_id,
                 entry.timestamp.isoformat(),
@@ -146,6 +185,28 @@ def produce_log_entries(producer: MetaProducer, entries: Sequence[LogEntry]) -> 
     for entry in entries:
         producer.produce(PLUGIN_LOG_ENTRIES_TOPIC, str(entry.id), plugin_log_entry_value(entry))
     _count_created(entries)
+
+
+_shared_producer: MetaProducer | None = None
+
+
+def store_log_entries(entries: Sequence[LogEntry]) -> int:
+    """Store entries now, by the configured path (Kafka or Postgres); returns how many.
+
+    Never raises for a storage failure: the entries are then logged, counted
+    as dropped, and the caller's own writes stand."""
+    global _shared_producer
+    try:
+        if get_config().kafka_enabled:
+            _shared_producer = _shared_producer or MetaProducer()
+            produce_log_entries(_shared_producer, entries)
+        else:
+            insert_log_entries(entries)
+    except (DatabaseError, BufferError, KafkaException):
+        logger.exception("plugin log: %d entries could not be stored", len(entries))
+        get_metrics().incr(LOGS_ENTRIES_DROPPED, len(entries))
+        return 0
+    return len(entries)
 
 
 def _count_created(entries: Sequence[LogEntry]) -> None:

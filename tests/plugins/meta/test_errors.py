@@ -96,3 +96,25 @@ def test_disable_all_configs_of_plugin_in_team(ctx: PluginContext, plugin_config
     assert enabled[sibling.id] is False
     assert enabled[other_team.id] is True
     assert enabled[other_plugin.id] is True
+
+
+def test_a_refused_log_write_keeps_the_error_record(ctx: PluginContext) -> None:
+    """The table refuses the log entry (a real Postgres error, from a trigger): the config's error stays recorded."""
+    with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION refuse_log_entry() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql;"
+            " CREATE TRIGGER refuse_log_entry BEFORE INSERT ON posthog_pluginlogentry FOR EACH ROW EXECUTE FUNCTION refuse_log_entry()"
+        )
+    record_plugin_error(ctx, "ValueError", "kept although its log line is refused")
+    assert PluginConfig.objects.get(id=ctx.plugin_config_id).error["message"] == "kept although its log line is refused"
+    assert not PluginLogEntry.objects.filter(plugin_config_id=ctx.plugin_config_id).exists()
+
+
+def test_a_config_without_a_team_logs_with_team_null(ctx: PluginContext) -> None:
+    """A global config's entry is written with team_id NULL where the column allows it (never a made-up team 0)."""
+    record_plugin_error(context_of_no_team(ctx), None, "global plugin failed")
+    assert PluginLogEntry.objects.get(plugin_config_id=ctx.plugin_config_id).team_id is None
+
+
+def context_of_no_team(ctx: PluginContext) -> PluginContext:
+    return PluginContext(plugin_config_id=ctx.plugin_config_id, plugin_id=ctx.plugin_id, team_id=None, plugin_name=ctx.plugin_name)
