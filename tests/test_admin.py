@@ -170,7 +170,7 @@ def test_a_local_plugin_is_read_from_its_folder(admin_client: Client, tmp_path: 
         plugin = Plugin.objects.get(url="file:greeter")
         assert (plugin.plugin_type, plugin.name, plugin.config_schema) == ("local", "local greeter", SCHEMA)
         missing = admin_client.post(url("plugin_add"), {"organization": create_organization().pk, "url": "file:nowhere"})
-    assert 'No &quot;main&quot; config key or &quot;main.py&quot; file found' in missing.content.decode()
+    assert f'Plugin folder &quot;{tmp_path.resolve() / "nowhere"}&quot; not found' in missing.content.decode()
 
 
 # --- plugin configs: the schema form --------------------------------------------------

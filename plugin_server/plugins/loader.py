@@ -3,7 +3,8 @@
 Three kinds, checked in this order:
 
 1. **local**: ``url`` starts with ``file:``; the folder is the rest of the url,
-   resolved against ``BASE_DIR``. ``plugin.json`` is optional; the entry file
+   resolved against ``BASE_DIR`` (itself, when relative, against the project
+   folder: see :func:`base_folder`). ``plugin.json`` is optional; the entry file
    is its ``main`` or ``main.py``.
 2. **archive**: the ``archive`` column holds a zip or a gzipped tar. Files may
    sit under one root folder (GitHub and npm downloads) or at the top.
@@ -27,24 +28,26 @@ import os
 import tarfile
 import zipfile
 import zlib
+from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from django.conf import settings
-
+from plugin_server.config import get_config
 from plugin_server.exceptions import PluginLoadError
 from plugin_server.plugins.code import PluginCode
 
 if TYPE_CHECKING:
     from plugin_server.models import Plugin
 
-__all__ = ["PluginCode", "load_plugin_code", "plugin_digest"]
+__all__ = ["PluginCode", "base_folder", "load_plugin_code", "plugin_digest"]
 
 DEFAULT_MAIN = "main.py"
 # Largest main file or plugin.json we read (bytes).
 MAX_FILE_BYTES = 2 * 1024 * 1024
 # Largest unpacked tar we look into (bytes): a gzip bomb stops here.
 MAX_UNPACKED_ARCHIVE_BYTES = 64 * 1024 * 1024
+# Where a relative BASE_DIR starts: the folder holding manage.py and this package.
+PROJECT_FOLDER = str(Path(__file__).resolve().parents[2])
 
 
 def plugin_digest(plugin: Plugin) -> str:
@@ -109,8 +112,23 @@ def _read_local(folder: str, name: str) -> bytes | None:
         return file.read()
 
 
+def base_folder(base_dir: str) -> str:
+    """``BASE_DIR`` as an absolute folder: a relative one is taken from the project folder.
+
+    The project folder is the one holding ``manage.py`` (and this package), so
+    ``file:plugins/demo`` names the same folder whatever the working directory
+    of the command that loads it (the original resolved against the working
+    directory).
+    """
+    return os.path.realpath(os.path.join(PROJECT_FOLDER, base_dir))
+
+
 def _load_local(plugin: Plugin, digest: str, base_dir: str) -> PluginCode:
-    folder = os.path.realpath(os.path.join(base_dir, (plugin.url or "")[len("file:") :]))
+    url = plugin.url or ""
+    base = base_folder(base_dir)
+    folder = os.path.realpath(os.path.join(base, url[len("file:") :]))
+    if not os.path.isdir(folder):
+        raise PluginLoadError(f'Plugin folder "{folder}" not found for {digest} ({url} resolved against BASE_DIR "{base}")')
     config_path = os.path.join(folder, "plugin.json")
     plugin_json: dict[str, Any] = {}
     raw = _read_local(folder, "plugin.json")
@@ -123,7 +141,7 @@ def _load_local(plugin: Plugin, digest: str, base_dir: str) -> PluginCode:
     if main is None:
         data = _read_local(folder, DEFAULT_MAIN)
         if data is None:
-            raise PluginLoadError(f'No "main" config key or "{DEFAULT_MAIN}" file found for {digest}')
+            raise PluginLoadError(f'No "main" config key or "{DEFAULT_MAIN}" file found for {digest} in "{folder}"')
         main = DEFAULT_MAIN
     else:
         data = _read_local(folder, main)
@@ -258,7 +276,7 @@ def load_plugin_code(plugin: Plugin, base_dir: str | None = None) -> PluginCode:
     """
     digest = plugin_digest(plugin)
     if (plugin.url or "").startswith("file:"):
-        return _load_local(plugin, digest, settings.BASE_DIR if base_dir is None else base_dir)
+        return _load_local(plugin, digest, get_config().base_dir if base_dir is None else base_dir)
     if plugin.archive:
         return _load_archive(plugin, digest)
     if plugin.plugin_type == "source" and plugin.source:

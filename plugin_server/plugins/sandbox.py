@@ -145,9 +145,10 @@ def _parse(code: PluginCode, filename: str) -> ast.Module:
     try:
         return ast.parse(code.source, filename=filename)
     except SyntaxError as error:
+        # Named by the plugin's own file; the SyntaxError stays the cause (plugins/tracebacks.py shows it).
         raise PluginLoadError(
-            f"SyntaxError: {error.msg} ({error.filename}, line {error.lineno}, column {error.offset})"
-        ) from None
+            f"SyntaxError: {error.msg} ({code.main_filename}, line {error.lineno}, column {error.offset})"
+        ) from error
     except ValueError as error:  # e.g. a NUL byte in the source
         raise PluginLoadError(f"SyntaxError: {error}") from None
 

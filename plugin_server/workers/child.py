@@ -21,7 +21,6 @@ import json
 import os
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, cast
@@ -44,6 +43,7 @@ from plugin_server.plugins.time_limit import (
     register_waiting_code,
     timeout_deferred,
 )
+from plugin_server.plugins.tracebacks import code_traceback
 from plugin_server.workers import protocol
 from plugin_server.workers.hardening import harden
 
@@ -231,7 +231,7 @@ class WorkerRuntime:
             self.dropped += 1
             return
         if isinstance(error, BaseException):
-            stack = "".join(traceback.format_exception(error))[-MAX_STACK_CHARS:]
+            stack = code_traceback(error, spec.code)[-MAX_STACK_CHARS:]
             self.errors.append([spec.plugin_config_id, type(error).__name__, str(error), stack, _plain(event)])
         else:
             self.errors.append([spec.plugin_config_id, None, error, None, _plain(event)])

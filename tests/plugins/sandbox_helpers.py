@@ -10,6 +10,17 @@ from plugin_server.plugins.sandbox import PluginExports, call_with_time_limit, c
 
 _next_id = iter(range(10_000, 1_000_000))
 
+# A plugin whose process_event fails two calls deep (line 2, called from line 6): for traceback tests.
+RAISING_PLUGIN = """\
+def helper(event):
+    return event["properties"]["missing"]
+
+
+def process_event(event, meta):
+    helper(event)
+    return event
+"""
+
 
 def plugin_code(source: str, plugin_id: int | None = None) -> PluginCode:
     """A PluginCode for ``source`` (dedented), as the loader would hand it over."""

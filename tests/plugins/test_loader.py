@@ -12,7 +12,7 @@ import pytest
 
 from plugin_server.exceptions import PluginLoadError
 from plugin_server.models import Plugin
-from plugin_server.plugins.loader import MAX_FILE_BYTES, load_plugin_code, plugin_digest
+from plugin_server.plugins.loader import MAX_FILE_BYTES, base_folder, load_plugin_code, plugin_digest
 from tests.factories import create_organization, create_plugin
 
 pytestmark = pytest.mark.django_db
@@ -115,12 +115,35 @@ def test_local_plugin_json_must_be_an_object_with_a_string_main(tmp_path: Path) 
 
 
 def test_local_plugin_without_main(tmp_path: Path) -> None:
-    """No `main` key and no main.py: `No "main" config key or "main.py" file found for <digest>`."""
+    """No `main` key and no main.py: `No "main" config key or "main.py" file found for <digest> in "<folder>"`."""
     write_folder(tmp_path, "p", {"plugin.json": "{}", "other.py": MAIN})
     plugin = create_plugin(url="file:p", plugin_type="local")
     with pytest.raises(PluginLoadError) as caught:
         load_plugin_code(plugin, str(tmp_path))
-    assert str(caught.value) == f'No "main" config key or "main.py" file found for {plugin_digest(plugin)}'
+    folder = (tmp_path / "p").resolve()
+    assert str(caught.value) == f'No "main" config key or "main.py" file found for {plugin_digest(plugin)} in "{folder}"'
+
+
+def test_a_missing_local_folder_names_the_path_tried(tmp_path: Path) -> None:
+    """A `file:` url whose folder is not there says which folder was tried and from which BASE_DIR."""
+    plugin = create_plugin(url="file:plugins/gone", plugin_type="local")
+    with pytest.raises(PluginLoadError) as caught:
+        load_plugin_code(plugin, str(tmp_path))
+    base = tmp_path.resolve()
+    assert str(caught.value) == (
+        f'Plugin folder "{base / "plugins" / "gone"}" not found for {plugin_digest(plugin)}'
+        f' (file:plugins/gone resolved against BASE_DIR "{base}")'
+    )
+
+
+def test_a_relative_base_dir_starts_at_the_project_folder_not_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BASE_DIR "." means the folder of manage.py, whatever the working directory: the demo plugin loads from /tmp."""
+    monkeypatch.chdir(tmp_path)
+    code = load_plugin_code(create_plugin(url="file:plugins/demo", plugin_type="local"), ".")
+    assert code.plugin_json["name"] == "Demo greeter"
+    assert base_folder(".") == str(Path(__file__).resolve().parents[2])
 
 
 def test_local_plugin_main_named_but_missing(tmp_path: Path) -> None:

@@ -5,7 +5,16 @@ runs in a real worker process with the server's sandbox and limits
 (``TASK_TIMEOUT``, ``WORKER_MEMORY_LIMIT_MB``, the same isolation), on one
 or more events. The command prints the resulting events (or that an event
 was dropped), the plugin's log lines and any error, and exits with status 1
-when the plugin failed to load, raised, or timed out.
+when the plugin failed to load, raised, or timed out. An error is printed
+as the plugin's traceback (its own frames and file, never the server's), and
+the command's last line says what went wrong.
+
+An installed plugin (by id) runs with its installed config: the values and
+attachments of its plugin config for ``--team`` (or of its only config),
+with the schema's defaults applied and ``--config`` values on top. Its
+``file:`` url is resolved against ``BASE_DIR`` as the server does, whatever
+the working directory. Required config keys that still have no value are
+named before anything runs.
 
 It is a dry run: ``meta.storage`` lives in memory, ``meta.jobs`` and
 ``posthog.capture`` are printed instead of enqueued, nothing is written to
@@ -16,19 +25,21 @@ the real network rules of the server.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from plugin_server.exceptions import PluginError, PluginLoadError
-from plugin_server.models import Plugin
+from plugin_server.models import Plugin, PluginConfig
 from plugin_server.plugins.inventory import Inventory
 from plugin_server.plugins.lifecycle import SCHEDULE_KEYS, ConfigSpec
 from plugin_server.plugins.loader import load_plugin_code
-from plugin_server.plugins.meta.config import config_with_defaults
+from plugin_server.plugins.meta.config import config_with_defaults, load_attachments, schema_fields
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.errors import PluginErrorRecord
 from plugin_server.plugins.meta.logger import LogEntry
@@ -46,18 +57,28 @@ class PrintingReporter(Reporter):
     def __init__(self, host: Any) -> None:
         super().__init__(host)
         self.lines: list[str] = []
+        # What went wrong, in the order it happened: the plugin's own errors
+        # (their last line is the cause), then the server's news about them.
         self.failures: list[str] = []
+        self.system_failures: list[str] = []
 
     def errors(self, records: list[PluginErrorRecord]) -> None:
         for record in records:
             name = f"{record.name}: " if record.name else ""
-            self.failures.append(f"{name}{record.message}")
-            self.lines.append(f"[PLUGIN ERROR] {name}{record.message}")
+            # The plugin's traceback (its own frames, its file, the cause last) when there is one.
+            text = record.stack if record.stack else f"{name}{record.message}"
+            self.failures.append(text.splitlines()[-1] if text else record.message)
+            self.lines.append(f"[PLUGIN ERROR] {text}")
+
+    def failure(self) -> str | None:
+        """The line that says why the run failed: the first plugin error's cause, else the server's message."""
+        found = self.failures or self.system_failures
+        return found[0] if found else None
 
     def log(self, entry: LogEntry) -> None:
         self.lines.append(f"[{entry.source} {entry.type}] {entry.message}")
         if entry.source == "SYSTEM" and entry.type == "ERROR":
-            self.failures.append(entry.message)
+            self.system_failures.append(entry.message)
 
     def loaded(self, ctx: PluginContext) -> None:
         pass
@@ -156,6 +177,56 @@ def find_plugin(target: str) -> Plugin:
     raise CommandError(f"{target!r} is neither a folder, an archive, nor an installed plugin id")
 
 
+def installed_config(plugin: Plugin, team_id: int | None) -> PluginConfig | None:
+    """The plugin config of an installed plugin to run with: the team's, or its only one.
+
+    None when the plugin has no config (for that team): the run then uses the
+    schema's defaults and ``--config`` values only.
+    """
+    configs = list(PluginConfig.objects.filter(plugin_id=plugin.pk).order_by("id"))
+    if team_id is not None:
+        configs = [config for config in configs if config.team_id == team_id]
+    if len(configs) > 1:
+        teams = ", ".join(str(config.team_id) for config in configs)
+        raise CommandError(
+            f"Plugin {plugin.name} ID {plugin.pk} has {len(configs)} configs (teams {teams}): choose one with --team"
+        )
+    return configs[0] if configs else None
+
+
+def missing_required_keys(schema: object, config: Mapping[str, Any], attachments: Mapping[str, Any]) -> list[str]:
+    """Keys the schema marks required that have no value (or no file, for an attachment)."""
+    missing = []
+    for field in schema_fields(schema):
+        if not field.get("required"):
+            continue
+        key = field["key"]
+        present = key in attachments if field.get("type") == "attachment" else config.get(key) not in (None, "")
+        if not present:
+            missing.append(key)
+    return missing
+
+
+@contextlib.contextmanager
+def plain_warnings() -> Iterator[None]:
+    """While the command runs, the server's log says only warnings and errors, as plain lines.
+
+    The command's own output (events, the plugin's log, its errors) is what
+    the author reads; the server's JSON lines would only get in between.
+    """
+    root = logging.getLogger()
+    saved = root.level, [(handler, handler.formatter) for handler in root.handlers]
+    root.setLevel(logging.WARNING)
+    for handler, _ in saved[1]:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    try:
+        yield
+    finally:
+        root.setLevel(saved[0])
+        for handler, formatter in saved[1]:
+            handler.setFormatter(formatter)
+
+
 class Command(BaseCommand):
     help = "Run one plugin on events in the server's sandbox; print the events, log lines and errors."
 
@@ -163,20 +234,41 @@ class Command(BaseCommand):
         parser.add_argument("plugin", help="plugin folder, .zip/.tgz archive, or installed plugin id")
         parser.add_argument("--event", action="append", default=[], help="event JSON (object or list; @file reads a file); repeatable")
         parser.add_argument("--config", action="append", default=[], help="config value key=value (JSON or text); repeatable")
-        parser.add_argument("--team", type=int, default=DEFAULT_TEAM_ID, help="team id of events that name none")
+        parser.add_argument(
+            "--team", type=int, default=None,
+            help="team of events that name none, and whose plugin config an installed plugin runs with "
+            f"(default: the config's team, else {DEFAULT_TEAM_ID})",
+        )
         parser.add_argument("--task", choices=sorted(SCHEDULE_KEYS), help="also run this scheduled task once")
         parser.add_argument("--timeout", type=float, help="TASK_TIMEOUT for this run (seconds)")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        events = parse_events(options["event"], options["team"])
+        with plain_warnings():
+            self._handle(options)
+
+    def _handle(self, options: dict[str, Any]) -> None:
+        plugin = find_plugin(options["plugin"])
+        installed = installed_config(plugin, options["team"]) if plugin.pk is not None else None
+        team = options["team"] or (installed.team_id if installed is not None else None) or DEFAULT_TEAM_ID
+        events = parse_events(options["event"], team)
         if not events and not options["task"]:
             raise CommandError("give at least one --event (or a --task)")
-        plugin = find_plugin(options["plugin"])
         try:
-            code = load_plugin_code(plugin, base_dir="/")
+            code = load_plugin_code(plugin)
         except PluginLoadError as error:
             raise CommandError(str(error)) from None
-        team_ids = {event["team_id"] for event in events} or {options["team"]}
+        values = dict(installed.config or {}) if installed is not None else {}
+        values.update(parse_config(options["config"]))
+        config = config_with_defaults(code.config_schema, values)
+        attachments = load_attachments([installed.pk])[installed.pk] if installed is not None else {}
+        missing = missing_required_keys(code.config_schema, config, attachments)
+        if missing:
+            where = f"on plugin config {installed.pk} (the admin) or " if installed is not None else ""
+            raise CommandError(
+                f"Missing required config keys for {code.name or plugin.name}: {', '.join(missing)}. "
+                f"Set them {where}with --config {missing[0]}=..."
+            )
+        team_ids = {event["team_id"] for event in events} or {team}
         ctx = PluginContext(
             plugin_config_id=DRY_RUN_CONFIG_ID, plugin_id=plugin.pk or 0,
             team_id=min(team_ids),
@@ -190,7 +282,8 @@ class Command(BaseCommand):
             order=0,
             version="run_plugin",
             code=code,
-            config=config_with_defaults(code.config_schema, parse_config(options["config"])),
+            config=config,
+            attachments={key: dict(value) for key, value in attachments.items()},
         )
         inventory = Inventory(
             specs={spec.plugin_config_id: spec},
@@ -210,8 +303,10 @@ class Command(BaseCommand):
             pool.stop()
             host.real.close()
         self._print(events, results, reporter)
-        if reporter.failures:
-            raise CommandError(f"the plugin failed: {reporter.failures[0]}")
+        failure = reporter.failure()
+        if failure is not None:
+            # The last line the author sees: what went wrong, not where the server noticed it.
+            raise CommandError(f"the plugin failed: {failure}")
 
     def _run(self, pool: WorkerPool, events: list[dict[str, Any]], task: str | None) -> list[dict[str, Any] | None]:
         results: list[dict[str, Any] | None] = []

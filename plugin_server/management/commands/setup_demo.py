@@ -18,6 +18,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from plugin_server.models import Organization, Plugin, PluginConfig, Team
+from plugin_server.plugins.loader import base_folder
 from plugin_server.pubsub import publish_reload
 
 DEMO_FOLDER = Path(__file__).resolve().parents[3] / "plugins" / "demo"
@@ -30,7 +31,7 @@ ADMIN_PASSWORD = "admin"
 
 def demo_plugin_url(base_dir: str) -> str:
     """``file:plugins/demo`` when BASE_DIR is the project folder, else the folder's absolute path."""
-    relative = Path(base_dir).resolve() / "plugins" / "demo"
+    relative = Path(base_folder(base_dir)) / "plugins" / "demo"
     if relative == DEMO_FOLDER:
         return "file:plugins/demo"
     return f"file:{DEMO_FOLDER}"

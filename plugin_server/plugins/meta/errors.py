@@ -40,6 +40,11 @@ class PluginErrorRecord:
     event: Mapping[str, Any] | None = None
     time: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
+    @property
+    def log_message(self) -> str:
+        """The plugin log entry's text: the plugin's traceback when there is one (it ends with the message)."""
+        return self.stack if self.stack else self.message
+
     def as_json(self) -> dict[str, Any]:
         """The value of ``posthog_pluginconfig.error`` (a plain message has no name)."""
         error: dict[str, Any] = {"message": self.message, "time": iso_time(self.time)}
@@ -67,7 +72,7 @@ def record_plugin_errors(records: Sequence[PluginErrorRecord]) -> None:
         params += [config_id, json.dumps(record.as_json(), default=str)]
     table = connection.ops.quote_name(PluginConfig._meta.db_table)
     entries = [
-        LogEntry.for_context(record.ctx, "PLUGIN", "ERROR", record.message, timestamp=record.time) for record in records
+        LogEntry.for_context(record.ctx, "PLUGIN", "ERROR", record.log_message, timestamp=record.time) for record in records
     ]
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
@@ -80,7 +85,9 @@ def record_plugin_errors(records: Sequence[PluginErrorRecord]) -> None:
     store_log_entries(entries)
     for record in records:
         logger.info(
-            "plugin error recorded: %s",
+            "plugin error recorded for %s (config %s): %s",
+            record.ctx.plugin_name,
+            record.ctx.plugin_config_id,
             record.message,
             extra={"plugin_config_id": record.ctx.plugin_config_id, "team_id": record.ctx.team_id},
         )

@@ -36,7 +36,8 @@ def test_error_object_is_recorded(ctx: PluginContext) -> None:
     moment = datetime.strptime(error["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
     assert abs((datetime.now(timezone.utc) - moment).total_seconds()) < 60
     entry = PluginLogEntry.objects.get(plugin_config_id=ctx.plugin_config_id)
-    assert (entry.source, entry.type, entry.message) == ("PLUGIN", "ERROR", "error thrown in plugin")
+    # The log entry shows the plugin's traceback when there is one (it ends with the message).
+    assert (entry.source, entry.type, entry.message) == ("PLUGIN", "ERROR", "Traceback ...")
     assert (entry.team_id, entry.plugin_id) == (ctx.team_id, ctx.plugin_id)
     assert iso_time(entry.timestamp) == error["time"]
 

@@ -1,0 +1,39 @@
+"""Run ``manage.py`` as a user does: a subprocess, on the test database, from any working directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+MANAGE = ROOT / "manage.py"
+
+
+def tests_database_url() -> str:
+    """The URL of the database the test run uses (data of a transaction=True test is visible there)."""
+    db = connection.settings_dict
+    return f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def manage_environment(**env: str) -> dict[str, str]:
+    """The environment of a production-like run (settings.base) on the test database and Redis."""
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "settings.base",
+        "DATABASE_URL": tests_database_url(),
+        "REDIS_URL": settings.REDIS_URL,
+        **env,
+    }
+
+
+def run_manage(*args: str, cwd: Path | str = ROOT, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python <repo>/manage.py ARGS`` from ``cwd``; output captured as text."""
+    return subprocess.run(
+        [sys.executable, str(MANAGE), *args], cwd=cwd, env=manage_environment(**env), capture_output=True, text=True,
+        timeout=timeout,
+    )
