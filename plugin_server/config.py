@@ -66,8 +66,13 @@ class ServerConfig:
     clickhouse_password: str | None = dataclasses.field(metadata=_SECRET)
     clickhouse_ca: str | None
     clickhouse_secure: bool
+    clickhouse_verify: bool
     clickhouse_port: int
     clickhouse_http_port: int
+    clickhouse_writer_group_id: str
+    clickhouse_writer_batch_size: int
+    clickhouse_writer_batch_ms: int
+    clickhouse_writer_dead_letter_topic: str
     # Plugins and workers
     base_dir: str
     plugins_reload_pubsub_channel: str

@@ -123,11 +123,23 @@ CLICKHOUSE_USER = env_str("CLICKHOUSE_USER", "default")
 CLICKHOUSE_PASSWORD = env_str("CLICKHOUSE_PASSWORD", None)
 CLICKHOUSE_CA = env_str("CLICKHOUSE_CA", None)
 CLICKHOUSE_SECURE = env_bool("CLICKHOUSE_SECURE", False)
+# (port) With CLICKHOUSE_SECURE, verify the server's certificate (against CLICKHOUSE_CA when set).
+CLICKHOUSE_VERIFY = env_bool("CLICKHOUSE_VERIFY", True)
 # --- ClickHouse ports (port; the local services part, bin/services) ---------------
-# The native protocol port (clickhouse-driver) and the HTTP port; bin/services
-# starts its server on these when nothing answers there.
-CLICKHOUSE_PORT = env_int("CLICKHOUSE_PORT", 9000)
-CLICKHOUSE_HTTP_PORT = env_int("CLICKHOUSE_HTTP_PORT", 8123)
+# The native protocol port (clickhouse-driver) and the HTTP port, ClickHouse's
+# TLS ports under CLICKHOUSE_SECURE; bin/services starts its server on the
+# plain ones when nothing answers there.
+CLICKHOUSE_PORT = env_int("CLICKHOUSE_PORT", 9440 if CLICKHOUSE_SECURE else 9000)
+CLICKHOUSE_HTTP_PORT = env_int("CLICKHOUSE_HTTP_PORT", 8443 if CLICKHOUSE_SECURE else 8123)
+# (port) The ClickHouse writer (manage.py run_clickhouse_writer): its consumer
+# group, how many messages or milliseconds make one insert, and the topic its
+# unreadable messages go to.
+CLICKHOUSE_WRITER_GROUP_ID = env_str("CLICKHOUSE_WRITER_GROUP_ID", "clickhouse-writer") or "clickhouse-writer"
+CLICKHOUSE_WRITER_BATCH_SIZE = env_int("CLICKHOUSE_WRITER_BATCH_SIZE", 50_000, minimum=1)
+CLICKHOUSE_WRITER_BATCH_MS = env_int("CLICKHOUSE_WRITER_BATCH_MS", 2_000, minimum=1)
+CLICKHOUSE_WRITER_DEAD_LETTER_TOPIC = (
+    env_str("CLICKHOUSE_WRITER_DEAD_LETTER_TOPIC", "clickhouse_dead_letter") or "clickhouse_dead_letter"
+)
 
 # --- Plugins and workers --------------------------------------------------------
 BASE_DIR = env_str("BASE_DIR", ".") or "."
