@@ -29,6 +29,8 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from plugin_server.app_settings import app_setting
+
 MASK = "********"
 
 # Field metadata: "secret" masks the whole value, "url" masks a password in it.
@@ -135,7 +137,7 @@ class ServerConfig:
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
             derive = _DERIVED.get(field.name)
-            values[field.name] = derive() if derive else getattr(settings, field.name.upper())
+            values[field.name] = derive() if derive else app_setting(field.name.upper())
         return cls(**values)
 
     def masked_items(self) -> Iterator[tuple[str, Any]]:
@@ -185,12 +187,12 @@ def _redis_url() -> str:
 
 
 def _worker_concurrency() -> int:
-    configured = int(settings.WORKER_CONCURRENCY)
+    configured = int(app_setting("WORKER_CONCURRENCY"))
     return configured if configured > 0 else (os.cpu_count() or 1)
 
 
 def _job_queues() -> tuple[str, ...]:
-    return tuple(name.strip() for name in (settings.JOB_QUEUES or "").split(",") if name.strip())
+    return tuple(name.strip() for name in (app_setting("JOB_QUEUES") or "").split(",") if name.strip())
 
 
 _DERIVED: dict[str, Callable[[], Any]] = {
@@ -198,7 +200,7 @@ _DERIVED: dict[str, Callable[[], Any]] = {
     "redis_url": _redis_url,
     "worker_concurrency": _worker_concurrency,
     "job_queues": _job_queues,
-    "jobs_workers": lambda: int(str(settings.Q_CLUSTER["workers"])),
+    "jobs_workers": lambda: int(str(app_setting("Q_CLUSTER")["workers"])),
     "allowed_hosts": lambda: tuple(settings.ALLOWED_HOSTS),
 }
 

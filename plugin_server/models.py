@@ -26,8 +26,10 @@ import uuid
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from django.conf import settings
+from django.apps import apps
 from django.db import models
+
+from plugin_server.app_settings import app_setting
 
 STANDIN_MODELS_MODULE = "posthog_standin.models"
 
@@ -86,8 +88,12 @@ def resolve_model(package: str, name: str) -> type[models.Model] | None:
 
 
 def models_package() -> str:
-    """The configured models package (``POSTHOG_MODELS_MODULE``)."""
-    return str(getattr(settings, "POSTHOG_MODELS_MODULE", STANDIN_MODELS_MODULE))
+    """The configured models package (``POSTHOG_MODELS_MODULE``; unset: the
+    stand-ins where their app is installed, else PostHog's ``posthog.models``)."""
+    configured = app_setting("POSTHOG_MODELS_MODULE")
+    if configured:
+        return str(configured)
+    return STANDIN_MODELS_MODULE if apps.is_installed("posthog_standin") else "posthog.models"
 
 
 _resolved: dict[str, Any] = {name: resolve_model(models_package(), name) for name in MODEL_MODULES}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
+from plugin_server.app_settings import app_setting
 
 STANDIN_APP_LABEL = "posthog_standin"
 
@@ -22,6 +22,6 @@ class ExistingSchemaRouter:
     jobs) are still created."""
 
     def allow_migrate(self, db: str, app_label: str, model_name: str | None = None, **hints: Any) -> bool | None:
-        if app_label == STANDIN_APP_LABEL and getattr(settings, "USE_EXISTING_POSTHOG_SCHEMA", False):
+        if app_label == STANDIN_APP_LABEL and app_setting("USE_EXISTING_POSTHOG_SCHEMA"):
             return False
         return None

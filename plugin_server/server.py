@@ -47,6 +47,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, connections
 
+from plugin_server.app_settings import app_setting
 from plugin_server.ingestion.consumer import Consumer, EventIngester, PluginRunner
 from plugin_server.ingestion.sources.base import Source
 from plugin_server.plugins.meta.context import PluginContext
@@ -106,13 +107,13 @@ class ServerOptions:
     @classmethod
     def from_settings(cls) -> ServerOptions:
         return cls(
-            kafka_enabled=settings.KAFKA_ENABLED,
-            disable_web=settings.DISABLE_WEB,
-            web_hostname=settings.WEB_HOSTNAME,
-            web_port=settings.WEB_PORT,
-            shutdown_timeout=settings.SHUTDOWN_TIMEOUT,
-            job_queues=settings.JOB_QUEUES or "",
-            mode=settings.PLUGIN_SERVER_MODE,
+            kafka_enabled=app_setting("KAFKA_ENABLED"),
+            disable_web=app_setting("DISABLE_WEB"),
+            web_hostname=app_setting("WEB_HOSTNAME"),
+            web_port=app_setting("WEB_PORT"),
+            shutdown_timeout=app_setting("SHUTDOWN_TIMEOUT"),
+            job_queues=app_setting("JOB_QUEUES") or "",
+            mode=app_setting("PLUGIN_SERVER_MODE"),
         )
 
 

@@ -17,7 +17,6 @@ import dj_database_url
 from settings.env import env_bool, env_choice, env_float, env_int, env_str, env_url
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-TESTING = env_bool("PLUGIN_SERVER_TESTING", False)
 
 # --- Django -----------------------------------------------------------------
 # The development default starts with "django-insecure-" so that `check --deploy` flags it (security.W009).
@@ -88,134 +87,95 @@ else:
 if os.environ.get("DYNO"):
     _database.setdefault("OPTIONS", {})["sslmode"] = "require"
 DATABASES = {"default": _database}
-# (port) true: the PostHog tables already exist (an existing PostHog database);
-# migrations then never create or alter them (see plugin_server.routers).
-USE_EXISTING_POSTHOG_SCHEMA = env_bool("USE_EXISTING_POSTHOG_SCHEMA", False)
 DATABASE_ROUTERS = ["plugin_server.routers.ExistingSchemaRouter"]
 
-# --- Redis ------------------------------------------------------------------
-REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1", ("redis", "rediss", "unix"))
-POSTHOG_REDIS_HOST = env_str("POSTHOG_REDIS_HOST", "")
-POSTHOG_REDIS_PORT = env_int("POSTHOG_REDIS_PORT", 6379)
-POSTHOG_REDIS_PASSWORD = env_str("POSTHOG_REDIS_PASSWORD", "")
-REDIS_POOL_MIN_SIZE = env_int("REDIS_POOL_MIN_SIZE", 1, minimum=1)
-REDIS_POOL_MAX_SIZE = env_int("REDIS_POOL_MAX_SIZE", 3, minimum=1)
-
-# --- Celery queues ------------------------------------------------------------
-CELERY_DEFAULT_QUEUE = env_str("CELERY_DEFAULT_QUEUE", "celery") or "celery"
-PLUGINS_CELERY_QUEUE = env_str("PLUGINS_CELERY_QUEUE", "posthog-plugins") or "posthog-plugins"
-
-# --- Kafka ------------------------------------------------------------------
-KAFKA_ENABLED = env_bool("KAFKA_ENABLED", False)
-KAFKA_HOSTS = env_str("KAFKA_HOSTS", None)
-KAFKA_CLIENT_CERT_B64 = env_str("KAFKA_CLIENT_CERT_B64", None)
-KAFKA_CLIENT_CERT_KEY_B64 = env_str("KAFKA_CLIENT_CERT_KEY_B64", None)
-KAFKA_TRUSTED_CERT_B64 = env_str("KAFKA_TRUSTED_CERT_B64", None)
-KAFKA_CONSUMPTION_TOPIC = env_str("KAFKA_CONSUMPTION_TOPIC", "events_plugin_ingestion")
-KAFKA_PRODUCER_MAX_QUEUE_SIZE = env_int("KAFKA_PRODUCER_MAX_QUEUE_SIZE", 0 if TESTING else 1000)
-KAFKA_MAX_MESSAGE_BATCH_SIZE = env_int("KAFKA_MAX_MESSAGE_BATCH_SIZE", 900_000)
-KAFKA_FLUSH_FREQUENCY_MS = env_int("KAFKA_FLUSH_FREQUENCY_MS", 500)
-
-# --- ClickHouse ----------------------------------------------------------------
-CLICKHOUSE_HOST = env_str("CLICKHOUSE_HOST", "localhost")
-CLICKHOUSE_DATABASE = env_str("CLICKHOUSE_DATABASE", "posthog_test" if TESTING else "default")
-CLICKHOUSE_USER = env_str("CLICKHOUSE_USER", "default")
-CLICKHOUSE_PASSWORD = env_str("CLICKHOUSE_PASSWORD", None)
-CLICKHOUSE_CA = env_str("CLICKHOUSE_CA", None)
-CLICKHOUSE_SECURE = env_bool("CLICKHOUSE_SECURE", False)
-# (port) With CLICKHOUSE_SECURE, verify the server's certificate (against CLICKHOUSE_CA when set).
-CLICKHOUSE_VERIFY = env_bool("CLICKHOUSE_VERIFY", True)
-# --- ClickHouse ports (port; the local services part, bin/services) ---------------
-# The native protocol port (clickhouse-driver) and the HTTP port, ClickHouse's
-# TLS ports under CLICKHOUSE_SECURE; bin/services starts its server on the
-# plain ones when nothing answers there.
-CLICKHOUSE_PORT = env_int("CLICKHOUSE_PORT", 9440 if CLICKHOUSE_SECURE else 9000)
-CLICKHOUSE_HTTP_PORT = env_int("CLICKHOUSE_HTTP_PORT", 8443 if CLICKHOUSE_SECURE else 8123)
-# (port) The ClickHouse writer (manage.py run_clickhouse_writer): its consumer
-# group, how many messages or milliseconds make one insert, and the topic its
-# unreadable messages go to.
-CLICKHOUSE_WRITER_GROUP_ID = env_str("CLICKHOUSE_WRITER_GROUP_ID", "clickhouse-writer") or "clickhouse-writer"
-CLICKHOUSE_WRITER_BATCH_SIZE = env_int("CLICKHOUSE_WRITER_BATCH_SIZE", 50_000, minimum=1)
-CLICKHOUSE_WRITER_BATCH_MS = env_int("CLICKHOUSE_WRITER_BATCH_MS", 2_000, minimum=1)
-CLICKHOUSE_WRITER_DEAD_LETTER_TOPIC = (
-    env_str("CLICKHOUSE_WRITER_DEAD_LETTER_TOPIC", "clickhouse_dead_letter") or "clickhouse_dead_letter"
+# --- The plugin server's own settings ---------------------------------------------
+# Read from the environment, with their defaults, by the app itself
+# (plugin_server.app_settings), so that a host project that defines none of
+# them loads the app; this standalone project takes them all.
+from plugin_server.app_settings import (  # noqa: E402
+    POSTHOG_MODELS_MODULE as POSTHOG_MODELS_MODULE,
+    USE_EXISTING_POSTHOG_SCHEMA as USE_EXISTING_POSTHOG_SCHEMA,
+    REDIS_URL as REDIS_URL,
+    POSTHOG_REDIS_HOST as POSTHOG_REDIS_HOST,
+    POSTHOG_REDIS_PORT as POSTHOG_REDIS_PORT,
+    POSTHOG_REDIS_PASSWORD as POSTHOG_REDIS_PASSWORD,
+    REDIS_POOL_MIN_SIZE as REDIS_POOL_MIN_SIZE,
+    REDIS_POOL_MAX_SIZE as REDIS_POOL_MAX_SIZE,
+    CELERY_DEFAULT_QUEUE as CELERY_DEFAULT_QUEUE,
+    PLUGINS_CELERY_QUEUE as PLUGINS_CELERY_QUEUE,
+    KAFKA_ENABLED as KAFKA_ENABLED,
+    KAFKA_HOSTS as KAFKA_HOSTS,
+    KAFKA_CLIENT_CERT_B64 as KAFKA_CLIENT_CERT_B64,
+    KAFKA_CLIENT_CERT_KEY_B64 as KAFKA_CLIENT_CERT_KEY_B64,
+    KAFKA_TRUSTED_CERT_B64 as KAFKA_TRUSTED_CERT_B64,
+    KAFKA_CONSUMPTION_TOPIC as KAFKA_CONSUMPTION_TOPIC,
+    KAFKA_PRODUCER_MAX_QUEUE_SIZE as KAFKA_PRODUCER_MAX_QUEUE_SIZE,
+    KAFKA_MAX_MESSAGE_BATCH_SIZE as KAFKA_MAX_MESSAGE_BATCH_SIZE,
+    KAFKA_FLUSH_FREQUENCY_MS as KAFKA_FLUSH_FREQUENCY_MS,
+    CLICKHOUSE_HOST as CLICKHOUSE_HOST,
+    CLICKHOUSE_DATABASE as CLICKHOUSE_DATABASE,
+    CLICKHOUSE_USER as CLICKHOUSE_USER,
+    CLICKHOUSE_PASSWORD as CLICKHOUSE_PASSWORD,
+    CLICKHOUSE_CA as CLICKHOUSE_CA,
+    CLICKHOUSE_SECURE as CLICKHOUSE_SECURE,
+    CLICKHOUSE_VERIFY as CLICKHOUSE_VERIFY,
+    CLICKHOUSE_PORT as CLICKHOUSE_PORT,
+    CLICKHOUSE_HTTP_PORT as CLICKHOUSE_HTTP_PORT,
+    CLICKHOUSE_WRITER_GROUP_ID as CLICKHOUSE_WRITER_GROUP_ID,
+    CLICKHOUSE_WRITER_BATCH_SIZE as CLICKHOUSE_WRITER_BATCH_SIZE,
+    CLICKHOUSE_WRITER_BATCH_MS as CLICKHOUSE_WRITER_BATCH_MS,
+    CLICKHOUSE_WRITER_DEAD_LETTER_TOPIC as CLICKHOUSE_WRITER_DEAD_LETTER_TOPIC,
+    BASE_DIR as BASE_DIR,
+    PLUGINS_RELOAD_PUBSUB_CHANNEL as PLUGINS_RELOAD_PUBSUB_CHANNEL,
+    WORKER_CONCURRENCY as WORKER_CONCURRENCY,
+    TASKS_PER_WORKER as TASKS_PER_WORKER,
+    TASK_TIMEOUT as TASK_TIMEOUT,
+    WORKER_MEMORY_LIMIT_MB as WORKER_MEMORY_LIMIT_MB,
+    WORKER_MAX_TASKS as WORKER_MAX_TASKS,
+    DISABLE_WEB as DISABLE_WEB,
+    WEB_PORT as WEB_PORT,
+    WEB_HOSTNAME as WEB_HOSTNAME,
+    LOG_LEVEL as LOG_LEVEL,
+    SENTRY_DSN as SENTRY_DSN,
+    STATSD_HOST as STATSD_HOST,
+    STATSD_PORT as STATSD_PORT,
+    STATSD_PREFIX as STATSD_PREFIX,
+    SCHEDULE_LOCK_TTL as SCHEDULE_LOCK_TTL,
+    JOB_QUEUES as JOB_QUEUES,
+    JOB_QUEUE_GRAPHILE_URL as JOB_QUEUE_GRAPHILE_URL,
+    JOB_QUEUE_GRAPHILE_SCHEMA as JOB_QUEUE_GRAPHILE_SCHEMA,
+    JOB_QUEUE_GRAPHILE_PREPARED_STATEMENTS as JOB_QUEUE_GRAPHILE_PREPARED_STATEMENTS,
+    CRASH_IF_NO_PERSISTENT_JOB_QUEUE as CRASH_IF_NO_PERSISTENT_JOB_QUEUE,
+    STALENESS_RESTART_SECONDS as STALENESS_RESTART_SECONDS,
+    PLUGIN_SERVER_MODE as PLUGIN_SERVER_MODE,
+    SCHEDULE_TIME_SCALE as SCHEDULE_TIME_SCALE,
+    JOB_MAX_ATTEMPTS as JOB_MAX_ATTEMPTS,
+    JOB_RETRY_BASE_SECONDS as JOB_RETRY_BASE_SECONDS,
+    JOB_POLL_INTERVAL as JOB_POLL_INTERVAL,
+    DISABLE_MMDB as DISABLE_MMDB,
+    INTERNAL_MMDB_SERVER_PORT as INTERNAL_MMDB_SERVER_PORT,
+    DISTINCT_ID_LRU_SIZE as DISTINCT_ID_LRU_SIZE,
+    PLUGIN_SERVER_IDLE as PLUGIN_SERVER_IDLE,
+    INGESTION_BATCH_SIZE as INGESTION_BATCH_SIZE,
+    INGESTION_POLL_TIMEOUT as INGESTION_POLL_TIMEOUT,
+    INGESTION_MAX_MESSAGE_BYTES as INGESTION_MAX_MESSAGE_BYTES,
+    INGESTION_RETRY_ATTEMPTS as INGESTION_RETRY_ATTEMPTS,
+    INGESTION_RETRY_BACKOFF as INGESTION_RETRY_BACKOFF,
+    INGESTION_RETRY_BACKOFF_MAX as INGESTION_RETRY_BACKOFF_MAX,
+    CELERY_CONSUMER_HEARTBEAT_TTL as CELERY_CONSUMER_HEARTBEAT_TTL,
+    SHUTDOWN_TIMEOUT as SHUTDOWN_TIMEOUT,
+    CONN_MAX_AGE as CONN_MAX_AGE,
+    MAX_EVENT_SIZE_BYTES as MAX_EVENT_SIZE_BYTES,
+    Q_CLUSTER as Q_CLUSTER,
+    PLUGIN_FETCH_TIMEOUT as PLUGIN_FETCH_TIMEOUT,
+    PLUGIN_FETCH_MAX_RESPONSE_BYTES as PLUGIN_FETCH_MAX_RESPONSE_BYTES,
+    PLUGIN_FETCH_ALLOW_PRIVATE_NETWORKS as PLUGIN_FETCH_ALLOW_PRIVATE_NETWORKS,
+    MMDB_PATH as MMDB_PATH,
 )
 
-# --- Plugins and workers --------------------------------------------------------
-BASE_DIR = env_str("BASE_DIR", ".") or "."
-PLUGINS_RELOAD_PUBSUB_CHANNEL = env_str("PLUGINS_RELOAD_PUBSUB_CHANNEL", "reload-plugins") or "reload-plugins"
-WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 0)  # 0 = one per core
-TASKS_PER_WORKER = env_int("TASKS_PER_WORKER", 10, minimum=1)
-TASK_TIMEOUT = env_float("TASK_TIMEOUT", 30.0)
-# (port) memory limit of one plugin worker process, in MiB; 0 = no limit.
-WORKER_MEMORY_LIMIT_MB = env_int("WORKER_MEMORY_LIMIT_MB", 1024)
-# (port) a worker is replaced after this many tasks (0 = never), to bound leaks.
-WORKER_MAX_TASKS = env_int("WORKER_MAX_TASKS", 0)
-
-# --- Web, logs, monitoring ------------------------------------------------------
-DISABLE_WEB = env_bool("DISABLE_WEB", True)
-WEB_PORT = env_int("WEB_PORT", 3008)
-WEB_HOSTNAME = env_str("WEB_HOSTNAME", "0.0.0.0") or "0.0.0.0"
-LOG_LEVEL = env_choice("LOG_LEVEL", "info", ("debug", "info", "log", "warn", "error", "none"))
-SENTRY_DSN = env_str("SENTRY_DSN", None)
-STATSD_HOST = env_str("STATSD_HOST", None)
-STATSD_PORT = env_int("STATSD_PORT", 8125)
-STATSD_PREFIX = env_str("STATSD_PREFIX", "plugin-server.")
-
-# --- Scheduler and jobs ---------------------------------------------------------
-SCHEDULE_LOCK_TTL = env_int("SCHEDULE_LOCK_TTL", 60, minimum=1)
-JOB_QUEUES = env_str("JOB_QUEUES", "graphile")
-JOB_QUEUE_GRAPHILE_URL = env_str("JOB_QUEUE_GRAPHILE_URL", "")
-JOB_QUEUE_GRAPHILE_SCHEMA = env_str("JOB_QUEUE_GRAPHILE_SCHEMA", "graphile_worker")
-JOB_QUEUE_GRAPHILE_PREPARED_STATEMENTS = env_bool("JOB_QUEUE_GRAPHILE_PREPARED_STATEMENTS", False)
-CRASH_IF_NO_PERSISTENT_JOB_QUEUE = env_bool("CRASH_IF_NO_PERSISTENT_JOB_QUEUE", False)
-STALENESS_RESTART_SECONDS = env_int("STALENESS_RESTART_SECONDS", 0)
-# (port) which parts one process runs: all, ingestion, scheduler or jobs.
-PLUGIN_SERVER_MODE = env_choice("PLUGIN_SERVER_MODE", "all", ("all", "ingestion", "scheduler", "jobs"))
-# (port) scale of the scheduler's clock: a "minute" lasts 60 x this many seconds (tests: short).
-SCHEDULE_TIME_SCALE = env_float("SCHEDULE_TIME_SCALE", 1.0, minimum=0.001)
-# (port) a job raising RetryError runs at most this many times in all, waiting
-# JOB_RETRY_BASE_SECONDS x 2^(attempt - 1) before each retry.
-JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3, minimum=1)
-JOB_RETRY_BASE_SECONDS = env_float("JOB_RETRY_BASE_SECONDS", 5.0)
-# (port) seconds between two looks for due jobs (the original polled every 100 ms).
-JOB_POLL_INTERVAL = env_float("JOB_POLL_INTERVAL", 0.2, minimum=0.01)
-
-# --- Ingestion ------------------------------------------------------------------
-DISABLE_MMDB = env_bool("DISABLE_MMDB", TESTING)
-INTERNAL_MMDB_SERVER_PORT = env_int("INTERNAL_MMDB_SERVER_PORT", 0)
-DISTINCT_ID_LRU_SIZE = env_int("DISTINCT_ID_LRU_SIZE", 10_000)
-PLUGIN_SERVER_IDLE = env_bool("PLUGIN_SERVER_IDLE", False)
-
-# --- Ingestion consumer (port) ------------------------------------------------
-# Messages taken off the queue per batch (one poll, one ingest, one ack).
-INGESTION_BATCH_SIZE = env_int("INGESTION_BATCH_SIZE", 500, minimum=1)
-# Seconds a poll blocks on an empty queue before the loop looks around again.
-INGESTION_POLL_TIMEOUT = env_float("INGESTION_POLL_TIMEOUT", 1.0)
-# A message larger than this (bytes) is dead-lettered instead of ingested.
-INGESTION_MAX_MESSAGE_BYTES = env_int("INGESTION_MAX_MESSAGE_BYTES", 1_048_576, minimum=1)
-# A batch whose storage keeps failing is retried this many times, with
-# exponential backoff from INGESTION_RETRY_BACKOFF up to INGESTION_RETRY_BACKOFF_MAX
-# seconds, and only then dead-lettered.
-INGESTION_RETRY_ATTEMPTS = env_int("INGESTION_RETRY_ATTEMPTS", 5, minimum=1)
-INGESTION_RETRY_BACKOFF = env_float("INGESTION_RETRY_BACKOFF", 0.5)
-INGESTION_RETRY_BACKOFF_MAX = env_float("INGESTION_RETRY_BACKOFF_MAX", 30.0)
-# A Celery consumer whose heartbeat is older than this (seconds) is dead: the
-# messages it held in flight go back to the queue.
-CELERY_CONSUMER_HEARTBEAT_TTL = env_int("CELERY_CONSUMER_HEARTBEAT_TTL", 30, minimum=2)
-# Seconds a graceful shutdown may take before the server exits anyway.
-SHUTDOWN_TIMEOUT = env_float("SHUTDOWN_TIMEOUT", 30.0)
-# Django's CONN_MAX_AGE (seconds a database connection is reused; 0 = a new
-# one per batch). A long-lived consumer keeps its connections: connecting
-# costs milliseconds per batch. Broken ones are replaced (CONN_HEALTH_CHECKS).
-CONN_MAX_AGE = env_int("CONN_MAX_AGE", 600)
 DATABASES["default"]["CONN_MAX_AGE"] = CONN_MAX_AGE
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-
-# --- Events processor (port) ----------------------------------------------------
-# An event whose JSON (as it leaves the plugins) is larger than this many bytes
-# is dead-lettered with reason event_too_large instead of stored.
-MAX_EVENT_SIZE_BYTES = env_int("MAX_EVENT_SIZE_BYTES", 1_048_576, minimum=1)
 
 LOGGING = {
     "version": 1,
@@ -224,26 +184,3 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "structured"}},
     "root": {"handlers": ["console"], "level": {"log": "INFO", "warn": "WARNING", "none": "CRITICAL"}.get(LOG_LEVEL, LOG_LEVEL.upper())},
 }
-
-# --- django-q2 (plugin jobs) ------------------------------------------------------
-Q_CLUSTER = {
-    "name": "plugin-server-jobs",
-    "orm": "default",
-    "workers": env_int("JOBS_WORKERS", 1, minimum=1),
-    "timeout": int(TASK_TIMEOUT * 4),
-    "retry": int(TASK_TIMEOUT * 4) + 30,
-    "max_attempts": 1,
-    "catch_up": False,
-    "sync": False,
-}
-
-# --- Plugin meta API (port) -------------------------------------------------------
-# meta.fetch: the longest a request may take (a plugin may ask for less), the
-# largest response body, and whether loopback/private addresses may be reached
-# (off in production; tests turn it on for their local HTTP server).
-PLUGIN_FETCH_TIMEOUT = env_float("PLUGIN_FETCH_TIMEOUT", 10.0)
-PLUGIN_FETCH_MAX_RESPONSE_BYTES = env_int("PLUGIN_FETCH_MAX_RESPONSE_BYTES", 10 * 1024 * 1024, minimum=1)
-PLUGIN_FETCH_ALLOW_PRIVATE_NETWORKS = env_bool("PLUGIN_FETCH_ALLOW_PRIVATE_NETWORKS", False)
-# meta.geoip: an uncompressed GeoLite2/GeoIP2 City MMDB file ("" = none; the
-# MMDB service may hand the host a database of its own instead).
-MMDB_PATH = env_str("MMDB_PATH", "") or ""

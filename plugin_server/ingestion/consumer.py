@@ -52,9 +52,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from django.conf import settings
 from django.db import connections
 
+from plugin_server.app_settings import app_setting
 from plugin_server.events import Delivery, PluginEvent
 from plugin_server.exceptions import InvalidMessage, RetriableError, WorkerDied
 from plugin_server.ingestion.decode import decode
@@ -111,12 +111,12 @@ class ConsumerOptions:
     @classmethod
     def from_settings(cls, **overrides: Any) -> ConsumerOptions:
         values: dict[str, Any] = {
-            "batch_size": settings.INGESTION_BATCH_SIZE,
-            "poll_timeout": settings.INGESTION_POLL_TIMEOUT,
-            "max_message_bytes": settings.INGESTION_MAX_MESSAGE_BYTES,
-            "retry_attempts": settings.INGESTION_RETRY_ATTEMPTS,
-            "retry_backoff": settings.INGESTION_RETRY_BACKOFF,
-            "retry_backoff_max": settings.INGESTION_RETRY_BACKOFF_MAX,
+            "batch_size": app_setting("INGESTION_BATCH_SIZE"),
+            "poll_timeout": app_setting("INGESTION_POLL_TIMEOUT"),
+            "max_message_bytes": app_setting("INGESTION_MAX_MESSAGE_BYTES"),
+            "retry_attempts": app_setting("INGESTION_RETRY_ATTEMPTS"),
+            "retry_backoff": app_setting("INGESTION_RETRY_BACKOFF"),
+            "retry_backoff_max": app_setting("INGESTION_RETRY_BACKOFF_MAX"),
         }
         values.update(overrides)
         return cls(**values)

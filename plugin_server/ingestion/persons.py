@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
+from plugin_server.app_settings import app_setting
 from plugin_server.exceptions import RetriableError
 from plugin_server.ingestion.distinct_ids import DistinctIdCache
 from plugin_server.ingestion.person_batch import DistinctIdChange, PersonBatch, PersonChanges, RaceLost
@@ -84,7 +84,7 @@ class PersonManager:
         clock: Callable[[], datetime] = timezone.now,
         max_attempts: int = 5,
     ) -> None:
-        self.distinct_ids = DistinctIdCache(lru_size if lru_size is not None else settings.DISTINCT_ID_LRU_SIZE)
+        self.distinct_ids = DistinctIdCache(lru_size if lru_size is not None else app_setting("DISTINCT_ID_LRU_SIZE"))
         self._clock = clock
         self._max_attempts = max_attempts
 

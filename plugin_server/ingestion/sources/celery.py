@@ -37,8 +37,8 @@ from contextlib import contextmanager
 from typing import cast
 
 import redis
-from django.conf import settings
 
+from plugin_server.app_settings import app_setting
 from plugin_server.events import Delivery, SourceName
 from plugin_server.exceptions import RetriableError
 from plugin_server.metrics import INGESTION_MESSAGES_POLLED, INGESTION_SOURCE_RECOVERED, get_metrics
@@ -116,10 +116,10 @@ class CelerySource:
         heartbeat_ttl: float | None = None,
         max_bytes: int = 16 * 1024 * 1024,
     ) -> None:
-        self.queue: str = queue or settings.PLUGINS_CELERY_QUEUE
+        self.queue: str = queue or app_setting("PLUGINS_CELERY_QUEUE")
         self.consumer_id = uuid.uuid4().hex
         self._redis = client or get_redis()
-        self._ttl = float(heartbeat_ttl if heartbeat_ttl is not None else settings.CELERY_CONSUMER_HEARTBEAT_TTL)
+        self._ttl = float(heartbeat_ttl if heartbeat_ttl is not None else app_setting("CELERY_CONSUMER_HEARTBEAT_TTL"))
         self._max_bytes = max_bytes
         prefix = f"@posthog-plugin-server/celery/{self.queue}/"
         self._consumers_key = prefix + "consumers"

@@ -14,9 +14,9 @@ import threading
 from argparse import ArgumentParser
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from plugin_server.app_settings import app_setting
 from plugin_server.server import MODES, Server, ServerOptions
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if settings.PLUGIN_SERVER_IDLE:
+        if app_setting("PLUGIN_SERVER_IDLE"):
             self._idle()
             return
         server_options = ServerOptions.from_settings()

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
+from plugin_server.app_settings import app_setting
 from plugin_server.models import Organization, Plugin, PluginConfig, Team
 from plugin_server.plugins.loader import base_folder
 from plugin_server.pubsub import publish_reload
@@ -60,7 +60,7 @@ class Command(BaseCommand):
                 name=plugin_json["name"],
                 defaults={
                     "plugin_type": Plugin.PluginType.LOCAL,
-                    "url": demo_plugin_url(settings.BASE_DIR),
+                    "url": demo_plugin_url(app_setting("BASE_DIR")),
                     "description": plugin_json.get("description", ""),
                     "config_schema": plugin_json.get("config", []),
                     "from_json": True,
