@@ -1,11 +1,14 @@
-"""System checks for the plugin server's settings (ids ``plugin_server.E0xx``)."""
+"""System checks for the plugin server's settings (ids ``plugin_server.E0xx`` errors, ``W0xx`` warnings)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Error, register
+from django.core.checks import Error, Warning, register
+
+# settings/base.py's SECRET_KEY when none is set: fine on a laptop, a forgery kit in production.
+DEVELOPMENT_SECRET_KEY = "django-insecure-plugin-server-dev-key-change-me"
 
 
 @register()
@@ -36,6 +39,20 @@ def check_host_models(app_configs: Any, **kwargs: Any) -> list[Error]:
                 f"{models_package()} has no Django model {', '.join(missing)}: these rows can only go to ClickHouse.",
                 hint="Set KAFKA_ENABLED=true (and KAFKA_HOSTS): events, recordings and plugin log entries are then produced to Kafka.",
                 id="plugin_server.E003",
+            )
+        ]
+    return []
+
+
+@register(deploy=False)
+def check_secret_key(app_configs: Any, **kwargs: Any) -> list[Warning]:
+    """The built-in development SECRET_KEY with DEBUG off: a production-like run anyone can forge sessions of."""
+    if settings.SECRET_KEY == DEVELOPMENT_SECRET_KEY and not settings.DEBUG:
+        return [
+            Warning(
+                "SECRET_KEY is the built-in development key, and DEBUG is off: admin sessions can be forged.",
+                hint='Set SECRET_KEY to a long random value, e.g. python -c "import secrets; print(secrets.token_urlsafe(50))".',
+                id="plugin_server.W001",
             )
         ]
     return []

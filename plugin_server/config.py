@@ -130,6 +130,13 @@ class ServerConfig:
     secret_key: str = dataclasses.field(metadata=_SECRET)
     debug: bool
     allowed_hosts: tuple[str, ...]
+    secure_ssl_redirect: bool
+    secure_hsts_seconds: int
+    secure_hsts_include_subdomains: bool
+    secure_hsts_preload: bool
+    session_cookie_secure: bool
+    csrf_cookie_secure: bool
+    secure_proxy_ssl_header: str
 
     @classmethod
     def from_settings(cls) -> ServerConfig:
@@ -202,6 +209,7 @@ _DERIVED: dict[str, Callable[[], Any]] = {
     "job_queues": _job_queues,
     "jobs_workers": lambda: int(str(app_setting("Q_CLUSTER")["workers"])),
     "allowed_hosts": lambda: tuple(settings.ALLOWED_HOSTS),
+    "secure_proxy_ssl_header": lambda: ",".join(settings.SECURE_PROXY_SSL_HEADER or ()),
 }
 
 _lock = threading.Lock()

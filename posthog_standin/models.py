@@ -335,6 +335,7 @@ class PluginLogEntry(models.Model):
 
     class Meta:
         db_table = "posthog_pluginlogentry"
+        verbose_name_plural = "plugin log entries"
         indexes = [
             models.Index(fields=["plugin_config_id", "-timestamp"], name="posthog_plugin_log_cfg_ts_idx"),
         ]

@@ -19,10 +19,21 @@ from settings.env import env_bool, env_choice, env_float, env_int, env_str, env_
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 # --- Django -----------------------------------------------------------------
-# The development default starts with "django-insecure-" so that `check --deploy` flags it (security.W009).
+# The development default starts with "django-insecure-" so that `check --deploy` flags it (security.W009);
+# while it is in use with DEBUG off, every command warns (plugin_server.W001).
 SECRET_KEY = env_str("SECRET_KEY", "django-insecure-plugin-server-dev-key-change-me") or ""
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = (env_str("ALLOWED_HOSTS", "*") or "*").split(",")
+# (port) Serving the admin over HTTPS: what `check --deploy` asks for (docs/configuration.md).
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
+# "HEADER,value" a TLS-terminating proxy sets, e.g. HTTP_X_FORWARDED_PROTO,https.
+_proxy_ssl_header = (env_str("SECURE_PROXY_SSL_HEADER", "") or "").split(",")
+SECURE_PROXY_SSL_HEADER = (_proxy_ssl_header[0].strip(), _proxy_ssl_header[1].strip()) if len(_proxy_ssl_header) == 2 else None
 ROOT_URLCONF = "plugin_server.urls"
 USE_TZ = True
 TIME_ZONE = "UTC"
@@ -48,6 +59,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 TEMPLATES = [
     {

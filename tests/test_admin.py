@@ -491,3 +491,29 @@ def test_a_large_unfiltered_log_list_is_counted_from_table_statistics(many_confi
     with django_assert_num_queries(1) as captured:
         assert EstimatedCountPaginator(everything.filter(plugin_config_id=first.pk), 100, estimate_above=1000).count == 1
     assert "COUNT" in captured.captured_queries[0]["sql"].upper()
+
+
+# --- the admin's own pages ---------------------------------------------------------------
+
+
+def test_the_index_names_log_entries_right_and_shows_only_the_projects_sections(admin_client: Client) -> None:
+    """"Plugin log entries" (not "entrys"), no "View site" link to a page that does not exist, no django-q2 sections."""
+    page = admin_client.get(reverse("admin:index")).content.decode()
+    assert "Plugin log entries" in page and "entrys" not in page
+    assert "View site" not in page
+    assert "/admin/django_q/" not in page and "Failed tasks" not in page and "Scheduled tasks" not in page
+    assert admin_client.get("/admin/django_q/schedule/").status_code == 404
+
+
+def test_the_help_of_a_schema_field_shows_its_default_as_it_would_be_typed(admin_client: Client) -> None:
+    """Text defaults as they are, JSON defaults as JSON (true, {"a": 1}), never Python's repr (True, {'a': 1})."""
+    schema = [
+        {"key": "greeting", "type": "string", "default": "hi there", "hint": "what to say"},
+        {"key": "extra", "type": "json", "default": {"a": 1, "on": True}},
+        {"key": "verbose", "type": "choice", "choices": ["true", "false"], "default": "false"},
+    ]
+    plugin = create_plugin(source=SOURCE, config_schema=schema)
+    form = admin_client.get(url("pluginconfig_add") + f"?plugin={plugin.pk}").context["adminform"].form
+    assert form.fields["config__greeting"].help_text == "what to say — Default: hi there"
+    assert form.fields["config__extra"].help_text == 'Default: {"a": 1, "on": true}'
+    assert form.fields["config__verbose"].help_text == "Default: false"

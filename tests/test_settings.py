@@ -203,5 +203,37 @@ def test_every_setting_is_in_the_config_view() -> None:
 def test_the_development_secret_key_is_flagged_by_the_deploy_check() -> None:
     """Without SECRET_KEY, `check --deploy` warns (security.W009); with a strong key it does not."""
     assert "security.W009" in run_manage("check", "--deploy").stderr
-    strong = run_manage("check", "--deploy", SECRET_KEY="k" + "".join(chr(ord("a") + i % 26) + str(i) for i in range(40)))
+    strong = run_manage("check", "--deploy", SECRET_KEY=STRONG_KEY)
     assert "security.W009" not in strong.stderr
+
+
+# What README.md tells an operator to set for production (it shows these names and values).
+PRODUCTION_SETTINGS = {
+    "SECURE_SSL_REDIRECT": "true",
+    "SECURE_HSTS_SECONDS": "31536000",
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true",
+    "SECURE_HSTS_PRELOAD": "true",
+    "SESSION_COOKIE_SECURE": "true",
+    "CSRF_COOKIE_SECURE": "true",
+}
+STRONG_KEY = "k" + "".join(chr(ord("a") + i % 26) + str(i) for i in range(40))
+
+
+def test_the_development_secret_key_with_debug_off_warns_at_every_start() -> None:
+    """Any command (here `check`) warns plugin_server.W001 with the built-in key; not with a key of one's own, nor with DEBUG on."""
+    warned = run_manage("check")
+    assert warned.returncode == 0
+    assert "(plugin_server.W001) SECRET_KEY is the built-in development key, and DEBUG is off" in warned.stderr
+    assert "plugin_server.W001" not in run_manage("check", SECRET_KEY=STRONG_KEY).stderr
+    assert "plugin_server.W001" not in run_manage("check", DEBUG="true").stderr
+
+
+def test_check_deploy_is_clean_with_what_the_readme_says_to_set() -> None:
+    """`manage.py check --deploy` finds no issue with a real SECRET_KEY and the README's HTTPS settings."""
+    readme = (ROOT / "README.md").read_text()
+    for name, value in PRODUCTION_SETTINGS.items():
+        assert f"{name}={value}" in readme, f"README.md should tell to set {name}={value}"
+    assert "SECRET_KEY=" in readme
+    result = run_manage("check", "--deploy", SECRET_KEY=STRONG_KEY, **PRODUCTION_SETTINGS)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.strip() == "System check identified no issues (0 silenced)."

@@ -75,8 +75,10 @@ def markdown_notes(schema: object) -> str:
 
 def _help(field: Mapping[str, Any], *extra: str) -> str:
     parts = [str(field["hint"])] if field.get("hint") else []
-    if field.get("default") not in (None, "") and not field.get("secret"):
-        parts.append(f"Default: {field['default']}")
+    default = field.get("default")
+    if default not in (None, "") and not field.get("secret"):
+        # As it would be typed into the field: text as is, anything else as JSON (true, {"a": 1}).
+        parts.append(f"Default: {default if isinstance(default, str) else json.dumps(default)}")
     parts.extend(extra)
     return " — ".join(parts)
 
