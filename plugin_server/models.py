@@ -109,6 +109,16 @@ def has_model(name: str) -> bool:
     return _resolved.get(name) is not None
 
 
+def persons_db_alias(write: bool = True) -> str:
+    """The database of the person tables: the host's router decides (today's
+    PostHog keeps persons in a database of their own), else ``default``."""
+    from django.db import DEFAULT_DB_ALIAS, router
+
+    model = _resolved["Person"]
+    alias = router.db_for_write(model) if write else router.db_for_read(model)
+    return alias or DEFAULT_DB_ALIAS
+
+
 if TYPE_CHECKING:
     # The type checker sees the stand-ins (same fields as PostHog's models);
     # "X as X" re-exports them under strict.

@@ -15,7 +15,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
-from django.db import connection
+from django.db import connections
+
+from plugin_server.models import persons_db_alias
 
 DistinctIdKey = tuple[int, str]
 
@@ -88,7 +90,7 @@ class DistinctIdCache:
         if self.contains(team_id, distinct_id):
             return False
         self.add([(team_id, distinct_id)])
-        with connection.cursor() as cursor:
+        with connections[persons_db_alias(write=False)].cursor() as cursor:
             cursor.execute(
                 "SELECT COUNT(*) FROM posthog_persondistinctid WHERE team_id = %s AND distinct_id = %s",
                 [team_id, distinct_id],

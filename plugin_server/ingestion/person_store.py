@@ -7,6 +7,12 @@ a text array in Python; one JSON text is encoded in C and escaped once.)
 Postgres specifics of the person side live here only (spec:
 ingestion.md §4 and §9, tables ``posthog_person``, ``posthog_persondistinctid``,
 ``posthog_cohortpeople``).
+
+The host's schema is followed where it differs: person ids travel as
+``bigint`` (today's PostHog; an ``integer`` column takes them as well), and
+where the person tables have PostHog's ``version`` column (today's), a new
+row starts at 0 and every change of a row adds 1, as ClickHouse's
+collapsing of person rows expects.
 """
 
 from __future__ import annotations
@@ -15,12 +21,14 @@ import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from django.db.backends.utils import CursorWrapper
 
 from plugin_server.ingestion.distinct_ids import DistinctIdKey
 from plugin_server.ingestion.person_properties import jsonb_text
+from plugin_server.models import Person, PersonDistinctId
 
 _PERSON_COLUMNS = "p.id, p.uuid, p.team_id, p.created_at, p.properties::text, p.is_identified, p.is_user_id"
 
@@ -28,6 +36,15 @@ _PERSON_COLUMNS = "p.id, p.uuid, p.team_id, p.created_at, p.properties::text, p.
 def _keys_document(keys: Collection[DistinctIdKey]) -> str:
     # Read by jsonb_to_recordset(...) AS k(t int, d text).
     return json.dumps([{"t": team_id, "d": distinct_id} for team_id, distinct_id in keys])
+
+
+@cache
+def _versioned() -> tuple[bool, bool]:
+    """Whether ``posthog_person`` and ``posthog_persondistinctid`` have a ``version`` column."""
+    person, distinct_id = (
+        any(field.attname == "version" for field in model._meta.concrete_fields) for model in (Person, PersonDistinctId)
+    )
+    return person, distinct_id
 
 
 def _json_bool(value: bool) -> str:
@@ -142,10 +159,11 @@ def insert_persons(cursor: CursorWrapper, persons: Sequence[PersonRecord]) -> No
         f'"i":{_json_bool(person.is_identified)},"u":"{person.uuid}"}}'
         for person, text in zip(persons, texts, strict=True)
     )
+    version_column, version_value = (", version", ", 0") if _versioned()[0] else ("", "")
     cursor.execute(
-        """
-        INSERT INTO posthog_person (created_at, properties, team_id, is_user_id, is_identified, uuid)
-        SELECT c, p, t, NULL, i, u
+        f"""
+        INSERT INTO posthog_person (created_at, properties, team_id, is_user_id, is_identified, uuid{version_column})
+        SELECT c, p, t, NULL, i, u{version_value}
         FROM jsonb_to_recordset(%s::jsonb) AS v(c timestamptz, p jsonb, t int, i bool, u uuid)
         RETURNING id, uuid
         """,
@@ -167,10 +185,11 @@ def insert_distinct_ids(cursor: CursorWrapper, rows: Sequence[tuple[int, str, in
     inserted in order, which is the order a person's distinct ids list in."""
     if not rows:
         return {}
+    version_column, version_value = (", version", ", 0") if _versioned()[1] else ("", "")
     cursor.execute(
-        """
-        INSERT INTO posthog_persondistinctid (team_id, distinct_id, person_id)
-        SELECT (r ->> 0)::int, r ->> 1, (r ->> 2)::int
+        f"""
+        INSERT INTO posthog_persondistinctid (team_id, distinct_id, person_id{version_column})
+        SELECT (r ->> 0)::int, r ->> 1, (r ->> 2)::bigint{version_value}
         FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS v(r, n)
         ORDER BY n
         ON CONFLICT (team_id, distinct_id) DO NOTHING
@@ -190,11 +209,12 @@ def update_persons(cursor: CursorWrapper, persons: Sequence[PersonRecord]) -> No
         f'{{"id":{person.id},"p":{text},"i":{_json_bool(person.is_identified)},"c":"{person.created_at.isoformat()}"}}'
         for person, text in zip(persons, texts, strict=True)
     )
+    version = ", version = COALESCE(p.version, 0) + 1" if _versioned()[0] else ""
     cursor.execute(
-        """
+        f"""
         UPDATE posthog_person AS p
-        SET properties = v.p, is_identified = v.i, created_at = v.c
-        FROM jsonb_to_recordset(%s::jsonb) AS v(id int, p jsonb, i bool, c timestamptz)
+        SET properties = v.p, is_identified = v.i, created_at = v.c{version}
+        FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, p jsonb, i bool, c timestamptz)
         WHERE p.id = v.id
         """,
         [f"[{document}]"],
@@ -210,10 +230,11 @@ def merge_rows(cursor: CursorWrapper, team_id: int, into_id: int, other_id: int)
     One statement, so the merge is all or nothing with the caller's
     transaction (the original ran these steps unprotected). Returns the
     ``(row id, distinct id)`` of the distinct ids moved, in row id order."""
+    version = ", version = COALESCE(version, 0) + 1" if _versioned()[1] else ""
     cursor.execute(
-        """
+        f"""
         WITH moved AS (
-            UPDATE posthog_persondistinctid SET person_id = %(into)s
+            UPDATE posthog_persondistinctid SET person_id = %(into)s{version}
             WHERE person_id = %(other)s AND team_id = %(team)s
             RETURNING id, distinct_id
         ), cohorts AS (

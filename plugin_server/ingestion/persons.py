@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 
 from plugin_server.app_settings import app_setting
@@ -38,6 +38,7 @@ from plugin_server.ingestion.distinct_ids import DistinctIdCache
 from plugin_server.ingestion.person_batch import DistinctIdChange, PersonBatch, PersonChanges, RaceLost
 from plugin_server.ingestion.person_store import PersonRecord, fetch_person
 from plugin_server.metrics import get_metrics
+from plugin_server.models import persons_db_alias
 
 __all__ = ["DistinctIdChange", "PersonChanges", "PersonManager", "PersonRecord", "PersonUpdate"]
 
@@ -101,12 +102,15 @@ class PersonManager:
             try:
                 # A savepoint: a lost race undoes only this batch's person work
                 # (and releases its row locks) while the caller's transaction goes on.
-                with transaction.atomic():
-                    with connection.cursor() as cursor:
+                # The person tables' database is the host router's choice: when it is
+                # not the caller's, this block is a transaction of its own there.
+                alias = persons_db_alias()
+                with transaction.atomic(using=alias):
+                    with connections[alias].cursor() as cursor:
                         batch = PersonBatch(cursor, self.distinct_ids, self._clock)
                         batch.run(updates)
                     known = batch.known_keys()
-                    transaction.on_commit(lambda: self.distinct_ids.add(known))
+                    transaction.on_commit(lambda: self.distinct_ids.add(known), using=alias)
                 self._count(batch)
                 return batch.changes
             except RaceLost as race:
@@ -131,5 +135,5 @@ class PersonManager:
 
     def person_for(self, team_id: int, distinct_id: str) -> PersonRecord | None:
         """The person owning a distinct id in a team, or None (spec §4.7)."""
-        with connection.cursor() as cursor:
+        with connections[persons_db_alias(write=False)].cursor() as cursor:
             return fetch_person(cursor, team_id, distinct_id)
