@@ -52,14 +52,20 @@ class Reporter:
     def loaded(self, ctx: PluginContext) -> None:
         clear_plugin_errors([ctx.plugin_config_id])
 
-    def disable(self, ctx: PluginContext) -> None:
-        disable_plugin_config(ctx)
+    def disable(self, ctx: PluginContext, cause: str = "") -> None:
+        disable_plugin_config(ctx, cause)
 
     def deferred(self, ctx: PluginContext, api: str, method: str, args: list[Any], kwargs: dict[str, Any]) -> None:
         self.host.call_deferred(ctx, api, method, args, kwargs)
 
     def flush(self) -> None:
         self.host.flush()
+
+
+def setup_failure(news: dict[str, Any]) -> str:
+    """``KeyError: 'x'`` from a "setup_failed" news; a load error's message already starts with its cause."""
+    name, message = news.get("name"), str(news.get("message") or "")
+    return message if name in (None, "PluginLoadError") else f"{name}: {message}"
 
 
 def emit_timing(ctx: PluginContext, what: str, calls: int, total_ms: float, errors: int) -> None:
@@ -133,7 +139,7 @@ def apply_report(
         if news["what"] == "loaded" and first:
             reporter.loaded(ctx)
         elif news["what"] == "setup_failed":
-            reporter.disable(ctx)
+            reporter.disable(ctx, setup_failure(news))
     errors = result.get("errors") or []
     check_reply(isinstance(errors, list), "errors")
     records = []

@@ -151,7 +151,7 @@ class WorkerPool:
         self._loaded.add(ctx.plugin_config_id)
         self.reporter.errors([PluginErrorRecord(ctx=ctx, message=message, name="PluginTimeout" if blame.hung else "WorkerDied", event=event)])
         if blame.item == SETUP_ITEM:
-            self.reporter.disable(ctx)
+            self.reporter.disable(ctx, message)
             self._drop(ctx.plugin_config_id)
         if task.kind == "process" and blame.item >= 0:
             skip = task.payload.setdefault("skip", {})

@@ -6,6 +6,8 @@ reaches ``posthog_pluginconfig.error`` and the plugin log.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from plugin_server.exceptions import PluginLoadError
@@ -102,12 +104,17 @@ def test_the_recorded_error_and_the_plugin_log_hold_the_plugin_traceback(make_po
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
-def test_a_plugin_that_fails_to_load_records_its_cause_not_a_server_traceback(make_pool):
-    """A syntax error recorded by a real worker names main.py and ends with the SyntaxError."""
+def test_a_plugin_that_fails_to_load_records_its_cause_not_a_server_traceback(make_pool, caplog):
+    """A syntax error recorded by a real worker names main.py and ends with the SyntaxError; the log line names all."""
     config = install("def process_event(event, meta)\n    return None\n")
     pool = make_pool(concurrency=1)
-    pool.process_events([event(config.team_id)])
+    with caplog.at_level(logging.WARNING, logger="plugin_server.plugins.meta.errors"):
+        pool.process_events([event(config.team_id)])
     config.refresh_from_db()
+    assert (
+        f"plugin {config.plugin.name} (ID {config.plugin_id}) disabled for team {config.team_id} (config {config.id})"
+        " after failing to load: SyntaxError: expected ':' (main.py, line 1, column 31)"
+    ) in caplog.messages
     _no_server_trace(config.error["stack"])
     assert config.error["stack"].startswith('  File "main.py", line 1')
     assert config.error["stack"].splitlines()[-1] == "SyntaxError: expected ':'"

@@ -83,7 +83,7 @@ class PrintingReporter(Reporter):
     def loaded(self, ctx: PluginContext) -> None:
         pass
 
-    def disable(self, ctx: PluginContext) -> None:
+    def disable(self, ctx: PluginContext, cause: str = "") -> None:
         pass
 
     def deferred(self, ctx: PluginContext, api: str, method: str, args: list[Any], kwargs: dict[str, Any]) -> None:

@@ -111,15 +111,22 @@ def clear_plugin_errors(plugin_config_ids: Sequence[int]) -> int:
     return int(PluginConfig.objects.filter(id__in=plugin_config_ids, error__isnull=False).update(error=None))
 
 
-def disable_plugin_config(ctx: PluginContext) -> int:
+def disable_plugin_config(ctx: PluginContext, cause: str = "") -> int:
     """Disable every enabled config of ``ctx``'s plugin in ``ctx``'s team (spec §2.2 step 5).
 
-    Returns how many rows changed. The caller writes the SYSTEM log entry.
+    Returns how many rows changed. The caller writes the SYSTEM log entry;
+    the server's log line names the plugin, the config and ``cause``.
     """
     configs = PluginConfig.objects.filter(plugin_id=ctx.plugin_id, enabled=True)
     configs = configs.filter(team__isnull=True) if ctx.team_id is None else configs.filter(team_id=ctx.team_id)
     changed = int(configs.update(enabled=False))
     logger.warning(
-        "plugin disabled after failing to load", extra={"plugin_config_id": ctx.plugin_config_id, "team_id": ctx.team_id}
+        "plugin %s (ID %s) disabled for team %s (config %s) after failing to load: %s",
+        ctx.plugin_name,
+        ctx.plugin_id,
+        ctx.team_id,
+        ctx.plugin_config_id,
+        cause or "unknown cause",
+        extra={"plugin_config_id": ctx.plugin_config_id, "team_id": ctx.team_id},
     )
     return changed
