@@ -147,6 +147,16 @@ INGESTION_RETRY_BACKOFF_MAX = env_float("INGESTION_RETRY_BACKOFF_MAX", 30.0)
 # A Celery consumer whose heartbeat is older than this (seconds) is dead: the
 # messages it held in flight go back to the queue.
 CELERY_CONSUMER_HEARTBEAT_TTL = env_int("CELERY_CONSUMER_HEARTBEAT_TTL", 30, minimum=2)
+# kombu's ``global_keyprefix`` transport option, when PostHog's Celery is
+# configured with one: every queue list (and its priority lists) is read
+# under this prefix.
+CELERY_GLOBAL_KEYPREFIX = env_str("CELERY_GLOBAL_KEYPREFIX", "") or ""
+# A message handed out more than this many times without being finished (the
+# server died with it each time) is dead-lettered as ``poison``, unprocessed.
+POISON_MAX_ATTEMPTS = env_int("POISON_MAX_ATTEMPTS", 3, minimum=1)
+# An event nested deeper than this (objects and arrays inside each other) is
+# dead-lettered as ``too_deep`` before any recursive code sees it.
+MAX_EVENT_DEPTH = env_int("MAX_EVENT_DEPTH", 100, minimum=8)
 # Seconds a graceful shutdown may take before the server exits anyway.
 SHUTDOWN_TIMEOUT = env_float("SHUTDOWN_TIMEOUT", 30.0)
 # Django's CONN_MAX_AGE (seconds a database connection is reused; 0 = a new

@@ -123,6 +123,9 @@ class ServerConfig:
     ingestion_retry_backoff: float
     ingestion_retry_backoff_max: float
     celery_consumer_heartbeat_ttl: int
+    celery_global_keyprefix: str
+    poison_max_attempts: int
+    max_event_depth: int
     shutdown_timeout: float
     conn_max_age: int
     max_event_size_bytes: int

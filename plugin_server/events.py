@@ -32,11 +32,17 @@ class Delivery:
     """One raw message taken off a queue, not yet decoded.
 
     ``token`` is the source's own handle used to acknowledge it (a Redis
-    in-flight entry, a Kafka offset)."""
+    in-flight entry, a Kafka offset). ``attempts`` is how many times the
+    source has handed this message out, this time included, as counted
+    durably in the source's own store (so it survives the death of the
+    process); ``key`` is the message's identity, the same on every delivery
+    (the poison-pill contract: ``plugin_server/ingestion/sources/base.py``)."""
 
     payload: bytes
     token: Any
     queue: str
+    attempts: int = 1
+    key: str = ""
 
 
 @dataclass(frozen=True, slots=True)

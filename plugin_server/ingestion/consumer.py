@@ -43,7 +43,6 @@ Metrics: ``ingestion.batch_size``, ``ingestion.batch_time``,
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -54,11 +53,21 @@ from typing import Any, Protocol, TypeVar
 
 from django.db import connections
 
+from plugin_server import json_codec
 from plugin_server.app_settings import app_setting
 from plugin_server.events import Delivery, PluginEvent
 from plugin_server.exceptions import InvalidMessage, RetriableError, WorkerDied
 from plugin_server.ingestion.decode import decode
-from plugin_server.ingestion.dlq import INGEST_ERROR, STORAGE_FAILED, DeadLetterEntry, DeadLetterStore
+from plugin_server.ingestion.dlq import (
+    DECODE_ERROR,
+    INGEST_ERROR,
+    PLUGINS_FAILED,
+    PLUGINS_UNAVAILABLE,
+    STORAGE_FAILED,
+    DeadLetterEntry,
+    DeadLetterStore,
+)
+from plugin_server.ingestion.poison import POISON, CrashNotes, poison_error
 from plugin_server.ingestion.sources.base import Source
 from plugin_server.metrics import (
     INGESTION_BATCH_SIZE,
@@ -107,6 +116,8 @@ class ConsumerOptions:
     retry_attempts: int
     retry_backoff: float
     retry_backoff_max: float
+    poison_max_attempts: int = 3
+    max_event_depth: int = 100
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> ConsumerOptions:
@@ -117,6 +128,8 @@ class ConsumerOptions:
             "retry_attempts": app_setting("INGESTION_RETRY_ATTEMPTS"),
             "retry_backoff": app_setting("INGESTION_RETRY_BACKOFF"),
             "retry_backoff_max": app_setting("INGESTION_RETRY_BACKOFF_MAX"),
+            "poison_max_attempts": app_setting("POISON_MAX_ATTEMPTS"),
+            "max_event_depth": app_setting("MAX_EVENT_DEPTH"),
         }
         values.update(overrides)
         return cls(**values)
@@ -139,6 +152,12 @@ class _Batch:
     letters: list[DeadLetterEntry] = field(default_factory=list)
     events: list[PluginEvent] = field(default_factory=list)  # after the plugins
     by_uuid: dict[str, Delivery] = field(default_factory=dict)
+    prepared: bool = False  # decoded and through the plugins
+
+    @property
+    def suspects(self) -> list[Delivery]:
+        """Messages a process died with before (the source hands such a one out alone)."""
+        return [delivery for delivery in self.deliveries if delivery.attempts > 1]
 
 
 @dataclass(slots=True)
@@ -162,8 +181,10 @@ class Consumer:
         dead_letters: DeadLetterStore | None = None,
         options: ConsumerOptions | None = None,
         clock: Callable[[], float] = time.monotonic,
+        notes: CrashNotes | None = None,
     ) -> None:
         self.source = source
+        self.notes = notes or CrashNotes(source.name.value)
         self.ingester = ingester
         self.pool = pool
         self.dead_letters = dead_letters or DeadLetterStore()
@@ -225,7 +246,9 @@ class Consumer:
             else:
                 batch = self._take()
             ahead = None
-            if not self._stopping.is_set() and not self._paused:
+            # A suspect (a process died with it before) is processed with
+            # nothing else in hand: no batch is taken ahead of it.
+            if not self._stopping.is_set() and not self._paused and (batch is None or not batch.suspects):
                 ahead = taker.submit(self._take)
             if batch is not None:
                 self._finish(batch)
@@ -243,7 +266,10 @@ class Consumer:
         return len(batch.deliveries)
 
     def _take(self) -> _Batch | None:
-        """Poll, decode and run the plugins: everything before storage."""
+        """Poll, decode and run the plugins: everything before storage.
+
+        A suspect batch is only polled here: it is prepared by ``_finish``,
+        once no other batch is in hand."""
         self.last_iteration = self._clock()
         try:
             deliveries = self._retrying(lambda: self.source.poll(self.options.batch_size, self.options.poll_timeout), forever=True)
@@ -252,23 +278,46 @@ class Consumer:
         if not deliveries:
             return None
         batch = _Batch(deliveries, started=time.perf_counter())
+        if not batch.suspects:
+            self._prepare(batch)
+        return batch
+
+    def _prepare(self, batch: _Batch) -> None:
+        """Quarantine poison, decode, run the plugins; every failure is that message's dead letter."""
+        batch.prepared = True
+        live: list[Delivery] = []
+        for delivery in batch.deliveries:
+            if delivery.attempts > self.options.poison_max_attempts:
+                error = poison_error(delivery, self.options.poison_max_attempts, self.notes.last(delivery))
+                batch.letters.append(self._letter(delivery, POISON, error))
+            else:
+                live.append(delivery)
+        suspects = [delivery for delivery in live if delivery.attempts > 1]
+        self.notes.note(suspects, "decode")
         events: list[PluginEvent] = []
-        for delivery in deliveries:
+        for delivery in live:
             try:
-                event = decode(delivery, self.options.max_message_bytes)
+                event = decode(delivery, self.options.max_message_bytes, self.options.max_event_depth)
             except InvalidMessage as error:
                 batch.letters.append(self._letter(delivery, error.reason, str(error), team_id=error.team_id))
+                continue
+            except Exception as error:  # noqa: BLE001 -- whatever one message holds, only it is set aside
+                logger.exception("decoding a message failed")
+                batch.letters.append(self._letter(delivery, DECODE_ERROR, _error_text(error)))
                 continue
             events.append(event)
             batch.by_uuid[str(event.get("uuid"))] = delivery
         if events:
-            batch.events = self._plugins(events)
+            self.notes.note(suspects, "plugins")
+            with timed(INGESTION_PLUGINS_TIME):
+                batch.events = self._plugins(events, batch)
             get_metrics().incr(INGESTION_EVENTS_DROPPED, len(events) - len(batch.events))
-        return batch
 
     def _finish(self, batch: _Batch) -> None:
         """Store, dead-letter, acknowledge, then on_event; a stop during retries leaves it unacknowledged."""
         self.last_iteration = self._clock()
+        if not batch.prepared:
+            self._prepare(batch)
         _recycle_connections()
         try:
             self._store(batch)
@@ -282,26 +331,47 @@ class Consumer:
 
     def _store(self, batch: _Batch) -> None:
         outcome = _Outcome()
+        suspects = batch.suspects
         if batch.events:
+            self.notes.note(suspects, "store")
             self._ingest(batch.events, batch.by_uuid, outcome)
         letters = batch.letters + outcome.letters
         metrics = get_metrics()
         metrics.incr(INGESTION_EVENTS_STORED, outcome.stored)
         metrics.incr(INGESTION_EVENTS_DUPLICATE, outcome.duplicates)
         if letters:
+            self.notes.note(suspects, "dead_letter")
             self._retrying(lambda: self.dead_letters.write(letters), forever=True)
         self._retrying(lambda: self.source.ack(batch.deliveries), forever=True)
+        self.notes.forget(suspects)
         if outcome.kept and self.pool is not None:
             # After the ack: a plugin's on_event never holds up the queue, and
             # an event whose storage is not durable never reaches it.
-            self.pool.on_events(outcome.kept)
+            try:
+                self.pool.on_events(outcome.kept)
+            except Exception:  # noqa: BLE001 -- the events are stored; an export failure must not stop ingestion
+                logger.exception("on_event hand-off failed for %d stored events", len(outcome.kept))
 
-    def _plugins(self, events: list[PluginEvent]) -> list[PluginEvent]:
+    def _plugins(self, events: list[PluginEvent], batch: _Batch) -> list[PluginEvent]:
+        """The events after the plugins; an event the hand-off fails on is dead-lettered, the others go on."""
         if self.pool is None:
             return events
         pool = self.pool
-        with timed(INGESTION_PLUGINS_TIME):
+        try:
             return self._retrying(lambda: pool.process_events(events))
+        except _Abandoned:
+            raise
+        except _RetriesExhausted as error:
+            # The workers stayed away: like storage, the batch is set aside, replayable.
+            batch.letters.extend(self._event_letter(event, batch.by_uuid, PLUGINS_UNAVAILABLE, str(error)) for event in events)
+            return []
+        except Exception as error:  # noqa: BLE001 -- one event that cannot cross to the workers must not stop the loop
+            if len(events) == 1:
+                logger.exception("handing an event to the plugin workers failed", extra={"event_uuid": events[0].get("uuid")})
+                batch.letters.append(self._event_letter(events[0], batch.by_uuid, PLUGINS_FAILED, _error_text(error)))
+                return []
+            middle = len(events) // 2
+            return self._plugins(events[:middle], batch) + self._plugins(events[middle:], batch)
 
     def _ingest(self, events: list[PluginEvent], by_uuid: dict[str, Delivery], outcome: _Outcome) -> None:
         try:
@@ -315,7 +385,7 @@ class Consumer:
         except Exception as error:  # noqa: BLE001 -- an input that breaks the ingester must not stop the loop
             if len(events) == 1:
                 logger.exception("ingesting an event failed", extra={"event_uuid": events[0].get("uuid")})
-                outcome.letters.append(self._event_letter(events[0], by_uuid, INGEST_ERROR, f"{type(error).__name__}: {error}"))
+                outcome.letters.append(self._event_letter(events[0], by_uuid, INGEST_ERROR, _error_text(error)))
                 return
             # Find the culprit by halves: the other events are still stored,
             # in a bounded number (log2 of the batch) of extra round trips.
@@ -370,7 +440,10 @@ class Consumer:
             # The raw message, so that a replay runs the whole pipeline again.
             return self._letter(delivery, reason, error, team, str(event_uuid))
         # A plugin changed the uuid: keep the event as it left the plugins.
-        payload = json.dumps(event, default=str).encode()
+        try:
+            payload = json_codec.dumps_text(event).encode("utf-8", "replace")
+        except (ValueError, TypeError, RecursionError) as encode_error:
+            payload = f"(the event could not be encoded: {type(encode_error).__name__})".encode()
         return DeadLetterEntry(self.source.name.value, "", reason, error, payload, team, str(event_uuid) if event_uuid else None)
 
 
@@ -387,3 +460,12 @@ def _recycle_connections() -> None:
 
 def _int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _error_text(error: BaseException) -> str:
+    """``Type: message`` of an error, never failing itself (a message can be huge or unprintable)."""
+    try:
+        text = str(error)
+    except Exception:  # noqa: BLE001 -- an exception whose str() raises is still an error to record
+        text = "(no message)"
+    return f"{type(error).__name__}: {text[:2000]}"

@@ -14,8 +14,19 @@ The task's 7 positional args (spec: ingestion.md §1.1) become the event
 ``data`` laid over it. Everything that cannot become such an event raises
 :class:`~plugin_server.exceptions.InvalidMessage` with a stable ``reason``:
 
-``too_large``, ``bad_envelope``, ``bad_content_type``, ``bad_body``,
-``unknown_task``, ``bad_arguments``, ``data_not_object``, ``bad_team_id``.
+``too_large``, ``too_deep``, ``bad_envelope``, ``bad_content_type``,
+``bad_body``, ``unknown_task``, ``bad_arguments``, ``data_not_object``,
+``bad_team_id``.
+
+Limits come before parsing: the size of the raw message (and of a
+compressed body once inflated, which is inflated only that far), and the
+nesting depth of the envelope and of the body text
+(:func:`~.limits.json_depth_exceeds`, no recursion), so no parser and no
+later step (``pickle`` for the plugin workers, ``json`` for storage) ever
+recurses through a hostile message.
+
+``distinct_id`` is made text the way the original's JavaScript ``String()``
+did it (:func:`~.jsstring.js_string`): ``true`` → ``"true"``, ``3.0`` → ``"3"``.
 
 An event without a uuid of its own gets one derived from the message (its
 task id, else its bytes), not a random one: a message delivered twice (after a
@@ -40,9 +51,17 @@ from kombu.utils.json import loads as kombu_json_loads
 from plugin_server import json_codec
 from plugin_server.events import CELERY_TASK_NAME, Delivery, PluginEvent
 from plugin_server.exceptions import InvalidMessage
+from plugin_server.ingestion.inflate import inflate
+from plugin_server.ingestion.jsstring import js_string
+from plugin_server.ingestion.limits import json_depth_exceeds
 
 ACCEPTED_CONTENT_TYPES = frozenset({"application/json"})
 TASK_ARG_COUNT = 7
+DEFAULT_MAX_DEPTH = 100
+# A kombu envelope is shallow (body, headers, properties.delivery_info, ...).
+ENVELOPE_DEPTH = 16
+# The event sits inside [args, kwargs, embed] → args: two levels of wrapping.
+BODY_WRAPPING_DEPTH = 2
 
 
 class _BodyCodecs:
@@ -60,12 +79,16 @@ def _plain_kombu_loads(data: Any) -> Any:
     return kombu_json_loads(data, object_hook=None)
 
 
-def decode(delivery: Delivery, max_bytes: int) -> PluginEvent:
-    """The event carried by one Celery message, or :class:`InvalidMessage`."""
+def decode(delivery: Delivery, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH) -> PluginEvent:
+    """The event carried by one Celery message, or :class:`InvalidMessage`.
+
+    ``max_depth`` bounds how deeply the event's objects and arrays may nest."""
     if len(delivery.payload) > max_bytes:
         raise InvalidMessage("too_large", f"message of {len(delivery.payload)} bytes is over the limit of {max_bytes}")
+    if json_depth_exceeds(delivery.payload, ENVELOPE_DEPTH):
+        raise InvalidMessage("too_deep", f"the envelope nests deeper than {ENVELOPE_DEPTH} levels")
     envelope = _read_envelope(delivery.payload)
-    body, headers = _read_body(envelope)
+    body, headers = _read_body(envelope, max_bytes, max_depth + BODY_WRAPPING_DEPTH)
     task = headers.get("task")
     if task != CELERY_TASK_NAME:
         raise InvalidMessage("unknown_task", f"Missing process handler for task {task}")
@@ -84,7 +107,7 @@ def _read_envelope(payload: bytes) -> dict[str, Any]:
     return envelope
 
 
-def _read_body(envelope: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def _read_body(envelope: dict[str, Any], max_bytes: int, max_depth: int) -> tuple[Any, dict[str, Any]]:
     """The protocol 2 ``(args, kwargs, embed)`` body and the task headers."""
     content_type = envelope.get("content-type")
     encoding = envelope.get("content-encoding")
@@ -99,8 +122,17 @@ def _read_body(envelope: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     headers: dict[str, Any] = envelope.get("headers") or {}
     raw_body = envelope.get("body")
     message: TransportMessage | None = None
+    compression = headers.get("compression")
     try:
-        if "task" in headers and not headers.get("compression") and isinstance(raw_body, str) and raw_body:
+        if compression and isinstance(raw_body, str):
+            # Inflated here, at most max_bytes of it: kombu would inflate a
+            # bomb whole. The kombu message then sees the plain body.
+            body_bytes = inflate(base64.b64decode(raw_body.encode("utf-8")), str(compression), max_bytes)
+            if "task" not in headers:
+                plain = {**envelope, "headers": {k: v for k, v in headers.items() if k != "compression"}}
+                plain["body"] = base64.b64encode(body_bytes).decode()
+                message = TransportMessage(plain, channel=cast(VirtualChannel, _BODY_CODECS), accept=ACCEPTED_CONTENT_TYPES)
+        elif "task" in headers and isinstance(raw_body, str) and raw_body:
             # Protocol 2, uncompressed (what PostHog sends): exactly what the
             # kombu message below would decode (base64 of the UTF-8 text),
             # without building it: a sixth of decoding's CPU.
@@ -113,6 +145,10 @@ def _read_body(envelope: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
                 raise DecodeError(str(message.errors[0][1]))
             # The channel has base64-decoded it: bytes (the stubs say str | None).
             body_bytes = cast(bytes, message.body)
+        if len(body_bytes) > max_bytes:
+            raise InvalidMessage("too_large", f"message body of {len(body_bytes)} bytes is over the limit of {max_bytes}")
+        if json_depth_exceeds(body_bytes, max_depth):
+            raise InvalidMessage("too_deep", f"the event nests deeper than {max_depth - BODY_WRAPPING_DEPTH} levels")
         # Plain JSON, as the original's JSON.parse read it: kombu's default
         # object hook would turn {"__type__": ..., "__value__": ...} inside an
         # event into Python objects (or refuse it), and costs a call per object.
@@ -160,7 +196,7 @@ def event_from_task(body: Any, task_id: bytes) -> PluginEvent:
     event.update(data)
     event["team_id"] = _team_id(event.get("team_id"))
     if event.get("distinct_id") is not None:
-        event["distinct_id"] = str(event["distinct_id"])
+        event["distinct_id"] = js_string(event["distinct_id"])
     if not event.get("uuid"):
         event["uuid"] = str(derived_uuid(task_id, event.get("now")))
     return event

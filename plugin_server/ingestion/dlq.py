@@ -15,14 +15,17 @@ tagged with the reason.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from django.db import DataError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from plugin_server.events import SourceName
+from plugin_server.exceptions import RetriableError
 from plugin_server.metrics import DLQ_REPLAYED, DLQ_WRITTEN, INGESTION_MESSAGES_INVALID, get_metrics
 from plugin_server.models import DeadLetter
 from plugin_server.redis_client import get_redis
@@ -33,6 +36,12 @@ logger = logging.getLogger(__name__)
 STORAGE_FAILED = "storage_failed"
 # Kept when ingesting one event raised an error that is not a known one (a bug).
 INGEST_ERROR = "ingest_error"
+# Decoding the message raised an error that is not a known one.
+DECODE_ERROR = "decode_error"
+# Handing the event to the plugin workers (or back) failed for this event alone.
+PLUGINS_FAILED = "plugins_failed"
+# The plugin workers stayed away through every retry: the batch is set aside.
+PLUGINS_UNAVAILABLE = "plugins_unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,37 +58,89 @@ class DeadLetterEntry:
 
 
 class DeadLetterStore:
-    """Writes dead letters in bulk, logs and counts each one."""
+    """Writes dead letters in bulk, logs and counts each one.
+
+    A dead letter always fits its table: every field is made safe for its
+    column first (:func:`_row`): a team id outside the integer column's range
+    is left out (its value is in the error text), texts are cut to their
+    column and cleared of what Postgres refuses (NUL, lone surrogates), a
+    uuid that is not one is left out. If the database still refuses the batch
+    (a bug), each letter is written alone, and one still refused is kept with
+    its raw payload and nothing else."""
 
     def write(self, entries: Sequence[DeadLetterEntry]) -> None:
-        """Keep ``entries`` (one INSERT); raises the database's error if it is away."""
+        """Keep ``entries`` (one INSERT); raises RetriableError if the database is away."""
         if not entries:
             return
-        DeadLetter.objects.bulk_create(
-            [
-                DeadLetter(
-                    source=entry.source,
-                    queue=entry.queue,
-                    reason=entry.reason[:80],
-                    error=entry.error,
-                    payload=entry.payload,
-                    team_id=entry.team_id,
-                    event_uuid=_uuid_or_none(entry.event_uuid),
-                )
-                for entry in entries
-            ]
-        )
+        rows = [_row(entry) for entry in entries]
+        try:
+            try:
+                DeadLetter.objects.bulk_create(rows)
+            except (DataError, IntegrityError):
+                if connection.in_atomic_block:
+                    raise  # the caller's transaction is broken: only it can recover (the consumer holds none)
+                logger.exception("the database refused a batch of dead letters: writing them one by one")
+                for entry, row in zip(entries, rows):
+                    self._write_alone(entry, row)
+        except (OperationalError, InterfaceError) as error:
+            raise RetriableError(f"database unavailable for dead letters: {error}") from error
         metrics = get_metrics()
         for entry in entries:
             logger.warning(
                 "dead-lettered a message: %s: %s",
                 entry.reason,
-                entry.error,
+                _text(entry.error, 500),
                 extra={"reason": entry.reason, "queue": entry.queue, "team_id": entry.team_id, "event_uuid": entry.event_uuid},
             )
             metrics.incr(DLQ_WRITTEN, tags={"reason": entry.reason})
             if entry.reason != STORAGE_FAILED:
                 metrics.incr(INGESTION_MESSAGES_INVALID, tags={"reason": entry.reason})
+
+    def _write_alone(self, entry: DeadLetterEntry, row: DeadLetter) -> None:
+        try:
+            with transaction.atomic():
+                row.save(force_insert=True)
+        except (DataError, IntegrityError) as error:
+            logger.exception("the database refused a dead letter: keeping its payload only")
+            bare = DeadLetter(
+                source=_text(entry.source, 40),
+                queue="",
+                reason=_text(entry.reason, 80),
+                error=_text(f"{entry.error} (the letter's other fields were refused: {error})", ERROR_MAX_CHARS),
+                payload=bytes(entry.payload),
+            )
+            with transaction.atomic():
+                bare.save(force_insert=True)
+
+
+# What the error column keeps of a very long message.
+ERROR_MAX_CHARS = 20_000
+_INT_COLUMN = range(-(2**31), 2**31)
+_NOT_FOR_POSTGRES = re.compile("[\x00\ud800-\udfff]")
+
+
+def _text(value: object, limit: int) -> str:
+    # Postgres text refuses NUL and anything that is not UTF-8 (a lone surrogate).
+    text = value if isinstance(value, str) else str(value)
+    return _NOT_FOR_POSTGRES.sub("\ufffd", text[:limit])
+
+
+def _row(entry: DeadLetterEntry) -> DeadLetter:
+    """The row of one letter, every field safe for its column."""
+    error = entry.error
+    team_id = entry.team_id
+    if team_id is not None and (isinstance(team_id, bool) or not isinstance(team_id, int) or team_id not in _INT_COLUMN):
+        error = f"{error} (team_id {str(team_id)[:100]} does not fit the team_id column)"
+        team_id = None
+    return DeadLetter(
+        source=_text(entry.source, 40),
+        queue=_text(entry.queue, 200),
+        reason=_text(entry.reason, 80),
+        error=_text(error, ERROR_MAX_CHARS),
+        payload=bytes(entry.payload),
+        team_id=team_id,
+        event_uuid=_uuid_or_none(entry.event_uuid),
+    )
 
 
 def _uuid_or_none(value: str | None) -> str | None:

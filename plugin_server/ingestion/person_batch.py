@@ -23,6 +23,7 @@ from django.db.backends.utils import CursorWrapper
 
 from plugin_server.ingestion import person_store
 from plugin_server.ingestion.distinct_ids import DistinctIdCache, DistinctIdKey
+from plugin_server.ingestion.jsstring import js_string
 from plugin_server.ingestion.person_properties import (
     as_dict,
     jsonb_text,
@@ -143,12 +144,12 @@ class PersonBatch:
             if update.event == "$create_alias":
                 alias = update.properties.get("alias")
                 if alias is not None:
-                    keys.add((team_id, str(alias)))
+                    keys.add((team_id, js_string(alias)))
                 keys.add((team_id, update.distinct_id))
             elif update.event == "$identify":
                 anon = update.properties.get("$anon_distinct_id")
                 if anon:
-                    keys.add((team_id, str(anon)))
+                    keys.add((team_id, js_string(anon)))
                 keys.add((team_id, update.distinct_id))
             elif update.event != "$snapshot":
                 if _has_property_update(update.properties):
@@ -207,7 +208,7 @@ class PersonBatch:
         """Make ``previous`` and ``current`` one person (spec §3.4 alias)."""
         if previous_value is None:
             return  # the original fails on a null distinct id and creates nothing
-        previous = str(previous_value)
+        previous = js_string(previous_value)
         if previous == current:
             return  # aliasing an id to itself changes nothing
         team_id = update.team_id

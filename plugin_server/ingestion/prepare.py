@@ -22,6 +22,7 @@ from plugin_server import json_codec
 from plugin_server.events import PluginEvent
 from plugin_server.exceptions import InvalidMessage
 from plugin_server.ingestion.elements import extract_elements
+from plugin_server.ingestion.jsstring import js_json, js_string
 from plugin_server.ingestion.persons import PersonUpdate
 from plugin_server.ingestion.teams import TeamInfo
 from plugin_server.ingestion.timestamps import event_time, parse_iso
@@ -105,15 +106,6 @@ def _needs_sanitising(event: PluginEvent, max_bytes: int) -> tuple[bool, int]:
         return True, len(text.encode("utf-8", "replace"))
 
 
-def _distinct_id_text(value: Any) -> str:
-    # As JavaScript's String() renders what capture endpoints send.
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return value if isinstance(value, str) else str(value)
-
-
 def check_event(event: object, max_bytes: int) -> tuple[PluginEvent, bool]:
     """The event, safe to prepare, and whether it had to be sanitised; or raise InvalidMessage."""
     if not isinstance(event, dict):
@@ -141,21 +133,19 @@ def check_event(event: object, max_bytes: int) -> tuple[PluginEvent, bool]:
         raise invalid(Reason.EVENT_TOO_LARGE, f"Event of {size} bytes is over the limit of {max_bytes} bytes", team_id)
     # A plugin may have used a non-text key; JSON would turn it into text, so do the same now.
     clean: PluginEvent = _sanitised(event) if dirty or (properties and not all(type(key) is str for key in properties)) else event
-    checked = {**clean, "team_id": team_id, "distinct_id": _distinct_id_text(clean["distinct_id"])}
+    checked = {**clean, "team_id": team_id, "distinct_id": js_string(clean["distinct_id"])}
     if len(checked["distinct_id"]) > DISTINCT_ID_MAX_LENGTH:
         raise invalid(Reason.DISTINCT_ID_TOO_LONG, f"distinct_id is longer than {DISTINCT_ID_MAX_LENGTH} characters", team_id)
     return checked, dirty
 
 
 def event_name(value: Any) -> str:
-    """§3.6 step 1: a non-text name as compact JSON (or its text form), first 200 characters."""
+    """§3.6 step 1: a non-text name as JavaScript's compact JSON.stringify, first 200 characters.
+
+    (``3.0`` → ``"3"``, ``true`` → ``"true"``, ``{"a": 1.0}`` → ``'{"a":1}'``.)"""
     if isinstance(value, str):
         return value[:EVENT_NAME_MAX_LENGTH]
-    try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError):
-        text = str(value)
-    return text[:EVENT_NAME_MAX_LENGTH]
+    return js_json(value)[:EVENT_NAME_MAX_LENGTH]
 
 
 def add_campaign_properties(properties: dict[str, Any]) -> None:
@@ -212,7 +202,7 @@ def prepare_event(index: int, event: PluginEvent, team: TeamInfo, received: date
             uuid=event_uuid.lower(),
             team_id=team_id,
             distinct_id=distinct_id,
-            session_id=_distinct_id_text(session_id),
+            session_id=js_string(session_id),
             snapshot_data=properties.get("$snapshot_data"),
             timestamp=when.timestamp,
         )

@@ -116,7 +116,12 @@ def test_a_dead_consumers_messages_go_back_to_the_queue(
     survivor = new_source(sources, unique_name)
     other = new_source(sources, unique_name)
     assert other.recover() == 0  # already requeued by the survivor's start
-    assert distinct_ids(survivor.poll(10, timeout=0)) == sent
+    # The dead consumer's three come back first, each alone (suspects: the
+    # poison-pill contract), then the two it never took, together.
+    batches = [survivor.poll(10, timeout=0) for _ in range(4)]
+    assert [distinct_ids(batch) for batch in batches] == [["0"], ["1"], ["2"], ["3", "4"]]
+    assert [[delivery.attempts for delivery in batch] for batch in batches] == [[2], [2], [2], [1, 1]]
+    assert sent == ["0", "1", "2", "3", "4"]
     assert redis_client.sismember(f"@posthog-plugin-server/celery/{unique_name}/consumers", dead.consumer_id) == 0
 
 
@@ -127,7 +132,7 @@ def test_a_dead_consumers_message_taken_while_blocking_goes_back(
     dead = CelerySource(queue=unique_name)
     dead.poll(1, timeout=0)  # registers it
     send(unique_name, 1)
-    redis_client.blmove(unique_name, f"@posthog-plugin-server/celery/{unique_name}/landing/{dead.consumer_id}", 1)
+    redis_client.brpoplpush(unique_name, f"@posthog-plugin-server/celery/{unique_name}/landing/{dead.consumer_id}", 1)
     redis_client.delete(f"@posthog-plugin-server/celery/{unique_name}/alive/{dead.consumer_id}")
     survivor = new_source(sources, unique_name)
     assert distinct_ids(survivor.poll(10, timeout=0)) == ["0"]
@@ -145,3 +150,62 @@ def test_protocol_1_messages_are_taken_too(sources: list[CelerySource], unique_n
     send(unique_name, 2, protocol=1)
     source = new_source(sources, unique_name)
     assert distinct_ids(source.poll(10, timeout=0)) == ["0", "1"]
+
+
+def die(redis_client: redis.Redis, source: CelerySource) -> None:
+    """What a SIGKILL amounts to for a consumer: its heartbeat key is gone, nothing was closed."""
+    source._stopped.set()
+    redis_client.delete(f"@posthog-plugin-server/celery/{source.queue}/alive/{source.consumer_id}")
+
+
+def test_every_hand_out_is_counted_durably_and_a_suspect_comes_alone(
+    sources: list[CelerySource], unique_name: str, redis_client: redis.Redis
+) -> None:
+    """attempts is 1 on a first delivery; after its consumer died with it, 2, handed out alone; then 3 (the contract)."""
+    send(unique_name, 3)
+    first = CelerySource(queue=unique_name)
+    taken = first.poll(10, timeout=0)
+    assert [delivery.attempts for delivery in taken] == [1, 1, 1]
+    assert len({delivery.key for delivery in taken}) == 3
+    die(redis_client, first)
+    second = new_source(sources, unique_name)
+    again = second.poll(10, timeout=0)
+    assert [(delivery.key, delivery.attempts) for delivery in again] == [(taken[0].key, 2)]
+    die(redis_client, second)
+    third = new_source(sources, unique_name)
+    assert [(delivery.key, delivery.attempts) for delivery in third.poll(10, timeout=0)] == [(taken[0].key, 3)]
+
+
+def test_ack_forgets_the_count_and_close_takes_it_back(
+    sources: list[CelerySource], unique_name: str, redis_client: redis.Redis
+) -> None:
+    """A graceful close is not a crash: the messages it gives back are handed out again as first deliveries."""
+    send(unique_name, 2)
+    source = CelerySource(queue=unique_name)
+    source.start()
+    taken = source.poll(10, timeout=0)
+    source.ack(taken[:1])
+    source.close()
+    attempts_key = f"@posthog-plugin-server/celery/{unique_name}/attempts"
+    assert redis_client.hlen(attempts_key) == 0
+    again = new_source(sources, unique_name).poll(10, timeout=0)
+    assert [(delivery.key, delivery.attempts) for delivery in again] == [(taken[1].key, 1)]
+
+
+@pytest.mark.parametrize("prefix", ["", "kombu-prefix:"])
+def test_priority_lists_are_consumed_in_kombus_order_under_its_key_prefix(
+    sources: list[CelerySource], unique_name: str, redis_client: redis.Redis, prefix: str
+) -> None:
+    """send_task(priority=N) lands on <prefix><queue>\\x06\\x16<step>; every list is consumed, 0 first, then 3, 6, 9."""
+    with celery_app() as app:
+        if prefix:
+            app.conf.broker_transport_options = {"global_keyprefix": prefix}
+        for priority in (9, 5, 0, 3, 7):
+            app.send_task("posthog.tasks.process_event.process_event_with_plugins", args=task_args(distinct_id=f"p{priority}"), queue=unique_name, priority=priority)
+    lists = [key.decode() for key in redis_client.keys(f"{prefix}{unique_name}*")]
+    assert sorted(lists) == sorted(f"{prefix}{unique_name}" + suffix for suffix in ("", "\x06\x163", "\x06\x166", "\x06\x169"))
+    source = new_source(sources, unique_name, key_prefix=prefix)
+    taken = source.poll(10, timeout=0)
+    # kombu rounds a priority down to its steps: 5 → 3, 7 → 6; each list in the order sent.
+    assert distinct_ids(taken) == ["p0", "p5", "p3", "p7", "p9"]
+    assert [delivery.queue for delivery in taken][:2] == [f"{prefix}{unique_name}", f"{prefix}{unique_name}\x06\x163"]

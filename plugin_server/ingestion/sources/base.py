@@ -1,10 +1,46 @@
 """The Source protocol: what the consumer loop needs from a queue.
 
-The loop never knows which queue it reads (the Celery list on Redis now,
-Kafka later). A source hands out raw :class:`~plugin_server.events.Delivery`
+The loop never knows which queue it reads (the Celery list on Redis, or
+Kafka). A source hands out raw :class:`~plugin_server.events.Delivery`
 objects and takes them back as acknowledged once the batch they belong to is
 durable (stored, dropped by a plugin, or dead-lettered). Anything not
 acknowledged when the process dies is delivered again: at least once.
+
+The poison-pill contract
+------------------------
+At least once means a message that kills the process (a crash in a C
+extension, the kernel's OOM killer, a bug that takes the loop down) would
+come back after every restart and kill it again, blocking the queue for
+good. Every source therefore honours four rules, so that the consumer can
+recognise such a message and dead-letter it as ``poison`` instead:
+
+1. **Count.** ``Delivery.attempts`` is how many times ``poll`` has handed
+   this message out, this time included (1 on the first delivery). The count
+   lives in the source's own durable store (the Celery source: a Redis hash
+   of the queue, updated by the same atomic script that moves the message
+   into the in-flight store; Kafka: per partition and offset), so it survives
+   the death of the process. A message is counted only when it is handed
+   out, never while it merely waits in a buffer of the source.
+2. **Suspects alone.** A message with ``attempts > 1`` was in hand when a
+   process died. ``poll`` hands it out alone (a batch of one); messages it
+   would have handed out after it wait, uncounted, for the next poll. So a
+   killer takes down no neighbour twice, and a neighbour's count never
+   reaches the limit because of someone else.
+3. **Forget on ack.** ``ack`` forgets the count of the messages it
+   acknowledges (a message published again later starts from 1).
+4. **Not a crash.** ``close`` gives unacknowledged messages back *and takes
+   back their count* for this delivery: a graceful stop is not a crash.
+
+``Delivery.key`` is the message's identity, the same on every delivery
+(Celery: the hash of its bytes; Kafka: ``topic/partition/offset``). The
+consumer uses it to note durably which stage a suspect was in (decode,
+plugins, store) before each risky step, so that the dead letter of a
+``poison`` message says where the process died.
+
+The consumer (``plugin_server/ingestion/consumer.py``) does the rest: a
+delivery with ``attempts > POISON_MAX_ATTEMPTS`` is dead-lettered as
+``poison`` without being decoded; a suspect below that is processed on its
+own, never alongside another batch.
 """
 
 from __future__ import annotations
@@ -16,18 +52,23 @@ from plugin_server.events import Delivery, SourceName
 
 
 class Source(Protocol):
-    """A queue the consumer loop polls in batches and acknowledges after the write."""
+    """A queue the consumer loop polls in batches and acknowledges after the write.
+
+    Implementations honour the poison-pill contract of this module."""
 
     name: SourceName
 
     def poll(self, max_messages: int, timeout: float) -> list[Delivery]:
-        """Up to ``max_messages`` messages; waits at most ``timeout`` seconds when none is ready."""
+        """Up to ``max_messages`` messages; waits at most ``timeout`` seconds when none is ready.
+
+        Each delivery carries its durable ``attempts`` count; one with
+        ``attempts > 1`` comes alone."""
         ...
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """Forget these messages for good: only after they are durable or dead-lettered."""
+        """Forget these messages and their counts for good: only after they are durable or dead-lettered."""
         ...
 
     def close(self) -> None:
-        """Stop consuming; messages taken but not acknowledged go back to the queue."""
+        """Stop consuming; messages taken but not acknowledged go back, their count taken back."""
         ...

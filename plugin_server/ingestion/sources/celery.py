@@ -1,27 +1,46 @@
-"""The Celery source: tasks pushed by PostHog's capture endpoint onto a Redis list.
+"""The Celery source: tasks pushed by PostHog's capture endpoint onto Redis lists.
 
 PostHog (kombu's Redis transport) ``LPUSH``es one JSON envelope per task onto
-the list ``PLUGINS_CELERY_QUEUE``; the original popped them one by one and
-never acknowledged, so a crash lost whatever it held. This source takes them
-in bulk and reliably instead:
+the list ``PLUGINS_CELERY_QUEUE``, or, for a task sent with a priority, onto
+``<queue>\x06\x16<N>`` (N = 3, 6 or 9: kombu rounds the priority down to its
+steps 0/3/6/9, and 0 is the plain list). A Celery worker takes from the
+plain list first, then 3, 6, 9 (lower number first): this source does the
+same. With kombu's ``global_keyprefix`` transport option
+(``CELERY_GLOBAL_KEYPREFIX``) every list name starts with that prefix. The
+original popped messages one by one and never acknowledged, so a crash lost
+whatever it held. This source takes them in bulk and reliably instead:
 
 - ``poll`` runs one Lua script that pops up to N messages (and at most a
-  byte budget) off the list and files each under a sequence number in this
+  byte budget) off the lists and files each under a sequence number in this
   consumer's own in-flight hash, in the same atomic step. One round trip per
-  batch. When the list is empty it blocks on ``BLMOVE`` into a one-element
-  landing list of this consumer, so an idle server neither spins nor sleeps.
-- ``ack`` deletes the batch's entries from the in-flight hash (one ``HDEL``).
+  batch. When every list is empty it blocks on ``BRPOPLPUSH`` of the plain
+  list into a one-element landing list of this consumer, so an idle server
+  neither spins nor sleeps (a message arriving on a priority list while it
+  waits is taken when the wait ends: at most ``INGESTION_POLL_TIMEOUT``).
+- The same script counts every hand-out of a message in the queue's
+  ``attempts`` hash (keyed by the SHA-1 of the message), and hands out a
+  message counted before (its consumer died with it) alone: the poison-pill
+  contract of :mod:`.base`. ``Delivery.attempts`` is that count,
+  ``Delivery.key`` the SHA-1.
+- ``ack`` deletes the batch's entries from the in-flight hash and their
+  counts (one ``MULTI``/``EXEC``).
 - Every consumer has a random id, is listed in a set, and keeps a heartbeat
   key alive (a thread refreshes it every third of
   ``CELERY_CONSUMER_HEARTBEAT_TTL``). At start and then once per TTL, any
   listed consumer whose heartbeat is gone has its in-flight and landing
-  messages pushed back onto the list, oldest first to be taken again. So a
-  SIGKILLed server's batch is delivered again; the event uuid makes that
-  harmless downstream.
-- ``close`` puts this consumer's own unacknowledged messages back at once.
+  messages pushed back onto the plain list, oldest first to be taken again,
+  their counts kept. So a SIGKILLed server's batch is delivered again; the
+  event uuid makes that harmless downstream.
+- ``close`` puts this consumer's own unacknowledged messages back at once
+  and takes back their count (a graceful stop is not a crash).
 
-Keys (all under ``@posthog-plugin-server/celery/<queue>/``): ``consumers``
-(set), ``alive/<id>``, ``inflight/<id>`` (hash), ``landing/<id>`` (list).
+Redis 5.0 and 6.0 are enough: no command newer than 5.0 is used
+(:mod:`.celery_scripts`); before 6.0 the blocking wait is rounded up to
+whole seconds, as those versions require.
+
+Keys (all under ``@posthog-plugin-server/celery/<prefix><queue>/``):
+``consumers`` (set), ``alive/<id>``, ``inflight/<id>`` (hash),
+``landing/<id>`` (list), ``attempts`` (hash).
 
 Metrics: ``ingestion.messages_polled``, ``ingestion.source.recovered``.
 """
@@ -29,6 +48,7 @@ Metrics: ``ingestion.messages_polled``, ``ingestion.source.recovered``.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -41,53 +61,21 @@ import redis
 from plugin_server.app_settings import app_setting
 from plugin_server.events import Delivery, SourceName
 from plugin_server.exceptions import RetriableError
+from plugin_server.ingestion.sources.celery_scripts import REQUEUE, TAKE
 from plugin_server.metrics import INGESTION_MESSAGES_POLLED, INGESTION_SOURCE_RECOVERED, get_metrics
 from plugin_server.redis_client import get_redis
 
 logger = logging.getLogger(__name__)
 
-# KEYS: queue, landing, inflight, alive, consumers
-# ARGV: max messages, max bytes, first sequence number, consumer id, heartbeat ttl (ms)
-# Moves messages off the queue into the in-flight hash; returns them in queue order.
-_TAKE_SCRIPT = """
-redis.call('SET', KEYS[4], '1', 'PX', ARGV[5])
-redis.call('SADD', KEYS[5], ARGV[4])
-local max, budget, seq = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local out, n, size = {}, 0, 0
-while n < max and size < budget do
-  local msg = redis.call('RPOP', KEYS[2])
-  if not msg then msg = redis.call('RPOP', KEYS[1]) end
-  if not msg then break end
-  redis.call('HSET', KEYS[3], seq + n, msg)
-  n = n + 1
-  out[n] = msg
-  size = size + string.len(msg)
-end
-return out
-"""
+# kombu's Redis transport: the separator of a priority list's name and its
+# default priority steps, in the order a worker consumes them.
+PRIORITY_SEPARATOR = "\x06\x16"
+PRIORITY_STEPS = (0, 3, 6, 9)
 
-# KEYS: queue, landing, inflight
-# Puts every message of one consumer back on the queue so that the oldest is
-# taken first (the queue is consumed from its right end), then forgets them.
-_REQUEUE_SCRIPT = """
-local moved = 0
-local landing = redis.call('LRANGE', KEYS[2], 0, -1)
-for i = #landing, 1, -1 do
-  redis.call('RPUSH', KEYS[1], landing[i])
-  moved = moved + 1
-end
-local fields = redis.call('HKEYS', KEYS[3])
-local seqs = {}
-for i, f in ipairs(fields) do seqs[i] = tonumber(f) end
-table.sort(seqs)
-for i = #seqs, 1, -1 do
-  redis.call('RPUSH', KEYS[1], redis.call('HGET', KEYS[3], seqs[i]))
-  moved = moved + 1
-end
-redis.call('DEL', KEYS[2], KEYS[3])
-return moved
-"""
 
+def priority_lists(queue: str, prefix: str = "") -> list[str]:
+    """The Redis lists kombu puts ``queue``'s messages on, in the order a Celery worker takes them."""
+    return [f"{prefix}{queue}{PRIORITY_SEPARATOR}{step}" if step else f"{prefix}{queue}" for step in PRIORITY_STEPS]
 
 @contextmanager
 def _redis_away_is_retriable() -> Iterator[None]:
@@ -100,7 +88,7 @@ def _redis_away_is_retriable() -> Iterator[None]:
 
 
 class CelerySource:
-    """Celery tasks from a Redis list, taken in bulk, acknowledged after the write.
+    """Celery tasks from a queue's Redis lists, taken in bulk, acknowledged after the write.
 
     Tuning: ``max_messages`` and ``max_bytes`` bound one batch (and so the
     server's memory whatever the queue length); ``heartbeat_ttl`` is how long
@@ -115,20 +103,26 @@ class CelerySource:
         client: redis.Redis | None = None,
         heartbeat_ttl: float | None = None,
         max_bytes: int = 16 * 1024 * 1024,
+        key_prefix: str | None = None,
     ) -> None:
         self.queue: str = queue or app_setting("PLUGINS_CELERY_QUEUE")
+        self.key_prefix: str = app_setting("CELERY_GLOBAL_KEYPREFIX") if key_prefix is None else key_prefix
+        # The plain list first: where requeued messages go and what an idle poll waits on.
+        self.lists = priority_lists(self.queue, self.key_prefix)
         self.consumer_id = uuid.uuid4().hex
         self._redis = client or get_redis()
         self._ttl = float(heartbeat_ttl if heartbeat_ttl is not None else app_setting("CELERY_CONSUMER_HEARTBEAT_TTL"))
         self._max_bytes = max_bytes
-        prefix = f"@posthog-plugin-server/celery/{self.queue}/"
+        prefix = f"@posthog-plugin-server/celery/{self.lists[0]}/"
         self._consumers_key = prefix + "consumers"
+        self._attempts_key = prefix + "attempts"
         self._prefix = prefix
         self._alive_key = self._key("alive", self.consumer_id)
         self._inflight_key = self._key("inflight", self.consumer_id)
         self._landing_key = self._key("landing", self.consumer_id)
-        self._take = self._redis.register_script(_TAKE_SCRIPT)
-        self._requeue = self._redis.register_script(_REQUEUE_SCRIPT)
+        self._take = self._redis.register_script(TAKE)
+        self._requeue = self._redis.register_script(REQUEUE)
+        self._whole_second_waits = False  # Redis < 6.0: blocking timeouts are whole seconds
         self._next_seq = 0
         self._last_recovery = 0.0
         self._stopped = threading.Event()
@@ -140,6 +134,7 @@ class CelerySource:
 
     def start(self) -> None:
         """Announce this consumer, give back dead consumers' messages, start the heartbeat."""
+        self._whole_second_waits = _redis_major_version(self._redis) < 6
         self._beat()
         self._redis.sadd(self._consumers_key, self.consumer_id)
         self.recover()
@@ -178,7 +173,9 @@ class CelerySource:
                 continue
             # The script is atomic: two consumers recovering the same dead one
             # at once requeue its messages once.
-            count = int(self._requeue(keys=[self.queue, self._key("landing", consumer_id), self._key("inflight", consumer_id)]))
+            # Their counts stay: the consumer died with them.
+            keys = [self.lists[0], self._key("landing", consumer_id), self._key("inflight", consumer_id), self._attempts_key]
+            count = int(self._requeue(keys=keys, args=[0]))
             self._redis.srem(self._consumers_key, consumer_id)
             if count:
                 logger.warning(
@@ -200,10 +197,13 @@ class CelerySource:
             self.recover()
         deliveries = self._take_batch(max_messages)
         if not deliveries and timeout > 0:
-            # Block until one message arrives; it lands in a list of ours, so
-            # it survives our death like the in-flight hash.
-            # Redis takes a fractional timeout; redis-py's stub says int.
-            waited = self._redis.blmove(self.queue, self._landing_key, cast(int, timeout), src="RIGHT", dest="LEFT")
+            # Block until one message arrives on the plain list; it lands in a
+            # list of ours, so it survives our death like the in-flight hash.
+            # BRPOPLPUSH, not BLMOVE (6.2): Redis 5 and 6.0 must do. Redis 6.0
+            # takes a fractional timeout (redis-py's stub says int); 5 only
+            # whole seconds (0 would mean forever).
+            wait = max(1, math.ceil(timeout)) if self._whole_second_waits else timeout
+            waited = self._redis.brpoplpush(self.lists[0], self._landing_key, cast(int, wait))
             if waited is not None:
                 deliveries = self._take_batch(max_messages)
         if deliveries:
@@ -213,15 +213,28 @@ class CelerySource:
     def _take_batch(self, max_messages: int) -> list[Delivery]:
         first = self._next_seq
         args: list[int | str] = [max_messages, self._max_bytes, first, self.consumer_id, int(self._ttl * 1000)]
-        keys = [self.queue, self._landing_key, self._inflight_key, self._alive_key, self._consumers_key]
-        payloads: list[bytes] = self._take(keys=keys, args=args)
-        self._next_seq = first + len(payloads)
-        return [Delivery(payload=payload, token=first + index, queue=self.queue) for index, payload in enumerate(payloads)]
+        keys = [self._landing_key, self._inflight_key, self._alive_key, self._consumers_key, self._attempts_key, *self.lists]
+        taken: list[list[bytes | int]] = self._take(keys=keys, args=args)
+        self._next_seq = first + len(taken)
+        # List 1 is our landing list, filled from the plain list.
+        return [
+            Delivery(
+                payload=cast(bytes, payload),
+                token=first + index,
+                queue=self.lists[max(int(cast(int, from_list)) - 2, 0)],
+                attempts=int(cast(int, attempts)),
+                key=cast(bytes, key).decode(),
+            )
+            for index, (payload, attempts, from_list, key) in enumerate(taken)
+        ]
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         if deliveries:
-            with _redis_away_is_retriable():
-                self._redis.hdel(self._inflight_key, *[delivery.token for delivery in deliveries])
+            with _redis_away_is_retriable(), self._redis.pipeline(transaction=True) as pipe:
+                # One MULTI: the message and its count are forgotten together.
+                pipe.hdel(self._inflight_key, *[delivery.token for delivery in deliveries])
+                pipe.hdel(self._attempts_key, *{delivery.key for delivery in deliveries})
+                pipe.execute()
 
     def in_flight(self) -> int:
         """Messages taken and not yet acknowledged (for status and tests)."""
@@ -234,8 +247,18 @@ class CelerySource:
         self._stopped.set()
         if self._heartbeat_thread is not None:
             self._heartbeat_thread.join(timeout=5)
-        returned = int(self._requeue(keys=[self.queue, self._landing_key, self._inflight_key]))
+        # A graceful stop is not a crash: the counts of what we give back are taken back.
+        returned = int(self._requeue(keys=[self.lists[0], self._landing_key, self._inflight_key, self._attempts_key], args=[1]))
         self._redis.srem(self._consumers_key, self.consumer_id)
         self._redis.delete(self._alive_key)
         if returned:
             logger.info("celery source: returned %d unacknowledged messages to the queue", returned, extra={"queue": self.queue})
+
+
+def _redis_major_version(client: redis.Redis) -> int:
+    """The server's major version (5 for 5.0.14); 0 when it does not say."""
+    info = cast(dict[str, object], client.info("server"))
+    try:
+        return int(str(info.get("redis_version", "0")).split(".")[0])
+    except ValueError:
+        return 0
