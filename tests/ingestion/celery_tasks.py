@@ -11,6 +11,7 @@ from celery import Celery
 from django.conf import settings
 
 from plugin_server.events import CELERY_TASK_NAME
+from plugin_server.ingestion.sources.celery import CelerySource
 
 
 @contextmanager
@@ -48,3 +49,9 @@ def task_args(
 def send_event_task(app: Celery, queue: str, args: list[Any], name: str = CELERY_TASK_NAME) -> str:
     """Push one task onto ``queue``; returns its task id."""
     return str(app.send_task(name, args=args, queue=queue).id)
+
+
+def die(source: CelerySource) -> None:
+    """What a SIGKILL amounts to for a consumer: its heartbeat stops and its key is gone; nothing is closed or acknowledged."""
+    source._stopped.set()
+    source._redis.delete(source._alive_key)

@@ -11,7 +11,7 @@ import redis
 
 from plugin_server.ingestion.decode import decode
 from plugin_server.ingestion.sources.celery import CelerySource
-from tests.ingestion.celery_tasks import celery_app, send_event_task, task_args
+from tests.ingestion.celery_tasks import celery_app, die, send_event_task, task_args
 
 pytestmark = pytest.mark.redis
 
@@ -152,12 +152,6 @@ def test_protocol_1_messages_are_taken_too(sources: list[CelerySource], unique_n
     assert distinct_ids(source.poll(10, timeout=0)) == ["0", "1"]
 
 
-def die(redis_client: redis.Redis, source: CelerySource) -> None:
-    """What a SIGKILL amounts to for a consumer: its heartbeat key is gone, nothing was closed."""
-    source._stopped.set()
-    redis_client.delete(f"@posthog-plugin-server/celery/{source.queue}/alive/{source.consumer_id}")
-
-
 def test_every_hand_out_is_counted_durably_and_a_suspect_comes_alone(
     sources: list[CelerySource], unique_name: str, redis_client: redis.Redis
 ) -> None:
@@ -167,11 +161,11 @@ def test_every_hand_out_is_counted_durably_and_a_suspect_comes_alone(
     taken = first.poll(10, timeout=0)
     assert [delivery.attempts for delivery in taken] == [1, 1, 1]
     assert len({delivery.key for delivery in taken}) == 3
-    die(redis_client, first)
+    die(first)
     second = new_source(sources, unique_name)
     again = second.poll(10, timeout=0)
     assert [(delivery.key, delivery.attempts) for delivery in again] == [(taken[0].key, 2)]
-    die(redis_client, second)
+    die(second)
     third = new_source(sources, unique_name)
     assert [(delivery.key, delivery.attempts) for delivery in third.poll(10, timeout=0)] == [(taken[0].key, 3)]
 

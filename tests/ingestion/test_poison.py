@@ -18,7 +18,7 @@ from plugin_server.ingestion.ingester import Ingester
 from plugin_server.ingestion.sources.celery import CelerySource
 from plugin_server.models import DeadLetter, Event
 from tests.factories import create_team
-from tests.ingestion.celery_tasks import celery_app, send_event_task, task_args
+from tests.ingestion.celery_tasks import celery_app, die, send_event_task, task_args
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db]
 
@@ -41,11 +41,6 @@ def started(sources: list[CelerySource], queue: str) -> CelerySource:
     return source
 
 
-def die(redis_client: redis.Redis, source: CelerySource) -> None:
-    source._stopped.set()
-    redis_client.delete(f"@posthog-plugin-server/celery/{source.queue}/alive/{source.consumer_id}")
-
-
 def test_a_message_the_process_keeps_dying_with_is_dead_lettered_as_poison_and_nothing_else_is_lost(
     sources: list[CelerySource], unique_name: str, redis_client: redis.Redis
 ) -> None:
@@ -60,7 +55,7 @@ def test_a_message_the_process_keeps_dying_with_is_dead_lettered_as_poison_and_n
     # Delivery 1: the whole batch is in hand when the process dies.
     first = started(sources, unique_name)
     assert len(first.poll(10, timeout=0)) == 3
-    die(redis_client, first)
+    die(first)
 
     # Delivery 2: each comes back alone; a is stored, then the process dies holding P.
     second = started(sources, unique_name)
@@ -68,14 +63,14 @@ def test_a_message_the_process_keeps_dying_with_is_dead_lettered_as_poison_and_n
     assert consumer.run_once() == 1
     [suspect] = second.poll(10, timeout=0)
     assert (decode(suspect, 10**6)["event"], suspect.attempts) == ("P", 2)
-    die(redis_client, second)
+    die(second)
 
     # Delivery 3: P alone again; the consumer notes the step it enters, then dies.
     third = started(sources, unique_name)
     [suspect] = third.poll(10, timeout=0)
     assert suspect.attempts == 3
     Consumer(third, Ingester(), pool=None, options=options).notes.note([suspect], "plugins")
-    die(redis_client, third)
+    die(third)
 
     # Delivery 4: over the limit: dead-lettered without being processed; b goes on.
     fourth = started(sources, unique_name)
