@@ -13,6 +13,12 @@ held while the batch writes persons and events. A definition written for a
 batch that later fails is still a true fact (the event will be stored on
 retry), so nothing needs undoing. The ids are UUIDTs drawn in the order the
 names were met, so ordering by id lists definitions as the events had them.
+
+The columns written follow the host's tables: the ones every PostHog has
+(id, team, name, is_numerical), plus those its models declare among
+:data:`EVENT_DEFINITION_EXTRAS` / :data:`PROPERTY_DEFINITION_EXTRAS`
+(today's PostHog requires ``type`` on property definitions and has dropped
+the 30-day usage columns).
 """
 
 from __future__ import annotations
@@ -27,10 +33,23 @@ from django.db import connection, transaction
 
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.metrics import INGESTION_DEFINITION_NAME_TOO_LONG, get_metrics
+from plugin_server.models import EventDefinition, PropertyDefinition
 
 logger = logging.getLogger(__name__)
 
 NAME_MAX_LENGTH = 400  # posthog_eventdefinition.name and posthog_propertydefinition.name
+
+# Column -> SQL value, written where the host's model has the column.
+EVENT_DEFINITION_EXTRAS = {"volume_30_day": "NULL", "query_usage_30_day": "NULL", "created_at": "now()", "last_seen_at": "now()"}
+# type 1: an event property (PostHog's PropertyDefinition.Type.EVENT).
+PROPERTY_DEFINITION_EXTRAS = {"volume_30_day": "NULL", "query_usage_30_day": "NULL", "type": "1"}
+
+
+def _extra_columns(model: Any, extras: Mapping[str, str]) -> tuple[str, str]:
+    """(", col, ...", ", value, ...") for the extras ``model`` has."""
+    present = {field.column for field in model._meta.concrete_fields}
+    wanted = [(column, value) for column, value in extras.items() if column in present]
+    return "".join(f", {column}" for column, _ in wanted), "".join(f", {value}" for _, value in wanted)
 
 
 @dataclass(slots=True)
@@ -102,17 +121,18 @@ class DefinitionsManager:
         properties = sorted(zip(new.properties, property_ids), key=lambda row: row[0][:2])
         with transaction.atomic(), connection.cursor() as cursor:
             if events:
+                columns, values = _extra_columns(EventDefinition, EVENT_DEFINITION_EXTRAS)
                 cursor.execute(
-                    "INSERT INTO posthog_eventdefinition (id, name, volume_30_day, query_usage_30_day, team_id)"
-                    " SELECT id, name, NULL, NULL, team_id FROM unnest(%s::uuid[], %s::varchar[], %s::int[])"
+                    f"INSERT INTO posthog_eventdefinition (id, name, team_id{columns})"
+                    f" SELECT id, name, team_id{values} FROM unnest(%s::uuid[], %s::varchar[], %s::int[])"
                     " AS new (id, name, team_id) ON CONFLICT DO NOTHING",
                     [[row_id for _, row_id in events], [name for (_, name), _ in events], [team for (team, _), _ in events]],
                 )
             if properties:
+                columns, values = _extra_columns(PropertyDefinition, PROPERTY_DEFINITION_EXTRAS)
                 cursor.execute(
-                    "INSERT INTO posthog_propertydefinition"
-                    " (id, name, is_numerical, volume_30_day, query_usage_30_day, team_id)"
-                    " SELECT id, name, is_numerical, NULL, NULL, team_id"
+                    f"INSERT INTO posthog_propertydefinition (id, name, is_numerical, team_id{columns})"
+                    f" SELECT id, name, is_numerical, team_id{values}"
                     " FROM unnest(%s::uuid[], %s::varchar[], %s::bool[], %s::int[]) AS new (id, name, is_numerical, team_id)"
                     " ON CONFLICT DO NOTHING",
                     [

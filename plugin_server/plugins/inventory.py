@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.db.models import F, Q
@@ -46,14 +47,43 @@ def context_of(config: PluginConfig) -> PluginContext:
     )
 
 
+def _has_field(model: Any, name: str) -> bool:
+    return any(field.name == name for field in model._meta.get_fields())
+
+
+def _stamp(moment: datetime | None) -> str:
+    # Today's PostHog leaves Plugin.updated_at NULL until the plugin is changed.
+    return moment.isoformat() if moment is not None else ""
+
+
 def in_force_configs() -> Iterable[PluginConfig]:
-    """The in-force configs with their plugins, in plugin order (one query)."""
+    """The in-force configs with their plugins, in plugin order (one query).
+
+    Where the host's table has PostHog's ``deleted`` flag (today's), a config
+    the user deleted is never in force, whatever ``enabled`` says."""
+    configs = PluginConfig.objects.filter(enabled=True, team__isnull=False, team__organization__plugins_access_level__gt=0)
+    if _has_field(PluginConfig, "deleted"):
+        configs = configs.exclude(**{"deleted": True})  # a host field the stand-ins lack
     return (
-        PluginConfig.objects.filter(enabled=True, team__isnull=False, team__organization__plugins_access_level__gt=0)
-        .filter(Q(plugin__organization_id=F("team__organization_id")) | Q(plugin__is_global=True))
+        configs.filter(Q(plugin__organization_id=F("team__organization_id")) | Q(plugin__is_global=True))
         .select_related("plugin")
         .order_by("order", "id")
     )
+
+
+def unsupported_reason(config: PluginConfig) -> str | None:
+    """Why this server must not run ``config``, or None.
+
+    Today's PostHog added event ``filters`` to a config (the plugin runs
+    only on matching events): this server does not evaluate them, and running
+    the plugin on every event instead would be wrong, so such a config is
+    refused with this reason as its error."""
+    if getattr(config, "filters", None):
+        return (
+            "This plugin config has event filters (PluginConfig.filters), which this plugin server does not apply;"
+            " it is not run. Remove the filters to run it on every event."
+        )
+    return None
 
 
 class CodeCache:
@@ -66,7 +96,7 @@ class CodeCache:
     def load(self, plugin: Plugin) -> tuple[Any, PluginLoadError | None]:
         from plugin_server.plugins.loader import load_plugin_code
 
-        stamp = plugin.updated_at.isoformat() if plugin.updated_at else ""
+        stamp = _stamp(plugin.updated_at)
         cached = self._entries.get(plugin.id)
         if cached is not None and cached[0] == stamp:
             return cached[1], cached[2]
@@ -87,6 +117,10 @@ def load_inventory(code_cache: CodeCache) -> Inventory:
     for config in configs:
         plugin = config.plugin
         ctx = context_of(config)
+        refused = unsupported_reason(config)
+        if refused is not None:
+            load_errors.append(PluginErrorRecord(ctx=ctx, message=refused, name="UnsupportedPluginConfig"))
+            continue
         code, error = code_cache.load(plugin)
         if error is not None:
             load_errors.append(PluginErrorRecord(ctx=ctx, message=str(error), name=type(error).__name__))
@@ -98,7 +132,7 @@ def load_inventory(code_cache: CodeCache) -> Inventory:
             team_id=config.team_id,
             plugin_name=ctx.plugin_name,
             order=config.order or 0,
-            version=f"{config.updated_at.isoformat()}|{plugin.updated_at.isoformat()}",
+            version=f"{_stamp(config.updated_at)}|{_stamp(plugin.updated_at)}",
             code=code,
             config=config_with_defaults(plugin.config_schema, config.config),
             attachments={key: dict(value) for key, value in attachments.get(config.id, {}).items()},

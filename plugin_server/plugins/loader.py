@@ -275,6 +275,11 @@ def load_plugin_code(plugin: Plugin, base_dir: str | None = None) -> PluginCode:
     are resolved. Raises :class:`PluginLoadError` with the spec's message.
     """
     digest = plugin_digest(plugin)
+    if plugin.plugin_type == "inline" or (plugin.url or "").startswith("inline:"):
+        # Today's PostHog: code built into its Node.js plugin server, not stored anywhere this server can read.
+        raise PluginLoadError(
+            f"{digest} is an inline plugin (code built into PostHog's Node.js plugin server): it cannot run in this server"
+        )
     if (plugin.url or "").startswith("file:"):
         return _load_local(plugin, digest, get_config().base_dir if base_dir is None else base_dir)
     if plugin.archive:
