@@ -41,6 +41,7 @@ from plugin_server.models import PluginConfig
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.errors import record_plugin_error
 from plugin_server.plugins.meta.logger import LogEntry, LogSource, LogType, store_log_entries
+from plugin_server.service import Service
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def _plugin_log(ctx: PluginContext, source: LogSource, type: LogType, message: s
     store_log_entries([LogEntry.for_context(ctx, source, type, message)])
 
 
-class JobConsumer:
+class JobConsumer(Service):
     """Polls for due jobs while holding the job-queue lock and runs them on the pool.
 
     ``concurrency`` threads (JOBS_WORKERS) run jobs from a queue the poller
@@ -114,6 +115,7 @@ class JobConsumer:
     """
 
     def __init__(self, pool: JobPool, keeper: LockKeeper | None = None, settings: JobSettings | None = None) -> None:
+        super().__init__("job consumer")
         self.pool = pool
         self.settings = settings or JobSettings.from_config()
         self.keeper = keeper or LockKeeper(RedisLock(JOB_QUEUE_LOCK_KEY, self.settings.lock_ttl))
@@ -122,8 +124,7 @@ class JobConsumer:
         self._in_flight = 0
         self._changed = threading.Condition()
         self._workers: list[threading.Thread] = []
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._drain_timeout = 30.0
 
     # --- one step ----------------------------------------------------------------------
 
@@ -230,14 +231,12 @@ class JobConsumer:
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    def start(self) -> None:
-        self.keeper.start()
-        self._thread = threading.Thread(target=self._loop, name="job-consumer", daemon=True)
-        self._thread.start()
+    def children(self) -> tuple[LockKeeper]:
+        return (self.keeper,)
 
-    def _loop(self) -> None:
+    def run(self) -> None:
         try:
-            while not self._stopped.is_set():
+            while not self.stopping:
                 try:
                     leased = self.poll_once()
                 except DatabaseError:
@@ -249,18 +248,18 @@ class JobConsumer:
                     with self._changed:
                         self._changed.wait_for(lambda: self._in_flight < self.capacity, self.settings.poll_interval)
                 elif not leased:
-                    self._stopped.wait(self.settings.poll_interval)
+                    self.sleep(self.settings.poll_interval)
         finally:
             connection.close()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop polling, release the lock, let the leased jobs finish (spec §9.3)."""
-        self._stopped.set()
-        if self._thread is not None:
-            self._thread.join(5.0)
-            self._thread = None
+        self._drain_timeout = timeout
+        super().stop(5.0)
+
+    def cleanup(self) -> None:
         self.keeper.stop()
-        if not self.wait(timeout):
+        if not self.wait(self._drain_timeout):
             logger.warning("plugin jobs still running at shutdown; they run again after their lease")
         for _worker in self._workers:
             self._queue.put(None)

@@ -6,7 +6,7 @@ still our token (compare-and-set Lua scripts), so a holder that lost the
 lock (it expired while the process was paused) cannot release or extend
 someone else's.
 
-:class:`LockKeeper` runs the original's rhythm on a daemon thread: try to
+:class:`LockKeeper` runs the original's rhythm as a supervised service: try to
 take the lock at start; while someone else holds it, try again every TTL/10;
 once held, extend it every TTL/2; when an extension fails the lock is lost
 and taking it is tried again at once. ``held`` is also false once the last
@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Callable
 
 import redis
 
 from plugin_server.redis_client import get_redis
+from plugin_server.service import Service
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class RedisLock:
         return bool(self._release(keys=[self.key], args=[self.token]))
 
 
-class LockKeeper:
+class LockKeeper(Service):
     """Keeps trying to hold one lock; ``held`` says whether this process may act now."""
 
     def __init__(
@@ -79,6 +79,7 @@ class LockKeeper:
         on_change: Callable[[bool], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(f"lock {lock.key}")
         self.lock = lock
         self._on_change = on_change
         self._clock = clock
@@ -87,8 +88,6 @@ class LockKeeper:
         self.extend_interval = ttl / 2
         self._valid_until = 0.0
         self._owned = False
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
 
     @property
     def held(self) -> bool:
@@ -125,21 +124,16 @@ class LockKeeper:
         if changed and self._on_change is not None:
             self._on_change(owned)
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"lock {self.lock.key}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
+    def run(self) -> None:
         delay = self.step()
-        while not self._stopped.wait(delay):
+        while not self.sleep(delay):
             delay = self.step()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop keeping the lock and release it if it is still ours."""
-        self._stopped.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        super().stop(timeout)
+
+    def cleanup(self) -> None:
         if self._owned:
             try:
                 self.lock.release()

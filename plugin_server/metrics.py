@@ -52,6 +52,10 @@ LOGS_FLUSH_FAILED = "logs.flush_failed"  # count (port): a plugin log batch coul
 META_KAFKA_DELIVERY_FAILED = "meta.kafka_delivery_failed"  # count (port): a capture or log entry lost by Kafka
 
 
+# --- Metric names of the supervised services (port) ----------------------------------
+SERVICE_CRASHED = "service.crashed"  # count, tag service: a service's run() crashed and is restarted
+
+
 class MetricsBackend(Protocol):
     def incr(self, name: str, value: int = 1, tags: Tags | None = None) -> None: ...
     def timing(self, name: str, ms: float, tags: Tags | None = None) -> None: ...

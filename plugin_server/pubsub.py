@@ -5,7 +5,7 @@ The PostHog app (and this server's admin) publishes on
 every running server listens and reloads its plugins. The payload is ignored.
 
 :func:`publish_reload` is the sending side. :class:`ReloadListener` is the
-receiving side: a daemon thread on a dedicated connection that calls a
+receiving side: a supervised service (:mod:`plugin_server.service`) on a dedicated connection that calls a
 callback for each message, and reconnects, with backoff, when Redis goes away.
 """
 
@@ -25,6 +25,7 @@ from redis.retry import Retry
 
 from plugin_server.config import get_config
 from plugin_server.redis_client import get_redis
+from plugin_server.service import Service
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def publish_reload(client: redis.Redis | None = None) -> int:
     return receivers
 
 
-class ReloadListener:
+class ReloadListener(Service):
     """Calls ``callback()`` for each message on the reload channel.
 
     Run it as a daemon thread with :meth:`start` / :meth:`stop`, or drive it
@@ -76,6 +77,7 @@ class ReloadListener:
         max_reconnect_delay: float = 30.0,
         reload_on_reconnect: bool = True,
     ) -> None:
+        super().__init__("reload listener")
         config = get_config()
         self.channel = channel or config.plugins_reload_pubsub_channel
         self.url = url or config.redis_url
@@ -91,39 +93,26 @@ class ReloadListener:
         self._retry_at = 0.0
         self._subscriptions = 0
         self._subscribed = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    # --- thread ---------------------------------------------------------------
-
-    def start(self) -> None:
-        """Listen on a daemon thread until :meth:`stop`."""
-        if self._thread is not None:
-            raise RuntimeError("ReloadListener already started")
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._run, name="reload-listener", daemon=True)
-        self._thread.start()
+    # --- service ---------------------------------------------------------------
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop listening, close the connection and join the thread."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                logger.warning("Reload listener did not stop within %.1fs", timeout)
-            self._thread = None
-        self._disconnect()
+        super().stop(timeout)
 
-    def is_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+    def cleanup(self) -> None:
+        self._disconnect()
 
     def wait_subscribed(self, timeout: float) -> bool:
         """Block until the channel subscription is confirmed (or timeout)."""
         return self._subscribed.wait(timeout)
 
-    def _run(self) -> None:
-        while not self._stopping.is_set():
+    def run(self) -> None:
+        while not self.stopping:
             self.poll(timeout=1.0)
+        self._disconnect()
+
+    def recover(self) -> None:
         self._disconnect()
 
     # --- one step -------------------------------------------------------------

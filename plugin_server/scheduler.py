@@ -43,6 +43,7 @@ from plugin_server.metrics import get_metrics
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.errors import record_plugin_error
 from plugin_server.redis_client import get_redis
+from plugin_server.service import Service
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class SchedulePool(Protocol):
     def context(self, config_id: int) -> PluginContext | None: ...
 
 
-class Scheduler:
+class Scheduler(Service):
     """Dispatches scheduled tasks on time while this process holds the schedule lock."""
 
     def __init__(
@@ -77,6 +78,7 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         key_prefix: str = TICK_KEY_PREFIX,
     ) -> None:
+        super().__init__("scheduler")
         self.pool = pool
         self._redis = client or get_redis()
         self.keeper = keeper or LockKeeper(RedisLock(SCHEDULE_LOCK_KEY, lock_ttl, self._redis))
@@ -88,8 +90,6 @@ class Scheduler:
         self._running: dict[tuple[str, int], concurrent.futures.Future[None]] = {}
         self._running_lock = threading.Lock()
         self._executor = concurrent.futures.ThreadPoolExecutor(MAX_PARALLEL_RUNS, thread_name_prefix="scheduled-task")
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
 
     @classmethod
     def from_settings(cls, pool: SchedulePool) -> Scheduler:
@@ -185,31 +185,31 @@ class Scheduler:
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Keep the lock, load the schedule and tick on every boundary in a thread."""
-        self.keeper.start()
+    def children(self) -> tuple[LockKeeper]:
+        return (self.keeper,)
+
+    def prepare(self) -> None:
+        """The lock keeper is started (a child); load the schedule and remember the current boundaries."""
         self.load_schedule()
         self.tick()  # remembers the current boundaries: nothing runs before the next one
-        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
-        self._thread.start()
 
-    def _loop(self) -> None:
+    def run(self) -> None:
+        """Tick on every boundary until stopped."""
         while True:
             now = self._clock()
             next_due = min((self.boundary(task, now) + 1) * period for task, period in self.periods.items())
-            if self._stopped.wait(max(0.0, next_due - now)):
+            if self.sleep(max(0.0, next_due - now)):
                 return
             try:
                 self.tick()
             except Exception:  # noqa: BLE001 -- the clock must keep going whatever one tick met
                 logger.exception("scheduler tick failed")
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         """Stop ticking, release the lock, wait for the runs in flight (spec §9.3)."""
-        self._stopped.set()
-        if self._thread is not None:
-            self._thread.join(5.0)
-            self._thread = None
+        super().stop(timeout)
+
+    def cleanup(self) -> None:
         self.keeper.stop()
         if not self.wait():
             logger.warning("scheduled tasks still running at shutdown: %s", self.running())

@@ -1,12 +1,19 @@
 """The plugin server process: composes the parts and owns their start and stop order.
 
-Start (spec: plugins.md §9.2): check Postgres and Redis → start the worker
-pool → web (unless DISABLE_WEB) → ingestion source and consumer → scheduler
-→ job consumer → reload listener (PLUGINS_RELOAD_PUBSUB_CHANNEL; a reload
-also reloads the schedule) → status heartbeat → "All systems go". The
-consumer loop then runs on the main thread (without ingestion the main
-thread waits for a signal). A failure while starting stops what was started
-and exits 1.
+Every part that has a thread is a supervised service (:mod:`plugin_server.service`):
+started, stopped and health-checked the same way, restarted with backoff
+when it crashes, and listed with its state in ``/_ready``. :meth:`Server._start_parts`
+is the composition: to add a part, build it and ``self.services.add(it)``
+at its place in the start order (and name it in ``STOP_ORDER`` if it must
+stop at a given point).
+
+Start (spec: plugins.md §9.2): check Postgres and Redis → worker pool (one
+service whose children are the worker slots) → plugin log writer → web
+(unless DISABLE_WEB) → consumer (its source built here) → scheduler (with
+its lock keeper) → job consumer (with its lock keeper) → reload listener
+(PLUGINS_RELOAD_PUBSUB_CHANNEL; a reload also reloads the schedule) → status
+heartbeat → "All systems go". The main thread then waits for a signal. A
+failure while starting stops what was started and exits 1.
 
 Roles (PLUGIN_SERVER_MODE or ``run_plugin_server --mode``): ``all`` runs
 every part; ``ingestion`` only the consumer; ``scheduler`` only the
@@ -16,19 +23,22 @@ so any number of servers of any role may run (docs/jobs.md).
 
 Shutdown (warm, then cold, like a Celery worker):
 
-- First SIGTERM / SIGINT / SIGHUP: the handler only sets a flag. The loop
+- First SIGTERM / SIGINT / SIGHUP: the handler only sets flags. The consumer
   finishes the batch in hand (stores it, writes its dead letters,
-  acknowledges it) and returns; then, in order: web, source (whatever it
-  took but did not acknowledge goes back to the queue), reload listener,
-  job consumer and scheduler (each releases its lock and waits for the
-  runs in flight), worker pool (teardown_plugin everywhere), status,
-  database connections;
+  acknowledges it) and returns; then the services stop in ``STOP_ORDER``:
+  web, consumer (its source: whatever it took but did not acknowledge goes
+  back to the queue), reload listener, job consumer and scheduler (each
+  releases its lock and waits for the runs in flight), worker pool
+  (teardown_plugin everywhere), log writer, status, database connections;
   exit 0. A watchdog ends the process (exit 1) if all that takes longer than
   SHUTDOWN_TIMEOUT seconds; nothing is lost then either, as nothing
   unacknowledged is forgotten.
 - Second signal: a reminder that shutdown is under way.
 - Third signal: exit at once (exit 1); unacknowledged messages are delivered
   again by the next server (at least once).
+
+A crashed service does not stop the server: it is restarted (the consumer
+with a fresh source, so the batch it held goes back to the queue first).
 """
 
 from __future__ import annotations
@@ -43,15 +53,16 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, connections
 
-from plugin_server.app_settings import app_setting
+from plugin_server import __version__
+from plugin_server.config import get_config
 from plugin_server.ingestion.consumer import Consumer, EventIngester, PluginRunner
 from plugin_server.ingestion.sources.base import Source
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.redis_client import get_redis
+from plugin_server.service import Service, ServiceGroup
 from plugin_server.status import StatusHeartbeat
 from plugin_server.web import HealthServer
 
@@ -66,8 +77,8 @@ logger = logging.getLogger(__name__)
 # well under a minute unless a service is away.
 READY_STALE_AFTER = 120.0
 MODES = ("all", "ingestion", "scheduler", "jobs")
-# Parts stopped in this order at shutdown (spec §9.3); unknown names last.
-STOP_ORDER = ("web", "source", "reload listener", "job consumer", "scheduler", "worker pool", "status")
+# Services stopped in this order at shutdown (spec §9.3); the others after them, last started first.
+STOP_ORDER = ("web", "consumer", "reload listener", "job consumer", "scheduler", "worker pool", "plugin log writer", "status")
 
 
 class ManagedPool(PluginRunner, Protocol):
@@ -90,7 +101,7 @@ class ManagedPool(PluginRunner, Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ServerOptions:
-    """What the server runs, resolved from the settings."""
+    """What the server runs, resolved from the typed configuration."""
 
     kafka_enabled: bool
     disable_web: bool
@@ -106,14 +117,15 @@ class ServerOptions:
 
     @classmethod
     def from_settings(cls) -> ServerOptions:
+        config = get_config()
         return cls(
-            kafka_enabled=app_setting("KAFKA_ENABLED"),
-            disable_web=app_setting("DISABLE_WEB"),
-            web_hostname=app_setting("WEB_HOSTNAME"),
-            web_port=app_setting("WEB_PORT"),
-            shutdown_timeout=app_setting("SHUTDOWN_TIMEOUT"),
-            job_queues=app_setting("JOB_QUEUES") or "",
-            mode=app_setting("PLUGIN_SERVER_MODE"),
+            kafka_enabled=config.kafka_enabled,
+            disable_web=config.disable_web,
+            web_hostname=config.web_hostname,
+            web_port=config.web_port,
+            shutdown_timeout=config.shutdown_timeout,
+            job_queues=",".join(config.job_queues),
+            mode=config.plugin_server_mode,
         )
 
 
@@ -140,6 +152,59 @@ def build_ingester() -> EventIngester:
     return Ingester()
 
 
+class PoolService(Service):
+    """The worker pool as a service: no thread of its own, its worker slots are its children."""
+
+    name = "worker pool"
+    threaded = False
+
+    def __init__(self, pool: ManagedPool) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def prepare(self) -> None:
+        self.pool.start()
+
+    def cleanup(self) -> None:
+        self.pool.stop()
+
+    def children(self) -> list[Service]:
+        slots: Callable[[], list[Service]] | None = getattr(self.pool, "slots", None)
+        return slots() if slots is not None else []
+
+
+class ConsumerService(Service):
+    """The consumer loop on its own thread; a crash closes the source (the batch in hand goes
+    back to the queue) and starts again on a fresh one."""
+
+    name = "consumer"
+
+    def __init__(self, make_consumer: Callable[[], Consumer], stale_after: float = READY_STALE_AFTER) -> None:
+        super().__init__()
+        self._make_consumer = make_consumer
+        self.consumer = make_consumer()
+        self._stale_after = stale_after
+
+    def run(self) -> None:
+        self.consumer.run()
+
+    def interrupt(self) -> None:
+        self.consumer.stop()  # only a flag: safe from a signal handler
+
+    def recover(self) -> None:
+        self.consumer.source.close()
+        self.consumer = self._make_consumer()
+
+    def cleanup(self) -> None:
+        self.consumer.source.close()
+
+    def problem(self) -> str | None:
+        idle = time.monotonic() - self.consumer.last_iteration
+        if idle > self._stale_after:
+            return f"the loop has not gone round for {idle:.0f}s"
+        return None
+
+
 class Server:
     """One plugin server process. ``run()`` returns the exit code."""
 
@@ -154,14 +219,21 @@ class Server:
         self._source_factory = source_factory
         self._pool_factory = pool_factory
         self._ingester_factory = ingester_factory
-        self.consumer: Consumer | None = None
+        self.services = ServiceGroup(STOP_ORDER)
+        self.pool: ManagedPool | None = None
+        self.consumer_service: ConsumerService | None = None
         self.scheduler: Scheduler | None = None
         self.jobs: JobConsumer | None = None
+        self.web: HealthServer | None = None
+        self.exit_code = 0
         self._started = False
-        self._source: Source | None = None
-        self._stoppables: list[tuple[str, Callable[[], None]]] = []  # started parts, stopped in reverse
         self._signals = 0
         self._stop_requested = threading.Event()
+
+    @property
+    def consumer(self) -> Consumer | None:
+        """The consumer loop in use (None when this role does not ingest)."""
+        return self.consumer_service.consumer if self.consumer_service is not None else None
 
     # --- signals ---------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -178,10 +250,13 @@ class Server:
         else:
             os._exit(1)
 
-    def request_stop(self) -> None:
+    def request_stop(self, exit_code: int = 0) -> None:
+        """Ask the server to stop (from a signal handler or any thread); ``run`` returns ``exit_code``."""
+        if exit_code and not self.exit_code:
+            self.exit_code = exit_code
         self._stop_requested.set()
-        if self.consumer is not None:
-            self.consumer.stop()
+        if self.consumer_service is not None:
+            self.consumer_service.request_stop()
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -193,38 +268,41 @@ class Server:
             raise
 
     def _start_parts(self) -> None:
+        """The composition: each part is built and added (started) in the start order."""
         connection.ensure_connection()
         get_redis().ping()
-        pool = self._pool_factory()
-        pool.start()
-        self._stoppables.append(("worker pool", pool.stop))
+        pool = self.pool = self._pool_factory()
+        self.services.add(PoolService(pool))
+        log_writer = getattr(getattr(pool, "host", None), "log_writer", None)
+        if isinstance(log_writer, Service):
+            self.services.add(log_writer)
         if not self.options.disable_web:
-            web = HealthServer(self.options.web_hostname, self.options.web_port, self.ready)
-            web.start()
-            self._stoppables.append(("web", web.stop))
+            self.web = HealthServer(self.options.web_hostname, self.options.web_port, self.readiness)
+            self.services.add(self.web)
         source_name = "none"
         if self.options.runs("ingestion"):
-            source = self._source_factory(self.options)
-            self._source = source
-            source_name = source.name.value
-            self._stoppables.append(("source", source.close))
-            self.consumer = Consumer(source, self._ingester_factory(), pool)
+            ingester = self._ingester_factory()
+
+            def make_consumer() -> Consumer:
+                return Consumer(self._source_factory(self.options), ingester, pool)
+
+            self.consumer_service = ConsumerService(make_consumer)
+            source_name = self.consumer_service.consumer.source.name.value
             if self._stop_requested.is_set():
-                self.consumer.stop()
+                self.consumer_service.consumer.stop()
+            self.services.add(self.consumer_service)
         reload_schedule: Callable[[], object] = lambda: None  # noqa: E731
         if self.options.runs("scheduler"):
             from plugin_server.scheduler import Scheduler
 
             scheduler = self.scheduler = Scheduler.from_settings(pool)
-            scheduler.start()
-            self._stoppables.append(("scheduler", scheduler.stop))
+            self.services.add(scheduler)
             reload_schedule = scheduler.load_schedule
         if self.options.runs("jobs"):
             from plugin_server.job_consumer import JobConsumer
 
-            jobs = self.jobs = JobConsumer(pool)
-            jobs.start()
-            self._stoppables.append(("job consumer", jobs.stop))
+            self.jobs = JobConsumer(pool)
+            self.services.add(self.jobs)
         from plugin_server.pubsub import ReloadListener
 
         def reload() -> None:
@@ -234,38 +312,28 @@ class Server:
             finally:
                 connection.close()  # the listener's thread: reloads are rare, hold no connection between them
 
-        listener = ReloadListener(reload)
-        listener.start()
-        self._stoppables.append(("reload listener", listener.stop))
-        status = StatusHeartbeat(job_queues=self.options.job_queues)
-        status.start()
-        self._stoppables.append(("status", status.stop))
+        self.services.add(ReloadListener(reload))
+        self.services.add(StatusHeartbeat(job_queues=self.options.job_queues))
         self._started = True
         logger.info("All systems go", extra={"source": source_name, "mode": self.options.mode})
 
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready while started, not stopping and every service is running without a problem."""
+        ready = self._started and not self._stop_requested.is_set() and self.services.healthy()
+        return ready, {"mode": self.options.mode, "services": self.services.health()}
+
     def ready(self) -> bool:
-        consumer = self.consumer
-        if consumer is None:
-            # A scheduler or jobs server is ready once started, until it stops.
-            return self._started and not self.options.runs("ingestion") and not self._stop_requested.is_set()
-        if consumer.stopping:
-            return False
-        return time.monotonic() - consumer.last_iteration < READY_STALE_AFTER
+        return self.readiness()[0]
 
     def shutdown(self) -> None:
-        """Stop the parts in reverse start order, each once; bounded by a watchdog."""
+        """Stop the services in the stop order, each once; bounded by a watchdog."""
         watchdog = threading.Timer(self.options.shutdown_timeout, self._give_up)
         watchdog.daemon = True
         watchdog.start()
         try:
-            # Web first (readiness goes away), then source, listener, pool, status.
-            order = {name: index for index, name in enumerate(STOP_ORDER)}
-            for name, stop in sorted(self._stoppables, key=lambda part: order.get(part[0], len(order))):
-                try:
-                    stop()
-                except Exception:  # noqa: BLE001 -- one part failing to stop must not keep the others running
-                    logger.exception("stopping the %s failed", name)
-            self._stoppables.clear()
+            if self.consumer_service is not None:
+                self.consumer_service.request_stop()
+            self.services.stop_all()
             connections.close_all()
         finally:
             watchdog.cancel()
@@ -275,28 +343,22 @@ class Server:
         os._exit(1)
 
     def run(self) -> int:
-        """Start, consume until a signal, shut down; the process exit code."""
+        """Start, run until a signal (or a fatal condition), shut down; the process exit code."""
+        from plugin_server.sentry import flush as flush_sentry
+        from plugin_server.sentry import init_sentry
+
+        init_sentry(get_config().sentry_dsn, __version__)
         self.install_signal_handlers()
         try:
             self.start()
         except Exception:  # noqa: BLE001 -- report any start-up failure, exit 1
             logger.exception("the plugin server failed to start")
+            flush_sentry()
             return 1
-        try:
-            if self.consumer is None:
-                # No ingestion in this role: the scheduler / job consumer threads work until a signal.
-                while not self._stop_requested.wait(1.0):
-                    pass
-            else:
-                self.consumer.run()
-        except Exception:
-            # An error the loop does not know: stop cleanly (the batch in hand
-            # is not acknowledged and comes back) and let the supervisor restart us.
-            logger.exception("the consumer loop failed")
-            self.shutdown()
-            return 1
+        while not self._stop_requested.wait(1.0):
+            pass
         logger.info("stopping the plugin server")
         self.shutdown()
         logger.info("plugin server stopped")
-        return 0
-
+        flush_sentry()
+        return self.exit_code

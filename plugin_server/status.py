@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from datetime import datetime, timezone
 from typing import cast
 
@@ -18,6 +17,7 @@ import redis
 
 from plugin_server import __version__
 from plugin_server.redis_client import get_redis
+from plugin_server.service import Service
 
 logger = logging.getLogger(__name__)
 
@@ -28,15 +28,16 @@ PING_INTERVAL = 5.0
 PING_TTL = 60
 
 
-class StatusHeartbeat:
-    """Keeps the ping key fresh while the server runs."""
+class StatusHeartbeat(Service):
+    """Keeps the ping key fresh while the server runs (a supervised service)."""
+
+    name = "status"
 
     def __init__(self, job_queues: str = "", client: redis.Redis | None = None, interval: float = PING_INTERVAL) -> None:
+        super().__init__()
         self._redis = client or get_redis()
         self._job_queues = job_queues
         self._interval = interval
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def beat(self) -> None:
         """Write the ping and version keys once."""
@@ -45,23 +46,16 @@ class StatusHeartbeat:
             pipe.set(VERSION_KEY, __version__)
             pipe.execute()
 
-    def start(self) -> None:
+    def prepare(self) -> None:
         self._redis.set(JOB_QUEUES_KEY, json.dumps(self._job_queues))
         self.beat()
-        self._thread = threading.Thread(target=self._run, name="status-heartbeat", daemon=True)
-        self._thread.start()
 
-    def _run(self) -> None:
-        while not self._stopped.wait(self._interval):
+    def run(self) -> None:
+        while not self.sleep(self._interval):
             try:
                 self.beat()
             except redis.RedisError:
                 logger.warning("status: could not write the ping key", exc_info=True)
-
-    def stop(self) -> None:
-        self._stopped.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
 
 
 def read_ping(client: redis.Redis | None = None) -> str | None:

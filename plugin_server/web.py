@@ -1,43 +1,67 @@
 """Health and readiness over HTTP, on WEB_HOSTNAME:WEB_PORT unless DISABLE_WEB.
 
 - ``GET /_health``: 200 while the process runs (liveness).
-- ``GET /_ready``: 200 while the consumer loop went round in the last
-  ``stale_after`` seconds and the server is not stopping, else 503 (for a
-  load balancer or Kubernetes readiness probe).
+- ``GET /_ready``: 200 while every service of the server is running and
+  healthy (the consumer's loop went round recently, the scheduler's thread
+  is alive, ...) and the server is not stopping, else 503. The body names
+  each service with its state, restarts, last crash and current problem::
+
+      {"status": "ready", "mode": "all",
+       "services": {"consumer": {"state": "running", "restarts": 0}, ...}}
 
 The original had no routes at v0.21.3; these are the port's. A stdlib
-threading server on a daemon thread: two tiny GETs need no framework.
+threading server run by a supervised service: two tiny GETs need no
+framework. Other parts may mount extra routes with :meth:`HealthServer.route`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from plugin_server.service import Service
 
 logger = logging.getLogger(__name__)
 
+# A readiness answer: (ready?, body fields such as the services' health).
+Readiness = Callable[[], "bool | tuple[bool, dict[str, Any]]"]
+# A mounted route: handler(request) answers the request itself.
+RouteHandler = Callable[[BaseHTTPRequestHandler], None]
 
-class HealthServer:
-    """Answers /_health and /_ready; ``ready()`` says whether the server is ready."""
+# How long handle_request blocks before the loop looks at the stop flag.
+POLL_SECONDS = 0.5
 
-    def __init__(self, host: str, port: int, ready: Callable[[], bool]) -> None:
+
+class HealthServer(Service):
+    """Answers /_health and /_ready; ``ready()`` says whether the server is ready (and why)."""
+
+    name = "web"
+
+    def __init__(self, host: str, port: int, ready: Readiness) -> None:
+        super().__init__()
         self._ready = ready
+        self._routes: dict[tuple[str, str], RouteHandler] = {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 -- the stdlib's name
-                if self.path == "/_health":
+                path = self.path.split("?", 1)[0]
+                if path == "/_health":
                     self._answer(200, {"status": "ok"})
-                elif self.path == "/_ready":
-                    is_ready = server._ready()
-                    self._answer(200 if is_ready else 503, {"status": "ready" if is_ready else "not ready"})
-                else:
+                elif path == "/_ready":
+                    is_ready, details = server.readiness()
+                    self._answer(200 if is_ready else 503, {"status": "ready" if is_ready else "not ready", **details})
+                elif not server._dispatch("GET", path, self):
                     self._answer(404, {"status": "not found"})
 
-            def _answer(self, status: int, body: dict[str, str]) -> None:
+            def do_POST(self) -> None:  # noqa: N802 -- the stdlib's name
+                if not server._dispatch("POST", self.path.split("?", 1)[0], self):
+                    self._answer(404, {"status": "not found"})
+
+            def _answer(self, status: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -50,19 +74,37 @@ class HealthServer:
 
         self._httpd = ThreadingHTTPServer((host, port), Handler)
         self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        self._httpd.timeout = POLL_SECONDS
 
     @property
     def port(self) -> int:
         return int(self._httpd.server_address[1])
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="web", daemon=True)
-        self._thread.start()
+    def route(self, method: str, path: str, handler: RouteHandler) -> None:
+        """Mount ``handler`` on ``method path`` (it writes the whole answer)."""
+        self._routes[(method.upper(), path)] = handler
+
+    def _dispatch(self, method: str, path: str, request: BaseHTTPRequestHandler) -> bool:
+        handler = self._routes.get((method, path))
+        if handler is None:
+            return False
+        handler(request)
+        return True
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        answer = self._ready()
+        if isinstance(answer, tuple):
+            return answer
+        return bool(answer), {}
+
+    def prepare(self) -> None:
         logger.info("web: health and readiness on port %d", self.port)
 
-    def stop(self) -> None:
-        self._httpd.shutdown()
+    def run(self) -> None:
+        # handle_request with a timeout rather than serve_forever: no shutdown() handshake that
+        # could wait forever on a loop that is not running (between a crash and its restart).
+        while not self.stopping:
+            self._httpd.handle_request()
+
+    def cleanup(self) -> None:
         self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)

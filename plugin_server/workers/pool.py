@@ -172,7 +172,7 @@ class WorkerPool:
         self._slots = [WorkerSlot(self, index) for index in range(max(1, self.settings.concurrency))]
         futures = []
         for slot in self._slots:
-            slot.thread.start()
+            slot.start()
             futures.append(slot.submit("hello", {"name": f"worker {slot.index}"}, ()))
         for future in futures:
             future.result()
@@ -199,12 +199,13 @@ class WorkerPool:
         futures = [slot.submit("teardown", {"cfgs": None}, None) for slot in self._slots]
         concurrent.futures.wait(futures, timeout=TEARDOWN_SECONDS)
         for slot in self._slots:
+            slot.request_stop()
             try:
                 slot.queue.put(None, timeout=TEARDOWN_SECONDS)
             except queue.Full:
                 logger.warning("plugin worker slot %d is still busy at shutdown", slot.index)
         for slot in self._slots:
-            slot.thread.join(TEARDOWN_SECONDS)
+            slot.stop(TEARDOWN_SECONDS)
             slot.replace("stop")
         self._slots = []
         self.reporter.flush()
@@ -335,6 +336,10 @@ class WorkerPool:
         result = self._slots[0].submit("schedule", {}, None).result()
         self.reporter.flush()
         return {key: [int(cid) for cid in result.get(key, [])] for key in SCHEDULE_KEYS.values()}
+
+    def slots(self) -> list[WorkerSlot]:
+        """The worker slots: supervised services, one per worker (health in /_ready)."""
+        return list(self._slots)
 
     def workers(self) -> list[WorkerProcess | None]:
         """The current worker processes (for health checks and tests)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import queue
-import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from django.db import DatabaseError, close_old_connections, connection
 
 from plugin_server.exceptions import RETRY_FAILURE_PREFIX, MetaCallError, PluginError, RetryError, WorkerDied
 from plugin_server.metrics import WORKER_REPLACED, WORKER_RETRY, WORKER_TASK, get_metrics
+from plugin_server.service import Service
 from plugin_server.workers.effects import apply_report
 from plugin_server.workers.process import WorkerHung, WorkerProcess
 
@@ -45,23 +45,24 @@ class Task:
     future: concurrent.futures.Future[Any]
 
 
-class WorkerSlot:
-    """One worker and the thread that talks to it (see the pool's docstring)."""
+class WorkerSlot(Service):
+    """One worker and the thread that talks to it (see the pool's docstring); a supervised service."""
 
     def __init__(self, pool: WorkerPool, index: int) -> None:
+        super().__init__(f"plugin-worker-{index}")
         self.pool = pool
         self.index = index
         self.queue: queue.Queue[Task | None] = queue.Queue(maxsize=pool.settings.tasks_per_worker)
         self.worker: WorkerProcess | None = None
         self.tasks_done = 0
-        self.thread = threading.Thread(target=self._run, name=f"plugin-worker-{index}", daemon=True)
 
     def submit(self, kind: str, payload: dict[str, Any], allowed: Collection[int] | None) -> concurrent.futures.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.queue.put(Task(kind, payload, allowed, future))
         return future
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Run tasks until the pool queues None (after :meth:`request_stop`)."""
         try:
             while True:
                 task = self.queue.get()

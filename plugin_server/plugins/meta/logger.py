@@ -39,6 +39,7 @@ from plugin_server.config import get_config
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.metrics import LOGS_ENTRIES_CREATED, LOGS_ENTRIES_DROPPED, LOGS_FLUSH_FAILED, get_metrics
 from plugin_server.models import PluginLogEntry
+from plugin_server.service import Service
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.producer import MetaProducer
 from plugin_server.plugins.meta.console import TRUNCATED_SUFFIX, cap_message, format_log_message
@@ -216,7 +217,7 @@ def _count_created(entries: Sequence[LogEntry]) -> None:
         metrics.incr(LOGS_ENTRIES_CREATED, count, {"source": source, "team_id": team_id or 0, "plugin_id": plugin_id})
 
 
-class PluginLogWriter:
+class PluginLogWriter(Service):
     """Buffers plugin log entries and writes them in multi-row INSERTs (or to Kafka).
 
     Thread-safe: the meta host may serve several workers from several
@@ -233,6 +234,7 @@ class PluginLogWriter:
     ) -> None:
         if not 0 < flush_size <= max_buffer:
             raise ValueError("flush_size must be between 1 and max_buffer")
+        super().__init__("plugin log writer")
         self.producer = producer or MetaProducer()
         self.flush_size = flush_size
         self.max_buffer = max_buffer
@@ -240,8 +242,6 @@ class PluginLogWriter:
         self._buffer: collections.deque[LogEntry] = collections.deque()
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._retry_at = 0.0
 
     def add(self, entry: LogEntry) -> None:
@@ -324,25 +324,23 @@ class PluginLogWriter:
         return written
 
     def start(self) -> None:
-        """Flush every ``flush_interval`` seconds in a daemon thread until :meth:`close`."""
-        if self._thread is not None:
+        """Flush every ``flush_interval`` seconds on the service's thread until :meth:`close`."""
+        if self.is_alive():
             return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="plugin-log-writer", daemon=True)
-        self._thread.start()
+        super().start()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.flush_interval):
-            self.flush()
-            # This thread has its own connection; drop it if it went stale.
-            close_old_connections()
-        connection.close()
+    def run(self) -> None:
+        try:
+            while not self.sleep(self.flush_interval):
+                self.flush()
+                # This thread has its own connection; drop it if it went stale.
+                close_old_connections()
+        finally:
+            connection.close()
 
     def close(self) -> None:
         """Stop the background flusher (if any) and write what is left."""
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._stop.set()
-            thread.join(timeout=10)
+        if self.is_alive():
+            self.stop(timeout=10)
         self.flush()
         self.producer.flush()
