@@ -16,6 +16,15 @@ def main() -> None:
         # One clear line, not a traceback, for a bad environment variable.
         sys.stderr.write(f"Configuration error: {error}\n")
         sys.exit(2)
+    except Exception as error:
+        # And one for a database or Redis that cannot be reached.
+        from plugin_server.unreachable import unreachable_service
+
+        line = unreachable_service(error)
+        if line is None:
+            raise
+        sys.stderr.write(line + "\n")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

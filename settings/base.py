@@ -77,7 +77,10 @@ TEMPLATES = [
 ]
 
 # --- Postgres ---------------------------------------------------------------
-DATABASE_URL = env_url("DATABASE_URL", "postgres://localhost:5432/posthog", ("postgres", "postgresql"))
+# The original's default (postgres://localhost:5432/posthog) named no user, so
+# libpq connected as the OS user: a role that exists for root on some machines
+# and for nobody else. This one is the user and address bin/services provides.
+DATABASE_URL = env_url("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/posthog", ("postgres", "postgresql"))
 POSTHOG_DB_NAME = env_str("POSTHOG_DB_NAME", None)
 POSTHOG_DB_USER = env_str("POSTHOG_DB_USER", "postgres")
 POSTHOG_DB_PASSWORD = env_str("POSTHOG_DB_PASSWORD", "")

@@ -71,7 +71,8 @@ def test_a_url_with_a_port_that_is_not_a_number_is_rejected() -> None:
 
 # The original's defaults (spec: plugins.md §15), outside the test environment.
 V0_21_3_DEFAULTS = {
-    "DATABASE_URL": "postgres://localhost:5432/posthog",
+    # Deviation: the original's postgres://localhost:5432/posthog connected as the OS user.
+    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/posthog",
     "REDIS_URL": "redis://127.0.0.1",
     "REDIS_POOL_MIN_SIZE": 1,
     "REDIS_POOL_MAX_SIZE": 3,

@@ -15,8 +15,10 @@ from argparse import ArgumentParser
 from typing import Any
 
 from django.core.management.base import BaseCommand
+from django.db import connection
 
 from plugin_server.app_settings import app_setting
+from plugin_server.redis_client import get_redis
 from plugin_server.server import MODES, Server, ServerOptions
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,9 @@ class Command(BaseCommand):
         if app_setting("PLUGIN_SERVER_IDLE"):
             self._idle()
             return
+        # Fail before anything starts, with one line (manage.py), when Postgres or Redis is away.
+        connection.ensure_connection()
+        get_redis().ping()
         server_options = ServerOptions.from_settings()
         if options["mode"]:
             server_options = dataclasses.replace(server_options, mode=options["mode"])
