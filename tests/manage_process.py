@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from django.conf import settings
@@ -37,3 +39,15 @@ def run_manage(*args: str, cwd: Path | str = ROOT, timeout: float = 120, **env: 
         [sys.executable, str(MANAGE), *args], cwd=cwd, env=manage_environment(**env), capture_output=True, text=True,
         timeout=timeout,
     )
+
+
+def wait_for(predicate: Callable[[], bool], seconds: float, what: str, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``predicate`` for up to ``seconds``; fail at once if ``process`` exits meanwhile."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the process exited with {process.returncode} while waiting for {what}")
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")

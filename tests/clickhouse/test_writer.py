@@ -34,6 +34,7 @@ from plugin_server.ingestion.person_store import PersonRecord
 from plugin_server.metrics import RecordingMetrics
 from plugin_server.plugins.meta.logger import LogEntry
 from plugin_server.sinks.base import PreparedEvent, PreparedRecording
+from tests.manage_process import wait_for
 
 if TYPE_CHECKING:
     from clickhouse_driver import Client
@@ -43,17 +44,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 ROOT = Path(__file__).resolve().parents[2]
 FAST_GROUP = {"session.timeout.ms": 2000, "heartbeat.interval.ms": 500}
 START = datetime(2021, 5, 17, 9, 0, 0, tzinfo=timezone.utc)
-
-
-def wait_for(predicate: Callable[[], bool], seconds: float, what: str, process: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"the writer exited with {process.returncode} while waiting for {what}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def make_event(number: int, team_id: int = 2) -> PreparedEvent:

@@ -23,6 +23,7 @@ from django.db import connection
 from plugin_server.models import DeadLetter, Event, Team
 from tests.factories import create_plugin, create_plugin_config, create_team
 from tests.ingestion.celery_tasks import celery_app, send_event_task, task_args
+from tests.manage_process import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis, pytest.mark.slow]
 
@@ -32,18 +33,6 @@ def process_event(event, meta):
     event["properties"]["processed"] = "hell yes"
     return event
 """
-
-
-def wait_for(predicate: Callable[[], bool], seconds: float, what: str, server: subprocess.Popen[bytes] | None = None) -> None:
-    """Bounded polling: a subprocess is involved."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if server is not None and server.poll() is not None:
-            raise AssertionError(f"the server exited with {server.returncode} while waiting for {what}")
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
