@@ -169,6 +169,22 @@ CONN_MAX_AGE = env_int("CONN_MAX_AGE", 600)
 # is dead-lettered with reason event_too_large instead of stored.
 MAX_EVENT_SIZE_BYTES = env_int("MAX_EVENT_SIZE_BYTES", 1_048_576, minimum=1)
 
+# --- Capture endpoint (port) ----------------------------------------------------
+# PostHog's capture API (/e/, /batch/, /decide/, ...) served by this app: always
+# through the project's URLconf (any WSGI server); by run_plugin_server's own web
+# server only when CAPTURE_ENABLED (and DISABLE_WEB is false). See docs/capture.md.
+CAPTURE_ENABLED = env_bool("CAPTURE_ENABLED", False)
+# The largest request body accepted, and the largest payload once decompressed
+# (bytes); larger gets 413.
+CAPTURE_MAX_BODY_BYTES = env_int("CAPTURE_MAX_BODY_BYTES", 20 * 1024 * 1024, minimum=1)
+# Comma-separated addresses or networks (CIDR) of reverse proxies whose
+# X-Forwarded-For is believed; empty = the peer address is the client's.
+CAPTURE_TRUSTED_PROXIES = env_str("CAPTURE_TRUSTED_PROXIES", "") or ""
+# Seconds a project token's team (or its absence) is remembered by one process.
+CAPTURE_TOKEN_CACHE_TTL = env_float("CAPTURE_TOKEN_CACHE_TTL", 60.0)
+# Seconds a request waits for its events to reach the queue before answering 503.
+CAPTURE_QUEUE_TIMEOUT = env_float("CAPTURE_QUEUE_TIMEOUT", 10.0, minimum=0.1)
+
 # --- django-q2 (plugin jobs) ------------------------------------------------------
 Q_CLUSTER = {
     "name": "plugin-server-jobs",

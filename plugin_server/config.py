@@ -129,6 +129,12 @@ class ServerConfig:
     shutdown_timeout: float
     conn_max_age: int
     max_event_size_bytes: int
+    # Capture endpoint
+    capture_enabled: bool
+    capture_max_body_bytes: int
+    capture_trusted_proxies: tuple[str, ...]
+    capture_token_cache_ttl: float
+    capture_queue_timeout: float
     # Django
     secret_key: str = dataclasses.field(metadata=_SECRET)
     debug: bool
@@ -213,6 +219,9 @@ _DERIVED: dict[str, Callable[[], Any]] = {
     "jobs_workers": lambda: int(str(app_setting("Q_CLUSTER")["workers"])),
     "allowed_hosts": lambda: tuple(settings.ALLOWED_HOSTS),
     "secure_proxy_ssl_header": lambda: ",".join(settings.SECURE_PROXY_SSL_HEADER or ()),
+    "capture_trusted_proxies": lambda: tuple(
+        item.strip() for item in (app_setting("CAPTURE_TRUSTED_PROXIES") or "").split(",") if item.strip()
+    ),
 }
 
 _lock = threading.Lock()

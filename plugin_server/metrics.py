@@ -51,6 +51,12 @@ LOGS_ENTRIES_DROPPED = "logs.entries_dropped"  # count (port): plugin log entrie
 LOGS_FLUSH_FAILED = "logs.flush_failed"  # count (port): a plugin log batch could not be written
 META_KAFKA_DELIVERY_FAILED = "meta.kafka_delivery_failed"  # count (port): a capture or log entry lost by Kafka
 
+# --- Metric names of the capture endpoint (port) ------------------------------------
+CAPTURE_EVENTS_QUEUED = "capture.events_queued"  # count, tag pipeline (celery, kafka)
+CAPTURE_REQUESTS_REJECTED = "capture.requests_rejected"  # count, tag code (invalid_payload, missing_api_key, ...)
+CAPTURE_QUEUE_UNAVAILABLE = "capture.queue_unavailable"  # count: requests answered 503
+CAPTURE_REQUEST_TIME = "capture.request_time"  # timing: one accepted request, body read to queued
+
 
 # --- Metric names of the supervised services (port) ----------------------------------
 SERVICE_CRASHED = "service.crashed"  # count, tag service: a service's run() crashed and is restarted

@@ -1,8 +1,9 @@
-"""URLs: the Django admin, and health and readiness for load balancers."""
+"""URLs: the Django admin and PostHog's capture API (docs/capture.md)."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("", include("plugin_server.capture.urls")),
 ]
