@@ -9,7 +9,8 @@ stop at a given point).
 
 Start (spec: plugins.md §9.2): check Postgres and Redis → worker pool (one
 service whose children are the worker slots) → plugin log writer → web
-(unless DISABLE_WEB) → consumer (its source built here) → scheduler (with
+(unless DISABLE_WEB; with CAPTURE_ENABLED it also serves PostHog's capture
+API, docs/capture.md) → consumer (its source built here) → scheduler (with
 its lock keeper) → job consumer (with its lock keeper) → reload listener
 (PLUGINS_RELOAD_PUBSUB_CHANNEL; a reload also reloads the schedule) → status
 heartbeat → "All systems go". The main thread then waits for a signal. A
@@ -67,6 +68,8 @@ from plugin_server.status import StatusHeartbeat
 from plugin_server.web import HealthServer
 
 if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
     from plugin_server.job_consumer import JobConsumer
     from plugin_server.scheduler import Scheduler
 
@@ -110,6 +113,7 @@ class ServerOptions:
     shutdown_timeout: float
     job_queues: str
     mode: str = "all"
+    capture_enabled: bool = False
 
     def runs(self, part: str) -> bool:
         """Whether this server's role includes ``part`` (ingestion, scheduler or jobs)."""
@@ -126,7 +130,17 @@ class ServerOptions:
             shutdown_timeout=config.shutdown_timeout,
             job_queues=",".join(config.job_queues),
             mode=config.plugin_server_mode,
+            capture_enabled=config.capture_enabled,
         )
+
+
+def build_web_app(options: ServerOptions) -> WSGIApplication | None:
+    """Django's WSGI application when the web server also serves the capture API (docs/capture.md)."""
+    if not options.capture_enabled:
+        return None
+    from django.core.handlers.wsgi import WSGIHandler
+
+    return WSGIHandler()
 
 
 def build_source(options: ServerOptions) -> Source:
@@ -277,7 +291,7 @@ class Server:
         if isinstance(log_writer, Service):
             self.services.add(log_writer)
         if not self.options.disable_web:
-            self.web = HealthServer(self.options.web_hostname, self.options.web_port, self.readiness)
+            self.web = HealthServer(self.options.web_hostname, self.options.web_port, self.readiness, app=build_web_app(self.options))
             self.services.add(self.web)
         source_name = "none"
         if self.options.runs("ingestion"):

@@ -9,20 +9,35 @@
       {"status": "ready", "mode": "all",
        "services": {"consumer": {"state": "running", "restarts": 0}, ...}}
 
+- With ``app`` (a WSGI application), every other request goes to it:
+  ``run_plugin_server`` passes Django's when ``CAPTURE_ENABLED``, so that one
+  command is a complete standalone server (PostHog's SDKs send to it, the
+  consumer in the same process ingests; docs/capture.md).
+
 The original had no routes at v0.21.3; these are the port's. A stdlib
 threading server run by a supervised service: two tiny GETs need no
 framework. Other parts may mount extra routes with :meth:`HealthServer.route`.
+A busy capture endpoint is better served by a WSGI server of its own
+(gunicorn with ``settings.wsgi``), scaled apart from ingestion.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, cast
+from urllib.parse import unquote
+from wsgiref.handlers import SimpleHandler
+
+from django.db import connections
 
 from plugin_server.service import Service
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +55,11 @@ class HealthServer(Service):
 
     name = "web"
 
-    def __init__(self, host: str, port: int, ready: Readiness) -> None:
+    def __init__(self, host: str, port: int, ready: Readiness, app: WSGIApplication | None = None) -> None:
         super().__init__()
         self._ready = ready
+        self._app = app
+        self._host = host
         self._routes: dict[tuple[str, str], RouteHandler] = {}
         server = self
 
@@ -59,6 +76,10 @@ class HealthServer(Service):
 
             def do_POST(self) -> None:  # noqa: N802 -- the stdlib's name
                 if not server._dispatch("POST", self.path.split("?", 1)[0], self):
+                    self._answer(404, {"status": "not found"})
+
+            def do_OPTIONS(self) -> None:  # noqa: N802 -- the stdlib's name (CORS preflight)
+                if not server._dispatch("OPTIONS", self.path.split("?", 1)[0], self):
                     self._answer(404, {"status": "not found"})
 
             def _answer(self, status: int, body: dict[str, Any]) -> None:
@@ -87,9 +108,22 @@ class HealthServer(Service):
     def _dispatch(self, method: str, path: str, request: BaseHTTPRequestHandler) -> bool:
         handler = self._routes.get((method, path))
         if handler is None:
-            return False
+            if self._app is None:
+                return False
+            self._serve_wsgi(self._app, request)
+            return True
         handler(request)
         return True
+
+    def _serve_wsgi(self, app: WSGIApplication, request: BaseHTTPRequestHandler) -> None:
+        environ = wsgi_environ(request, self._host, self.port)
+        handler = SimpleHandler(request.rfile, cast(IO[bytes], request.wfile), sys.stderr, environ, multithread=True)
+        handler.http_version = request.request_version.split("/")[-1]
+        try:
+            handler.run(app)
+        finally:
+            # The request's thread ends now: so does any database connection it opened.
+            connections.close_all()
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         answer = self._ready()
@@ -98,7 +132,7 @@ class HealthServer(Service):
         return bool(answer), {}
 
     def prepare(self) -> None:
-        logger.info("web: health and readiness on port %d", self.port)
+        logger.info("web: %s on port %d", "health, readiness and capture" if self._app else "health and readiness", self.port)
 
     def run(self) -> None:
         # handle_request with a timeout rather than serve_forever: no shutdown() handshake that
@@ -108,3 +142,33 @@ class HealthServer(Service):
 
     def cleanup(self) -> None:
         self._httpd.server_close()
+
+
+def wsgi_environ(request: BaseHTTPRequestHandler, host: str, port: int) -> WSGIEnvironment:
+    """The WSGI environment of one request read by the stdlib server (as wsgiref builds it)."""
+    path, _, query = request.path.partition("?")
+    environ: WSGIEnvironment = {
+        "REQUEST_METHOD": request.command,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": unquote(path, "iso-8859-1"),
+        "QUERY_STRING": query,
+        "SERVER_NAME": host,
+        "SERVER_PORT": str(port),
+        "SERVER_PROTOCOL": request.request_version,
+        "REMOTE_ADDR": request.client_address[0],
+        "CONTENT_TYPE": request.headers.get("Content-Type", ""),
+        "CONTENT_LENGTH": request.headers.get("Content-Length", ""),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": request.rfile,
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    for name, value in request.headers.items():
+        key = "HTTP_" + name.upper().replace("-", "_")
+        if key in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH") or "_" in name:
+            continue  # a header spelled with "_" could pass for another one
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    return environ

@@ -35,6 +35,7 @@ CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
 _proxy_ssl_header = (env_str("SECURE_PROXY_SSL_HEADER", "") or "").split(",")
 SECURE_PROXY_SSL_HEADER = (_proxy_ssl_header[0].strip(), _proxy_ssl_header[1].strip()) if len(_proxy_ssl_header) == 2 else None
 ROOT_URLCONF = "plugin_server.urls"
+WSGI_APPLICATION = "settings.wsgi.application"
 USE_TZ = True
 TIME_ZONE = "UTC"
 STATIC_URL = "static/"
