@@ -10,11 +10,13 @@ Browsers get PostHog's CORS headers when they send an ``Origin``; preflight
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
@@ -65,12 +67,12 @@ def with_cors(request: HttpRequest, response: HttpResponse) -> HttpResponse:
     return response
 
 
-def _refuse(request: HttpRequest, error: CaptureError) -> HttpResponse:
+def _refuse(error: CaptureError) -> HttpResponse:
     get_metrics().incr(CAPTURE_REQUESTS_REJECTED, tags={"code": error.code})
     response = JsonResponse(error.body(), status=error.status)
     if error.status == 503:
         response["Retry-After"] = "5"
-    return with_cors(request, response)
+    return response
 
 
 def read_request(request: HttpRequest, max_bytes: int) -> RawRequest:
@@ -108,50 +110,60 @@ def _team_of(payload: Payload, raw: RawRequest) -> tuple[TeamInfo, bool]:
 
 def _preflight(request: HttpRequest) -> HttpResponse | None:
     if request.method == "OPTIONS":
-        return with_cors(request, HttpResponse(status=200))
+        return HttpResponse(status=200)
     if request.method not in ALLOWED_METHODS:
-        response = JsonResponse({"type": "validation_error", "code": "method_not_allowed", "detail": f"Method {request.method} not allowed.", "attr": None}, status=405)
+        error = CaptureError(f"Method {request.method} not allowed.", "method_not_allowed", status=405)
+        response = JsonResponse(error.body(), status=405)
         response["Allow"] = ", ".join(ALLOWED_METHODS)
-        return with_cors(request, response)
+        return response
     return None
 
 
-@csrf_exempt
+def api_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """A capture API view: CSRF-exempt, preflight and methods answered, CORS added, CaptureError → its answer."""
+
+    @csrf_exempt
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            response = _preflight(request) or view(request, *args, **kwargs)
+        except CaptureError as error:
+            response = _refuse(error)
+        return with_cors(request, response)
+
+    return wrapper
+
+
+@api_view
 def capture(request: HttpRequest) -> HttpResponse:
     """``/e/``, ``/i/v0/e/``, ``/capture/``, ``/track/``, ``/batch/``, ``/engage/``, ``/s/``."""
-    early = _preflight(request)
-    if early is not None:
-        return early
     started = time.monotonic()
     now = datetime.now(timezone.utc)
     config = get_config()
+    raw = read_request(request, config.capture_max_body_bytes)
+    payload = decode_request(raw, config.capture_max_body_bytes)
+    if not payload.data:
+        raise errors.no_data()
+    team, test_environment = _team_of(payload, raw)
+    peer = client_ip(request.META.get("REMOTE_ADDR"), request.META.get("HTTP_X_FORWARDED_FOR"), config.capture_trusted_proxies)
+    events = build_events(
+        payload,
+        path=request.path_info,
+        team_id=team.id,
+        ip=None if team.anonymize_ips else peer,
+        site_url=request.build_absolute_uri("/")[:-1],
+        now=now,
+        sent_at=find_sent_at(payload, raw.query),
+        test_environment=test_environment,
+    )
     try:
-        raw = read_request(request, config.capture_max_body_bytes)
-        payload = decode_request(raw, config.capture_max_body_bytes)
-        if not payload.data:
-            raise errors.no_data()
-        team, test_environment = _team_of(payload, raw)
-        peer = client_ip(request.META.get("REMOTE_ADDR"), request.META.get("HTTP_X_FORWARDED_FOR"), config.capture_trusted_proxies)
-        events = build_events(
-            payload,
-            path=request.path_info,
-            team_id=team.id,
-            ip=None if team.anonymize_ips else peer,
-            site_url=request.build_absolute_uri("/")[:-1],
-            now=now,
-            sent_at=find_sent_at(payload, raw.query),
-            test_environment=test_environment,
-        )
-        try:
-            get_queue().send(events)
-        except QueueUnavailable as error:
-            logger.warning("capture: events not queued, answering 503: %s", error, extra={"team_id": team.id, "events": len(events)})
-            get_metrics().incr(CAPTURE_QUEUE_UNAVAILABLE)
-            raise errors.queue_unavailable() from error
-    except CaptureError as error:
-        return _refuse(request, error)
+        get_queue().send(events)
+    except QueueUnavailable as error:
+        logger.warning("capture: events not queued, answering 503: %s", error, extra={"team_id": team.id, "events": len(events)})
+        get_metrics().incr(CAPTURE_QUEUE_UNAVAILABLE)
+        raise errors.queue_unavailable() from error
     get_metrics().timing(CAPTURE_REQUEST_TIME, (time.monotonic() - started) * 1000)
-    return with_cors(request, JsonResponse({"status": 1}))
+    return JsonResponse({"status": 1})
 
 
 def _client_config() -> dict[str, Any]:
@@ -172,27 +184,19 @@ def _client_config() -> dict[str, Any]:
     }
 
 
-def _check_token_if_any(request: HttpRequest) -> CaptureError | None:
+def _check_token_if_any(request: HttpRequest) -> None:
+    """An unknown token is refused (401); no token at all is fine for a configuration request."""
     config = get_config()
-    try:
-        raw = read_request(request, config.capture_max_body_bytes)
-        payload = decode_request(raw, config.capture_max_body_bytes)
-        if find_token(payload, raw.query, raw.method):
-            _team_of(payload, raw)
-    except CaptureError as error:
-        return error
-    return None
+    raw = read_request(request, config.capture_max_body_bytes)
+    payload = decode_request(raw, config.capture_max_body_bytes)
+    if find_token(payload, raw.query, raw.method):
+        _team_of(payload, raw)
 
 
-@csrf_exempt
+@api_view
 def decide(request: HttpRequest) -> HttpResponse:
     """``/decide/`` (posthog-js before ``/flags/``): configuration and no feature flags."""
-    early = _preflight(request)
-    if early is not None:
-        return early
-    error = _check_token_if_any(request)
-    if error is not None:
-        return _refuse(request, error)
+    _check_token_if_any(request)
     version = request.GET.get("v", "1")
     answer = {
         **_client_config(),
@@ -204,18 +208,13 @@ def decide(request: HttpRequest) -> HttpResponse:
         "featureFlagPayloads": {},
         "errorsWhileComputingFlags": False,
     }
-    return with_cors(request, JsonResponse(answer))
+    return JsonResponse(answer)
 
 
-@csrf_exempt
+@api_view
 def flags(request: HttpRequest) -> HttpResponse:
     """``/flags/`` (today's SDKs): no feature flags, and the client configuration when asked."""
-    early = _preflight(request)
-    if early is not None:
-        return early
-    error = _check_token_if_any(request)
-    if error is not None:
-        return _refuse(request, error)
+    _check_token_if_any(request)
     answer: dict[str, Any] = {
         "flags": {},
         "featureFlags": {},
@@ -226,23 +225,20 @@ def flags(request: HttpRequest) -> HttpResponse:
     }
     if request.GET.get("config") == "true":
         answer.update(_client_config())
-    return with_cors(request, JsonResponse(answer))
+    return JsonResponse(answer)
 
 
-@csrf_exempt
+@api_view
 def remote_config(request: HttpRequest, token: str) -> HttpResponse:
     """``/array/<token>/config``: posthog-js' remote configuration, as JSON."""
-    early = _preflight(request)
-    if early is not None:
-        return early
-    return with_cors(request, JsonResponse({"token": token, **_client_config()}))
+    return JsonResponse({"token": token, **_client_config()})
 
 
-@csrf_exempt
+@api_view
 def remote_config_js(request: HttpRequest, token: str) -> HttpResponse:
     """``/array/<token>/config.js``: the same, as the script posthog-js' loader includes."""
     body = (
         "(function(){window._POSTHOG_REMOTE_CONFIG=window._POSTHOG_REMOTE_CONFIG||{};"
         f"window._POSTHOG_REMOTE_CONFIG[{json.dumps(token)}]={{config:{json.dumps({'token': token, **_client_config()})},siteApps:[]}};}})();"
     )
-    return with_cors(request, HttpResponse(body, content_type="application/javascript"))
+    return HttpResponse(body, content_type="application/javascript")

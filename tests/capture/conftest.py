@@ -3,20 +3,15 @@ cache, and the standalone server (run_plugin_server with CAPTURE_ENABLED) the re
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import redis
 import requests
-from django.conf import settings
-from django.db import connection
 from django.test import override_settings
 
 from plugin_server.capture.views import team_cache
@@ -24,10 +19,8 @@ from plugin_server.config import get_config
 from plugin_server.events import Delivery, PluginEvent
 from plugin_server.ingestion.decode import decode
 from plugin_server.models import Team
-from tests.e2e.test_server_e2e import wait_for
+from tests.e2e.test_server_e2e import start_server, wait_for  # noqa: F401  (start_server: fixture)
 from tests.factories import create_team
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -68,35 +61,18 @@ class StandaloneServer:
 
     url: str
     process: subprocess.Popen[bytes]
-    queue: str
 
     def wait(self, predicate: Callable[[], bool], seconds: float, what: str) -> None:
         wait_for(predicate, seconds, what, self.process)
 
 
 @pytest.fixture
-def standalone_server(unique_name: str) -> Iterator[StandaloneServer]:
+def standalone_server(start_server: Callable[..., subprocess.Popen[bytes]]) -> Iterator[StandaloneServer]:
     """``./manage.py run_plugin_server`` with CAPTURE_ENABLED on a free port of 127.0.0.1, on the test
     database and this test's queue: the README's one-command standalone server."""
-    db = connection.settings_dict
     port = free_port()
-    environment = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "settings.base",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}",
-        "REDIS_URL": settings.REDIS_URL,
-        "PLUGINS_CELERY_QUEUE": unique_name,
-        "PLUGINS_RELOAD_PUBSUB_CHANNEL": f"{unique_name}-reload",
-        "CAPTURE_ENABLED": "true",
-        "DISABLE_WEB": "false",
-        "WEB_HOSTNAME": "127.0.0.1",
-        "WEB_PORT": str(port),
-        "WORKER_CONCURRENCY": "1",
-        "INGESTION_POLL_TIMEOUT": "0.2",
-        "LOG_LEVEL": "warn",
-    }
-    process = subprocess.Popen([sys.executable, "manage.py", "run_plugin_server"], cwd=ROOT, env=environment)
-    server = StandaloneServer(f"http://127.0.0.1:{port}", process, unique_name)
+    process = start_server(CAPTURE_ENABLED="true", DISABLE_WEB="false", WEB_HOSTNAME="127.0.0.1", WEB_PORT=str(port))
+    server = StandaloneServer(f"http://127.0.0.1:{port}", process)
 
     def ready() -> bool:
         try:
@@ -104,14 +80,7 @@ def standalone_server(unique_name: str) -> Iterator[StandaloneServer]:
         except requests.RequestException:
             return False
 
-    try:
-        server.wait(ready, 60, "the standalone server to be ready")
-        yield server
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+    server.wait(ready, 60, "the standalone server to be ready")
+    yield server
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
