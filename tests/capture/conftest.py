@@ -19,7 +19,8 @@ from plugin_server.config import get_config
 from plugin_server.events import Delivery, PluginEvent
 from plugin_server.ingestion.decode import decode
 from plugin_server.models import Team
-from tests.e2e.test_server_e2e import start_server, wait_for  # noqa: F401  (start_server: fixture)
+from tests.e2e.test_server_e2e import start_server  # noqa: F401  (a fixture)
+from tests.manage_process import wait_for
 from tests.factories import create_team
 
 
