@@ -177,13 +177,16 @@ class DeadLetter(models.Model):
 
 
 class IngestedEventUuid(models.Model):
-    """The uuid of every event stored through the Postgres pipeline.
+    """The (team, uuid) of every event stored through the Postgres pipeline.
 
     ``posthog_event`` has no uuid column at this schema version, so the server
-    keeps this index of its own to store a re-delivered event once."""
+    keeps this index of its own to store a re-delivered event once. Keyed by
+    team and uuid: another team's event that reuses a uuid is a different
+    event, and is stored."""
 
-    uuid = models.UUIDField(primary_key=True)
+    pk = models.CompositePrimaryKey("team_id", "uuid")
     team_id = models.IntegerField()
+    uuid = models.UUIDField()
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -8,7 +8,7 @@ One :meth:`Ingester.ingest` call per batch:
    event (name, elements, ``$ip``, campaign properties, timestamp);
 3. write new event/property definitions and first-event flags (own short
    transactions, nothing when nothing is new);
-4. in ONE transaction: claim the event uuids (a re-delivered event is
+4. in ONE transaction: claim the (team, uuid) pairs (a re-delivered event is
    skipped here, before it could touch a person twice), apply the person
    updates of the fresh events, and let the sink write them;
 5. after the commit, send webhook tasks for the stored events of teams
@@ -65,7 +65,7 @@ _CLAIM_UUIDS = (
     "INSERT INTO plugin_server_ingestedeventuuid (uuid, team_id, created_at)"
     " SELECT uuid, team_id, now()"
     " FROM unnest(string_to_array(%s, ',')::uuid[], string_to_array(%s, ',')::int[]) AS new (uuid, team_id)"
-    " ON CONFLICT DO NOTHING RETURNING uuid::text"
+    " ON CONFLICT DO NOTHING RETURNING uuid::text, team_id"
 )
 
 
@@ -133,7 +133,7 @@ class Ingester:
             checked.append((index, event))
         teams = self.teams.fetch_teams(event["team_id"] for _, event in checked)
         received = self._clock()
-        seen: set[str] = set()
+        seen: set[tuple[int, str]] = set()
         items: list[PreparedItem] = []
         for index, event in checked:
             team = teams.get(event["team_id"])
@@ -141,7 +141,7 @@ class Ingester:
                 unknown = invalid(Reason.UNKNOWN_TEAM, f"No team found with ID {event['team_id']}. Can't ingest event.", event["team_id"])
                 result.invalid.append((events[index], unknown))
                 continue
-            key = event["uuid"].lower()
+            key = (event["team_id"], event["uuid"].lower())
             if key in seen:
                 result.duplicates.append(event["uuid"])
                 continue
@@ -216,13 +216,14 @@ class Ingester:
 
     def _claim(self, items: list[PreparedItem]) -> tuple[list[PreparedItem], list[PreparedItem]]:
         """The items whose uuid was not stored before, and those whose uuid was."""
-        ordered = sorted(items, key=lambda item: item.row.uuid)  # one lock order for every server
+        ordered = sorted(items, key=lambda item: (item.row.team_id, item.row.uuid))  # one lock order for every server
         with connection.cursor() as cursor:
             # Two comma-joined texts: far cheaper to send than arrays of 500 items.
             cursor.execute(
                 _CLAIM_UUIDS, [",".join(item.row.uuid for item in ordered), ",".join(str(item.row.team_id) for item in ordered)]
             )
-            claimed = {row[0] for row in cursor.fetchall()}
-        fresh = [item for item in items if item.row.uuid in claimed]
-        duplicates = [item for item in items if item.row.uuid not in claimed]
+            claimed = {(row[0], row[1]) for row in cursor.fetchall()}
+        # Keyed by team and uuid: another team's event reusing a uuid is stored, not skipped.
+        fresh = [item for item in items if (item.row.uuid, item.row.team_id) in claimed]
+        duplicates = [item for item in items if (item.row.uuid, item.row.team_id) not in claimed]
         return fresh, duplicates

@@ -166,6 +166,22 @@ def test_same_uuid_twice_in_one_batch_is_stored_once(team: Team, ingester: Inges
     assert list(Event.objects.filter(team=team).values_list("event", flat=True)) == ["first"]
 
 
+def test_another_teams_event_reusing_a_uuid_is_stored_not_skipped(team: Team, ingester: Ingester) -> None:
+    """Dedupe is per (team, uuid): team B's event with a uuid team A already stored is stored for B,
+    in a later batch and in the same one; a re-delivery of either is still a duplicate."""
+    other = create_team(ingested_event=True)
+    first = event_of(team, event="a's")
+    assert ingester.ingest([first]).stored == [first["uuid"]]
+    reused = event_of(other, event="b's", uuid=first["uuid"])
+    third = create_team(ingested_event=True)
+    same_batch = [event_of(third, event="c's", uuid=first["uuid"]), event_of(third, event="c's again", uuid=first["uuid"])]
+    result = ingester.ingest([reused, *same_batch])
+    assert (result.stored, result.duplicates) == ([first["uuid"], first["uuid"]], [first["uuid"]])
+    assert ingester.ingest([first, reused]).duplicates == [first["uuid"], first["uuid"]]
+    assert [list(Event.objects.filter(team=t).values_list("event", flat=True)) for t in (team, other, third)] == [["a's"], ["b's"], ["c's"]]
+    assert IngestedEventUuid.objects.filter(uuid=first["uuid"]).count() == 3
+
+
 def test_a_valid_event_is_not_a_duplicate_of_an_invalid_one(team: Team, ingester: Ingester) -> None:
     """If the first event with a uuid is invalid, the next event with that uuid is stored, not skipped."""
     bad = event_of(team, event="$snapshot", properties={})
