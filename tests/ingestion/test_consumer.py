@@ -34,14 +34,6 @@ pytestmark = [pytest.mark.redis]
 FAST = {"poll_timeout": 0.0, "retry_backoff": 0.0, "retry_backoff_max": 0.0, "max_message_bytes": 1_000_000}
 
 
-@pytest.fixture
-def source(unique_name: str) -> Iterator[CelerySource]:
-    made = CelerySource(queue=unique_name)
-    made.start()
-    yield made
-    made.close()
-
-
 def consumer_for(source: CelerySource, **options: Any) -> Consumer:
     return Consumer(source, Ingester(), pool=None, options=ConsumerOptions.from_settings(**{**FAST, **options}))
 

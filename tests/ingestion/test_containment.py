@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import zlib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,14 +25,6 @@ from tests.ingestion.hostile import deep_event_messages, deep_json, raw_envelope
 pytestmark = [pytest.mark.redis, pytest.mark.django_db]
 
 OPTIONS = {"poll_timeout": 0.0, "retry_backoff": 0.0, "retry_backoff_max": 0.0, "max_message_bytes": 1_000_000, "max_event_depth": 100}
-
-
-@pytest.fixture
-def source(unique_name: str) -> Iterator[CelerySource]:
-    made = CelerySource(queue=unique_name)
-    made.start()
-    yield made
-    made.close()
 
 
 def drain(source: CelerySource) -> Consumer:
