@@ -24,7 +24,7 @@ def check_kafka_settings(app_configs: Any, **kwargs: Any) -> list[Error]:
 
 
 # Models a PostHog may keep in ClickHouse instead (today's does): without
-# them the server's only way to store these rows is the Kafka pipeline.
+# them the server's only way to store these rows is Kafka.
 KAFKA_ONLY_WHEN_MISSING = ("Event", "SessionRecordingEvent", "Element", "ElementGroup", "PluginLogEntry")
 
 
@@ -33,11 +33,11 @@ def check_host_models(app_configs: Any, **kwargs: Any) -> list[Error]:
     from plugin_server.models import missing_models, models_package
 
     missing = [name for name in KAFKA_ONLY_WHEN_MISSING if name in missing_models()]
-    if missing and not settings.KAFKA_ENABLED:
+    if missing and not settings.KAFKA_HOSTS:
         return [
             Error(
-                f"{models_package()} has no Django model {', '.join(missing)}: these rows can only go to ClickHouse.",
-                hint="Set KAFKA_ENABLED=true (and KAFKA_HOSTS): events, recordings and plugin log entries are then produced to Kafka.",
+                f"{models_package()} has no Django model {', '.join(missing)}: these rows can only go to ClickHouse, through Kafka.",
+                hint="Set KAFKA_HOSTS (PostHog's Kafka): plugin log entries are then produced to its plugin_log_entries topic.",
                 id="plugin_server.E003",
             )
         ]

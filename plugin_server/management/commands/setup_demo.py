@@ -27,6 +27,7 @@ DEMO_TEAM = "Demo team"
 DEMO_API_TOKEN = "phc_demo_plugin_server_token"
 ADMIN_USERNAME = "admin"
 ADMIN_PASSWORD = "admin"
+ADMIN_EMAIL = "admin@example.com"
 
 
 def demo_plugin_url(base_dir: str) -> str:
@@ -69,25 +70,36 @@ class Command(BaseCommand):
             config, config_created = PluginConfig.objects.get_or_create(
                 team=team, plugin=plugin, defaults={"enabled": True, "order": 1, "config": {"greeting": "Hello from the demo plugin"}}
             )
-            admin_created = self._admin_user()
+            admin_login, admin_created = self._admin_user()
         self.stdout.write(f"Organization: {organization.name} ({organization.pk})")
         self.stdout.write(f"Team: {team.name} (id {team.pk}), api token {team.api_token}")
         self.stdout.write(f"Plugin: {plugin.name} (id {plugin.pk}), {plugin.url}")
         state = "created" if config_created else "already there, left as it is"
         self.stdout.write(f"Plugin config: id {config.pk}, {'enabled' if config.enabled else 'disabled'}, {state}")
         if admin_created:
-            self.stdout.write(f"Admin user: {ADMIN_USERNAME} / {ADMIN_PASSWORD} (created; change the password)")
+            self.stdout.write(f"Admin user: {admin_login} / {ADMIN_PASSWORD} (created; change the password)")
         else:
-            self.stdout.write(f"Admin user: {ADMIN_USERNAME} (already there, password unchanged)")
+            self.stdout.write(f"Admin user: {admin_login} (already there, password unchanged)")
         self.stdout.write("Admin: ./manage.py runserver --insecure 8000, then http://127.0.0.1:8000/admin/")
         self._publish()
 
-    def _admin_user(self) -> bool:
+    def _admin_user(self) -> tuple[str, bool]:
+        """(the admin's login, whether it was created), whatever the user model.
+
+        Django's ``auth.User`` logs in with a username; PostHog's
+        ``posthog.User`` with an email and has no username."""
         users = get_user_model()
-        if users.objects.filter(username=ADMIN_USERNAME).exists():
-            return False
-        users.objects.create_superuser(ADMIN_USERNAME, f"{ADMIN_USERNAME}@example.com", ADMIN_PASSWORD)
-        return True
+        email_field = users.get_email_field_name()
+        login_field = users.USERNAME_FIELD
+        login = ADMIN_EMAIL if login_field == email_field else ADMIN_USERNAME
+        manager: Any = users._default_manager
+        if manager.filter(**{login_field: login}).exists():
+            return login, False
+        fields = {login_field: login, "password": ADMIN_PASSWORD}
+        for name in users.REQUIRED_FIELDS:
+            fields[name] = ADMIN_EMAIL if name == email_field else ADMIN_USERNAME
+        manager.create_superuser(**fields)
+        return login, True
 
     def _publish(self) -> None:
         # A running server picks the demo up at once; none running is fine.

@@ -38,7 +38,7 @@ from plugin_server.clickhouse.messages import PLUGIN_LOG_ENTRIES_TOPIC, plugin_l
 from plugin_server.config import get_config
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.metrics import LOGS_ENTRIES_CREATED, LOGS_ENTRIES_DROPPED, LOGS_FLUSH_FAILED, get_metrics
-from plugin_server.models import PluginLogEntry
+from plugin_server.models import PluginLogEntry, has_model
 from plugin_server.service import Service
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.producer import MetaProducer
@@ -188,6 +188,12 @@ def produce_log_entries(producer: MetaProducer, entries: Sequence[LogEntry]) -> 
     _count_created(entries)
 
 
+def logs_go_to_kafka() -> bool:
+    """Entries go to the ``plugin_log_entries`` topic: the Kafka pipeline is on,
+    or the host keeps them in ClickHouse only (today's PostHog has no log table)."""
+    return get_config().kafka_enabled or not has_model("PluginLogEntry")
+
+
 _shared_producer: MetaProducer | None = None
 
 
@@ -198,7 +204,7 @@ def store_log_entries(entries: Sequence[LogEntry]) -> int:
     as dropped, and the caller's own writes stand."""
     global _shared_producer
     try:
-        if get_config().kafka_enabled:
+        if logs_go_to_kafka():
             _shared_producer = _shared_producer or MetaProducer()
             produce_log_entries(_shared_producer, entries)
         else:
@@ -284,7 +290,7 @@ class PluginLogWriter(Service):
             if not entries:
                 return 0
             try:
-                if get_config().kafka_enabled:
+                if logs_go_to_kafka():
                     produce_log_entries(self.producer, entries)
                 else:
                     insert_log_entries(entries)

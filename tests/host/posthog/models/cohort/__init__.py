@@ -1,0 +1,3 @@
+from .cohort import Cohort, CohortPeople
+
+__all__ = ["Cohort", "CohortPeople"]

@@ -1,0 +1,3 @@
+from .element import Element
+
+__all__ = ["Element"]

@@ -1,0 +1,3 @@
+from .person import Person, PersonDistinctId
+
+__all__ = ["Person", "PersonDistinctId"]

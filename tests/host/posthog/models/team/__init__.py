@@ -1,0 +1,3 @@
+from .team import Team
+
+__all__ = ["Team"]

@@ -1,0 +1,5 @@
+import uuid
+
+
+def UUIDT() -> uuid.UUID:  # noqa: N802 -- PostHog's name
+    return uuid.uuid4()
