@@ -23,25 +23,38 @@ def check_kafka_settings(app_configs: Any, **kwargs: Any) -> list[Error]:
     return errors
 
 
-# Models a PostHog may keep in ClickHouse instead (today's does): without
-# them the server's only way to store these rows is Kafka.
-KAFKA_ONLY_WHEN_MISSING = ("Event", "SessionRecordingEvent", "Element", "ElementGroup", "PluginLogEntry")
+# Rows a PostHog may keep in ClickHouse only (today's does): without their
+# model the server produces them to Kafka (plugin_log_entries,
+# clickhouse_session_recording_events), so it needs PostHog's Kafka.
+KAFKA_WHEN_MISSING = ("SessionRecordingEvent", "PluginLogEntry")
+# Without these the events themselves can only take the Kafka pipeline.
+EVENT_MODELS = ("Event", "Element", "ElementGroup")
 
 
 @register()
 def check_host_models(app_configs: Any, **kwargs: Any) -> list[Error]:
     from plugin_server.models import missing_models, models_package
 
-    missing = [name for name in KAFKA_ONLY_WHEN_MISSING if name in missing_models()]
+    errors: list[Error] = []
+    missing = [name for name in KAFKA_WHEN_MISSING if name in missing_models()]
     if missing and not settings.KAFKA_HOSTS:
-        return [
+        errors.append(
             Error(
                 f"{models_package()} has no Django model {', '.join(missing)}: these rows can only go to ClickHouse, through Kafka.",
-                hint="Set KAFKA_HOSTS (PostHog's Kafka): plugin log entries are then produced to its plugin_log_entries topic.",
+                hint="Set KAFKA_HOSTS (PostHog's Kafka): plugin log entries and session recordings are then produced to it.",
                 id="plugin_server.E003",
             )
-        ]
-    return []
+        )
+    missing = [name for name in EVENT_MODELS if name in missing_models()]
+    if missing and not settings.KAFKA_ENABLED:
+        errors.append(
+            Error(
+                f"{models_package()} has no Django model {', '.join(missing)}: events cannot be stored in Postgres here.",
+                hint="Use the Kafka pipeline (KAFKA_ENABLED=true, KAFKA_HOSTS).",
+                id="plugin_server.E004",
+            )
+        )
+    return errors
 
 
 @register(deploy=False)

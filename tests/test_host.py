@@ -23,8 +23,10 @@ from typing import Any
 import psycopg
 import pytest
 from celery import Celery
+from confluent_kafka import Consumer
 from django.conf import settings
 
+from plugin_server.clickhouse.messages import SESSION_RECORDING_EVENTS_TOPIC
 from plugin_server.events import CELERY_TASK_NAME
 
 pytestmark = [pytest.mark.slow]
@@ -150,24 +152,50 @@ def test_admin_pages_work_with_posthogs_user_model(host: Host) -> None:
     assert seen["config_page_has_greeting"] is True
 
 
-def _send_event(host: Host, distinct_id: str) -> None:
+def _send_events(host: Host, distinct_id: str, session_id: str) -> None:
+    """A $pageview and a $snapshot (a session recording), as PostHog's capture sends them."""
     app = Celery("host-test-producer", broker=settings.REDIS_URL)
     team_id = _rows(host.database, "SELECT id FROM posthog_team WHERE api_token = 'phc_demo_plugin_server_token'")[0][0]
-    args = [distinct_id, "127.0.0.1", "http://localhost", {"event": "$pageview", "properties": {"price": 3}}, team_id,
-            datetime.now(timezone.utc).isoformat(), None]
+    events = [
+        {"event": "$pageview", "properties": {"price": 3}},
+        {"event": "$snapshot", "properties": {"$session_id": session_id, "$snapshot_data": {"type": 2}}},
+    ]
     try:
-        app.send_task(CELERY_TASK_NAME, args=args, queue=host.queue)
+        for data in events:
+            args = [distinct_id, "127.0.0.1", "http://localhost", data, team_id, datetime.now(timezone.utc).isoformat(), None]
+            app.send_task(CELERY_TASK_NAME, args=args, queue=host.queue)
     finally:
         app.close()
 
 
-def test_run_plugin_server_ingests_a_celery_task_into_the_hosts_tables(host: Host) -> None:
+def _recording_on_kafka(kafka_consumer_config: dict[str, object], session_id: str) -> dict[str, Any]:
+    """The clickhouse_session_recording_events message of this session (the host has no recordings table)."""
+    consumer = Consumer(kafka_consumer_config)
+    consumer.subscribe([SESSION_RECORDING_EVENTS_TOPIC])
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            value = json.loads(message.value())
+            if value.get("session_id") == session_id:
+                return dict(value)
+    finally:
+        consumer.close()
+    raise AssertionError("the recording was not produced to Kafka")
+
+
+@pytest.mark.redis
+@pytest.mark.kafka
+def test_run_plugin_server_ingests_a_celery_task_into_the_hosts_tables(host: Host, kafka_consumer_config: dict[str, object]) -> None:
     """The demo plugin runs on the event; the person lands in the persons database with PostHog's version
-    column, the event and its definitions (type on property definitions) in default. Configs of today's
-    PostHog that cannot run as they are (event filters, deleted, inline) are refused or skipped."""
+    column, the event and its definitions (type on property definitions) in default, the recording (no
+    table for it in today's PostHog) on Kafka. Configs of today's PostHog that cannot run as they are
+    (event filters, deleted, inline) are refused or skipped."""
     edge = host.scenario("add_edge_configs")
-    distinct_id = f"visitor-{uuid.uuid4().hex[:8]}"
-    _send_event(host, distinct_id)
+    distinct_id, session_id = f"visitor-{uuid.uuid4().hex[:8]}", f"session-{uuid.uuid4().hex[:8]}"
+    _send_events(host, distinct_id, session_id)
     server = subprocess.Popen([sys.executable, "-m", "django", "run_plugin_server"], cwd=ROOT, env=host.env)
     try:
         deadline = time.monotonic() + 120
@@ -190,6 +218,8 @@ def test_run_plugin_server_ingests_a_celery_task_into_the_hosts_tables(host: Hos
     assert not {"filtered", "deleted", "inline"} & properties.keys()
     definitions = dict(_rows(host.database, "SELECT name, type FROM posthog_propertydefinition"))
     assert definitions["price"] == 1
+    recording = _recording_on_kafka(kafka_consumer_config, session_id)
+    assert (recording["distinct_id"], json.loads(recording["snapshot_data"])) == (distinct_id, {"type": 2})
     errors = host.scenario("config_errors")
     assert "event filters" in errors[str(edge["filtered"])]["message"]
     assert "inline plugin" in errors[str(edge["inline"])]["message"]

@@ -30,7 +30,9 @@ from django.db.backends.utils import CursorWrapper
 from plugin_server.ingestion.elements import Element, elements_hash
 from plugin_server.json_codec import dumps_text
 from plugin_server.metrics import SINK_ROWS, SINK_WRITE_TIME, get_metrics, timed
+from plugin_server.models import has_model
 from plugin_server.sinks.base import PreparedBatch, PreparedEvent, PreparedRecording
+from plugin_server.sinks.recordings_kafka import KafkaRecordings
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ class PostgresSink:
     def __init__(self, known_groups: int = 100_000) -> None:
         self._known_groups_size = known_groups
         self._known_groups: OrderedDict[tuple[int, str], None] = OrderedDict()
+        self._recordings_to_kafka = None if has_model("SessionRecordingEvent") else KafkaRecordings()
 
     def write(self, batch: PreparedBatch) -> None:
         """Store the batch; must run inside a transaction (the ingester's)."""
@@ -87,7 +90,10 @@ class PostgresSink:
                 )
                 self._write_events(cursor, batch.events, hashes)
                 get_metrics().incr(SINK_ROWS, len(batch.events), {"sink": "postgres", "table": "posthog_event"})
-            if batch.recordings:
+            if batch.recordings and self._recordings_to_kafka is not None:
+                # The host keeps recordings in ClickHouse only (no posthog_sessionrecordingevent).
+                self._recordings_to_kafka.write(batch.recordings)
+            elif batch.recordings:
                 self._write_recordings(cursor, batch.recordings)
                 get_metrics().incr(SINK_ROWS, len(batch.recordings), {"sink": "postgres", "table": "posthog_sessionrecordingevent"})
 
