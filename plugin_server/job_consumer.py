@@ -36,12 +36,13 @@ from django.db import DatabaseError, close_old_connections, connection
 from plugin_server.exceptions import PluginError, RetryError, WorkerDied
 from plugin_server.jobs import ClaimedJob, claim_due_jobs, finish_job, reschedule_job
 from plugin_server.locks import JOB_QUEUE_LOCK_KEY, LockKeeper, RedisLock
-from plugin_server.metrics import get_metrics
+from plugin_server.metrics import JOBS_DONE, JOBS_DROPPED, JOBS_FAILED, JOBS_RETRIED, JOBS_RUN, get_metrics
 from plugin_server.models import PluginConfig
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.errors import record_plugin_error
 from plugin_server.plugins.meta.logger import LogEntry, LogSource, LogType, store_log_entries
 from plugin_server.service import Service
+from plugin_server.slow import slow_operation
 
 logger = logging.getLogger(__name__)
 
@@ -185,14 +186,15 @@ class JobConsumer(Service):
                 if state is not None:
                     _plugin_log(state.ctx, "SYSTEM", "WARN", f"Job {job.type} dropped: the plugin config is disabled")
                 finish_job(claimed)
-                get_metrics().incr("jobs.dropped")
+                get_metrics().incr(JOBS_DROPPED)
                 return
-            self._run(claimed, state.ctx)
+            with slow_operation(f"job {job.type} of plugin config {job.plugin_config_id}"):
+                self._run(claimed, state.ctx)
         except DatabaseError:
             # The lease brings the job back once it runs out.
             logger.exception("plugin job %s: the job store failed; it runs again after its lease", job.type, extra=extra)
         finally:
-            get_metrics().timing("jobs.run", (time.perf_counter() - started) * 1000)
+            get_metrics().timing(JOBS_RUN, (time.perf_counter() - started) * 1000)
 
     def _run(self, claimed: ClaimedJob, ctx: PluginContext) -> None:
         job = claimed.job
@@ -213,7 +215,7 @@ class JobConsumer(Service):
             finish_job(claimed)
             return
         finish_job(claimed)
-        get_metrics().incr("jobs.done")
+        get_metrics().incr(JOBS_DONE)
 
     def _retry_or_fail(self, claimed: ClaimedJob, ctx: PluginContext, reason: str) -> None:
         job = claimed.job
@@ -223,11 +225,11 @@ class JobConsumer(Service):
             reschedule_job(claimed, delay)
             _plugin_log(ctx, "SYSTEM", "WARN",
                         f"Job {job.type} failed on attempt {job.attempt} of {limit}: {reason}; retrying in {delay:g} s")
-            get_metrics().incr("jobs.retried")
+            get_metrics().incr(JOBS_RETRIED)
             return
         finish_job(claimed)
         record_plugin_error(ctx, "RetryError", f"Job {job.type} failed after {limit} attempt{'s' if limit != 1 else ''}: {reason}")
-        get_metrics().incr("jobs.failed")
+        get_metrics().incr(JOBS_FAILED)
 
     # --- lifecycle ---------------------------------------------------------------------
 

@@ -1,7 +1,13 @@
-"""StatsD metrics: names in one place, a backend that is off unless STATSD_HOST is set.
+"""StatsD metrics: every name in one place, a backend that is off unless STATSD_HOST is set.
 
-Names are the original's (spec: plugins.md §14.2) plus the port's own under
-``ingestion.*``, ``dlq.*`` and ``worker.*``. Tests use :class:`RecordingMetrics`.
+Every metric the server sends is named here: the original's (spec:
+plugins.md §14.2; the ``kafka_queue.*`` and ``query.kafka_send`` ones are
+sent by the Kafka pipeline, ``query.clickhouse`` by the ClickHouse writer)
+and the port's own (``ingestion.*``, ``dlq.*``, ``worker.*``, ``jobs.*``,
+``scheduler.*``, ``service.*``, ``mmdb.*``, ``health.*``). Each is prefixed
+with ``STATSD_PREFIX`` and carries Telegraf-style tags, as the original's
+did. docs/operations.md lists them with their meaning. Tests use
+:class:`RecordingMetrics`, or a real UDP socket.
 """
 
 from __future__ import annotations
@@ -9,9 +15,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
-from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 Tags = Mapping[str, str | int]
 
@@ -58,8 +65,64 @@ CAPTURE_QUEUE_UNAVAILABLE = "capture.queue_unavailable"  # count: requests answe
 CAPTURE_REQUEST_TIME = "capture.request_time"  # timing: one accepted request, body read to queued
 
 
-# --- Metric names of the supervised services (port) ----------------------------------
+# --- The original's names (spec §14.2) ----------------------------------------------
+QUERY_POSTGRES = "query.postgres"  # timing, tag queryTag: one statement (+ QUERY_POSTGRES ".total" count)
+QUERY_POSTGRES_TRANSACTION = "query.postgres_transation"  # (sic) timing: one transaction (+ ".total")
+QUERY_CLICKHOUSE = "query.clickhouse"  # timing: one ClickHouse query (+ ".total")
+QUERY_REDIS = {  # timing per meta.cache command (+ ".total"); the original's names, typo included
+    "get": "query.regisGet",
+    "set": "query.redisSet",
+    "incr": "query.redisIncr",
+    "expire": "query.redisExpire",
+    "lpush": "query.redisLPush",
+    "brpop": "query.redisBRPop",
+}
+QUERY_KAFKA_SEND = "query.kafka_send"  # timing: one producer send (+ ".total")
+TOTAL_SUFFIX = ".total"  # the count beside each query.* timing
+KAFKA_QUEUE_SINGLE_EVENT = "kafka_queue.single_event"  # timing: one event, plugins to stored
+KAFKA_QUEUE_SINGLE_INGESTION = "kafka_queue.single_ingestion"  # timing: storing one event
+KAFKA_QUEUE_SINGLE_ON_EVENT = "kafka_queue.single_on_event"  # timing: on_event of one event
+KAFKA_QUEUE_SINGLE_ON_SNAPSHOT = "kafka_queue.single_on_snapshot"  # timing: on_snapshot of one event
+KAFKA_QUEUE_EACH_EVENT = "kafka_queue.each_event"  # timing: one event in a batch
+KAFKA_QUEUE_EACH_BATCH = "kafka_queue.each_batch"  # timing: one Kafka batch
+KAFKA_QUEUE_SINGLE_SAVE_STANDARD = "kafka_queue.single_save.standard"  # timing, tag team_id
+KAFKA_QUEUE_SINGLE_SAVE_SNAPSHOT = "kafka_queue.single_save.snapshot"  # timing, tag team_id
+HOOKS_SEND_TASK = "hooks.send_task"  # count: webhook Celery tasks sent
+HOOKS_SEND_TASK_FAILED = "hooks.send_task_failed"  # count (port): webhook tasks that could not be sent
+PISCINA_STAT = "piscina.{stat}"  # gauge every 10 s: utilization, threads, queue_size, runTime.*
+PLUGIN_PROCESS_EVENT = "plugin.process_event"  # timing, tags plugin, teamId: mean per call in one batch
+PLUGIN_PROCESS_EVENT_BATCH = "plugin.process_event_batch"  # timing, tags plugin, teamId
+PLUGIN_METHOD = "plugin.{plugin}.{method}"  # timing: plugin.<name>.on_event, .process_event_batch
+PLUGIN_METHOD_ERROR = "plugin.{plugin}.{method}.ERROR"  # count: errors of one method of one plugin
+PLUGIN_TASK = "plugin.task.{kind}.{task}.{config_id}"  # timing: a scheduled task or job of one config
+PLUGIN_TASK_ERROR = "plugin.task.{kind}.{task}.{config_id}.ERROR"  # count
+MMDB_INTERNAL_REQUEST = "mmdb.internal_request"  # timing: one meta.geoip.locate served by the main process
+EVENT_LOOP_LAG = "event_loop_lag"  # timing every 2 s: how late a 2 s sleep of the main process wakes
+ALERTS_STALE_RESTARTED = "alerts.stale_plugin_server_restarted"  # count: STALENESS_RESTART_SECONDS fired
+
+# --- Persons and webhooks (port) ---------------------------------------------------
+PERSONS_CREATED = "ingestion.persons.created"  # count
+PERSONS_MERGED = "ingestion.persons.merged"  # count
+PERSONS_RETRIES = "ingestion.persons.retries"  # count: a person batch retried after a race
+PERSONS_INVALID_DISTINCT_ID = "ingestion.persons.invalid_distinct_id"  # count, tag team_id
+
+# --- Scheduler and jobs (port) -----------------------------------------------------
+SCHEDULER_SKIPPED = "scheduler.skipped"  # count, tag task: the previous run still going
+SCHEDULER_RUN = "scheduler.{task}"  # timing: one scheduled run (runEveryMinute, ...)
+JOBS_RUN = "jobs.run"  # timing: one job
+JOBS_DONE = "jobs.done"  # count
+JOBS_DROPPED = "jobs.dropped"  # count: its plugin config was deleted or disabled
+JOBS_RETRIED = "jobs.retried"  # count: RetryError, run again later
+JOBS_FAILED = "jobs.failed"  # count: out of attempts
+JOBS_REFUSED = "jobs.refused"  # count: enqueued while the job store was unreachable
+
+# --- The server (port) -------------------------------------------------------------
 SERVICE_CRASHED = "service.crashed"  # count, tag service: a service's run() crashed and is restarted
+SLOW_OPERATION = "slow_operation"  # count, tag operation: still running after TASK_TIMEOUT s
+INGESTION_QUEUE_DEPTH = "ingestion.queue_depth"  # gauge every 10 s: messages waiting in the source
+INGESTION_EVENTS_PER_SECOND = "ingestion.events_per_second"  # gauge every 10 s
+MMDB_REFRESHED = "mmdb.refreshed"  # count, tag outcome: downloaded, unavailable, failed
+HEALTH_WRITTEN = "health.written"  # count: plugin health rows written (one statement per flush)
 
 
 class MetricsBackend(Protocol):
@@ -131,11 +194,22 @@ _backend: MetricsBackend | None = None
 def get_metrics() -> MetricsBackend:
     global _backend
     if _backend is None:
-        if settings.STATSD_HOST:
-            _backend = StatsdMetrics(settings.STATSD_HOST, settings.STATSD_PORT, settings.STATSD_PREFIX or "")
+        from plugin_server.config import get_config
+
+        config = get_config()
+        if config.statsd_host:
+            _backend = StatsdMetrics(config.statsd_host, config.statsd_port, config.statsd_prefix or "")
         else:
             _backend = NullMetrics()
     return _backend
+
+
+@receiver(setting_changed)
+def _drop_backend(setting: str, **kwargs: Any) -> None:
+    # override_settings(STATSD_*) in tests: the next get_metrics() builds the backend anew.
+    global _backend
+    if setting.startswith("STATSD_"):
+        _backend = None
 
 
 def set_metrics(backend: MetricsBackend | None) -> None:

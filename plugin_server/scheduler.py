@@ -39,11 +39,12 @@ from django.db import connection
 
 from plugin_server.exceptions import PluginError, WorkerDied
 from plugin_server.locks import SCHEDULE_LOCK_KEY, LockKeeper, RedisLock
-from plugin_server.metrics import get_metrics
+from plugin_server.metrics import SCHEDULER_RUN, SCHEDULER_SKIPPED, get_metrics
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.errors import record_plugin_error
 from plugin_server.redis_client import get_redis
 from plugin_server.service import Service
+from plugin_server.slow import slow_operation
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class Scheduler(Service):
         key = (task, config_id)
         with self._running_lock:
             if key in self._running:
-                get_metrics().incr("scheduler.skipped", 1, {"task": task})
+                get_metrics().incr(SCHEDULER_SKIPPED, 1, {"task": task})
                 logger.info("%s of plugin config %d is still running; this run is skipped", task, config_id,
                             extra={"plugin_config_id": config_id})
                 return False
@@ -159,7 +160,8 @@ class Scheduler(Service):
     def _run(self, task: str, config_id: int) -> None:
         started = time.perf_counter()
         try:
-            self.pool.run_scheduled(config_id, task)
+            with slow_operation(f"scheduled {task} of plugin config {config_id}"):
+                self.pool.run_scheduled(config_id, task)
         except (PluginError, WorkerDied) as error:
             # A rejected dispatch: the plugin's own errors were recorded by the pool already.
             ctx = self.pool.context(config_id)
@@ -168,7 +170,7 @@ class Scheduler(Service):
             if ctx is not None:
                 record_plugin_error(ctx, type(error).__name__, str(error))
         finally:
-            get_metrics().timing(f"scheduler.{task}", (time.perf_counter() - started) * 1000)
+            get_metrics().timing(SCHEDULER_RUN.format(task=task), (time.perf_counter() - started) * 1000)
             # Runs are minutes apart: hold no connection between them.
             connection.close()
 

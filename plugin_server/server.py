@@ -63,7 +63,12 @@ from plugin_server.ingestion.consumer import Consumer, EventIngester, PluginRunn
 from plugin_server.ingestion.sources.base import Source
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.redis_client import get_redis
+from plugin_server.activity import ACTIVITY
+from plugin_server.plugins.meta.logger import SERVER_INSTANCE_ID
+from plugin_server.progress import ProgressReporter
 from plugin_server.service import Service, ServiceGroup
+from plugin_server.slow import SlowOperationWatch, slow_operation
+from plugin_server.staleness import StalenessWatch
 from plugin_server.status import StatusHeartbeat
 from plugin_server.web import HealthServer
 
@@ -81,7 +86,7 @@ logger = logging.getLogger(__name__)
 READY_STALE_AFTER = 120.0
 MODES = ("all", "ingestion", "scheduler", "jobs")
 # Services stopped in this order at shutdown (spec §9.3); the others after them, last started first.
-STOP_ORDER = ("web", "consumer", "reload listener", "job consumer", "scheduler", "worker pool", "plugin log writer", "status")
+STOP_ORDER = ("web", "staleness", "consumer", "reload listener", "job consumer", "scheduler", "worker pool", "plugin log writer", "status")
 
 
 class ManagedPool(PluginRunner, Protocol):
@@ -321,15 +326,39 @@ class Server:
 
         def reload() -> None:
             try:
-                pool.reload()
+                with slow_operation("reload"):
+                    pool.reload()
                 reload_schedule()  # spec §9.4: the schedule follows the reloaded plugins
             finally:
                 connection.close()  # the listener's thread: reloads are rare, hold no connection between them
 
         self.services.add(ReloadListener(reload))
         self.services.add(StatusHeartbeat(job_queues=self.options.job_queues))
+        self._add_watches(pool)
         self._started = True
         logger.info("All systems go", extra={"source": source_name, "mode": self.options.mode})
+
+    def _add_watches(self, pool: ManagedPool) -> None:
+        """Slow-operation warnings, the progress line and gauges, and the staleness restart."""
+        config = get_config()
+        slots: Callable[[], list[Any]] = getattr(pool, "slots", list)
+        self.services.add(SlowOperationWatch(config.task_timeout))
+        self.services.add(ProgressReporter(queue_depth=self._queue_depth, slots=slots))
+        if config.staleness_restart_seconds > 0 and self.options.runs("ingestion"):
+            self.services.add(
+                StalenessWatch(
+                    config.staleness_restart_seconds,
+                    on_stale=lambda: self.request_stop(exit_code=1),
+                    instance_id=str(SERVER_INSTANCE_ID),
+                    pool_stats=lambda: {"threads": len(slots()), "queue_size": sum(slot.backlog() for slot in slots())},
+                )
+            )
+        ACTIVITY.record("serverStart")
+
+    def _queue_depth(self) -> int | None:
+        consumer = self.consumer
+        depth: Callable[[], int] | None = getattr(consumer.source, "queue_depth", None) if consumer is not None else None
+        return depth() if depth is not None else None
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready while started, not stopping and every service is running without a problem."""
@@ -361,7 +390,12 @@ class Server:
         from plugin_server.sentry import flush as flush_sentry
         from plugin_server.sentry import init_sentry
 
-        init_sentry(get_config().sentry_dsn, __version__)
+        config = get_config()
+        init_sentry(config.sentry_dsn, __version__)
+        if config.statsd_host:
+            from plugin_server.query_metrics import install_postgres_metrics
+
+            install_postgres_metrics()
         self.install_signal_handlers()
         try:
             self.start()

@@ -124,6 +124,7 @@ def _get(url: str) -> tuple[int, dict[str, Any]]:
         return error.code, json.loads(error.read())
 
 
+COMMON = {"slow operation watch", "progress"}
 EXPECTED = {
     "ingestion": {"worker pool", "plugin-worker-0", "plugin log writer", "web", "consumer", "reload listener", "status"},
     "scheduler": {"worker pool", "plugin-worker-0", "plugin log writer", "web", "scheduler", "lock plugin-server:locks:schedule",
@@ -150,7 +151,7 @@ def test_ready_reports_every_service_in_every_role(mode: str, unique_name: str) 
             assert server.web is not None
             url = f"http://127.0.0.1:{server.web.port}/_ready"
             status, body = _get(url)
-            expected = set().union(*EXPECTED.values()) if mode == "all" else EXPECTED[mode]
+            expected = COMMON.union(*EXPECTED.values()) if mode == "all" else COMMON | EXPECTED[mode]
             assert status == 200 and body["status"] == "ready" and body["mode"] == mode
             assert set(body["services"]) == expected
             assert all(report["state"] == "running" for report in body["services"].values())

@@ -55,6 +55,7 @@ from django.db import connections
 
 from plugin_server import json_codec
 from plugin_server.app_settings import app_setting
+from plugin_server.activity import ACTIVITY, Activity
 from plugin_server.events import Delivery, PluginEvent
 from plugin_server.exceptions import InvalidMessage, RetriableError, WorkerDied
 from plugin_server.ingestion.decode import decode
@@ -80,6 +81,7 @@ from plugin_server.metrics import (
     get_metrics,
     timed,
 )
+from plugin_server.slow import slow_operation
 
 logger = logging.getLogger(__name__)
 
@@ -182,8 +184,10 @@ class Consumer:
         options: ConsumerOptions | None = None,
         clock: Callable[[], float] = time.monotonic,
         notes: CrashNotes | None = None,
+        activity: Activity = ACTIVITY,
     ) -> None:
         self.source = source
+        self.activity = activity
         self.notes = notes or CrashNotes(source.name.value)
         self.ingester = ingester
         self.pool = pool
@@ -309,9 +313,10 @@ class Consumer:
             batch.by_uuid[str(event.get("uuid"))] = delivery
         if events:
             self.notes.note(suspects, "plugins")
-            with timed(INGESTION_PLUGINS_TIME):
+            with timed(INGESTION_PLUGINS_TIME), slow_operation("consumer.plugins"):
                 batch.events = self._plugins(events, batch)
             get_metrics().incr(INGESTION_EVENTS_DROPPED, len(events) - len(batch.events))
+            self.activity.record("processEvent")
 
     def _finish(self, batch: _Batch) -> None:
         """Store, dead-letter, acknowledge, then on_event; a stop during retries leaves it unacknowledged."""
@@ -320,7 +325,8 @@ class Consumer:
             self._prepare(batch)
         _recycle_connections()
         try:
-            self._store(batch)
+            with slow_operation("consumer.store"):
+                self._store(batch)
         except _Abandoned:
             logger.warning("consumer stopped while retrying: %d messages left unacknowledged", len(batch.deliveries))
             return
@@ -344,11 +350,13 @@ class Consumer:
             self._retrying(lambda: self.dead_letters.write(letters), forever=True)
         self._retrying(lambda: self.source.ack(batch.deliveries), forever=True)
         self.notes.forget(suspects)
+        self.activity.record("ingestEvent", len(batch.deliveries))
         if outcome.kept and self.pool is not None:
             # After the ack: a plugin's on_event never holds up the queue, and
             # an event whose storage is not durable never reaches it.
             try:
                 self.pool.on_events(outcome.kept)
+                self.activity.record("onEvent")
             except Exception:  # noqa: BLE001 -- the events are stored; an export failure must not stop ingestion
                 logger.exception("on_event hand-off failed for %d stored events", len(outcome.kept))
 

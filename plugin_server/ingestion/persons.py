@@ -37,17 +37,17 @@ from plugin_server.exceptions import RetriableError
 from plugin_server.ingestion.distinct_ids import DistinctIdCache
 from plugin_server.ingestion.person_batch import DistinctIdChange, PersonBatch, PersonChanges, RaceLost
 from plugin_server.ingestion.person_store import PersonRecord, fetch_person
-from plugin_server.metrics import get_metrics
+from plugin_server.metrics import PERSONS_CREATED, PERSONS_INVALID_DISTINCT_ID, PERSONS_MERGED, PERSONS_RETRIES, get_metrics
 from plugin_server.models import persons_db_alias
 
 __all__ = ["DistinctIdChange", "PersonChanges", "PersonManager", "PersonRecord", "PersonUpdate"]
 
 logger = logging.getLogger(__name__)
 
-METRIC_PERSONS_CREATED = "ingestion.persons.created"
-METRIC_PERSONS_MERGED = "ingestion.persons.merged"
-METRIC_PERSON_RETRIES = "ingestion.persons.retries"
-METRIC_INVALID_DISTINCT_ID = "ingestion.persons.invalid_distinct_id"
+METRIC_PERSONS_CREATED = PERSONS_CREATED
+METRIC_PERSONS_MERGED = PERSONS_MERGED
+METRIC_PERSON_RETRIES = PERSONS_RETRIES
+METRIC_INVALID_DISTINCT_ID = PERSONS_INVALID_DISTINCT_ID
 
 # Deadlock detected, serialization failure: the batch can simply run again.
 _RETRIABLE_SQLSTATES = frozenset({"40P01", "40001"})

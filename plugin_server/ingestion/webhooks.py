@@ -21,14 +21,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from plugin_server.config import get_config
-from plugin_server.metrics import get_metrics
+from plugin_server.metrics import HOOKS_SEND_TASK, HOOKS_SEND_TASK_FAILED, get_metrics
 from plugin_server.redis_client import redis_url
 
 logger = logging.getLogger(__name__)
 
 WEBHOOK_TASK = "posthog.tasks.webhooks.post_event_to_webhook"
-METRIC_SENT = "hooks.send_task"
-METRIC_FAILED = "hooks.send_task_failed"
+METRIC_SENT = HOOKS_SEND_TASK
+METRIC_FAILED = HOOKS_SEND_TASK_FAILED
 
 
 class CeleryWebhooks:

@@ -20,7 +20,16 @@ from collections.abc import Callable, Collection
 from datetime import datetime, timezone
 from typing import Any
 
-from plugin_server.metrics import WORKER_REPORT_DROPPED, get_metrics
+from plugin_server.metrics import (
+    PLUGIN_METHOD,
+    PLUGIN_METHOD_ERROR,
+    PLUGIN_PROCESS_EVENT,
+    PLUGIN_PROCESS_EVENT_BATCH,
+    PLUGIN_TASK,
+    PLUGIN_TASK_ERROR,
+    WORKER_REPORT_DROPPED,
+    get_metrics,
+)
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.errors import PluginErrorRecord, clear_plugin_errors, disable_plugin_config, record_plugin_errors
 from plugin_server.plugins.meta.logger import SERVER_INSTANCE_ID, LogEntry
@@ -73,20 +82,24 @@ def emit_timing(ctx: PluginContext, what: str, calls: int, total_ms: float, erro
     metrics = get_metrics()
     name = ctx.plugin_name
     mean = total_ms / calls
+    if what.startswith("task."):
+        # "task.<kind>.<task>": a scheduled task or a job, named per config.
+        _task, kind, task = what.split(".", 2)
+        metrics.timing(PLUGIN_TASK.format(kind=kind, task=task, config_id=ctx.plugin_config_id), mean)
+        if errors:
+            metrics.incr(PLUGIN_TASK_ERROR.format(kind=kind, task=task, config_id=ctx.plugin_config_id), errors)
+        return
     if what == "process_event":
-        metrics.timing("plugin.process_event", mean, {"plugin": name, "teamId": ctx.team_id or 0})
+        metrics.timing(PLUGIN_PROCESS_EVENT, mean, {"plugin": name, "teamId": ctx.team_id or 0})
     elif what == "process_event_batch":
-        metrics.timing("plugin.process_event_batch", mean, {"plugin": name, "teamId": ctx.team_id or 0})
-        metrics.timing(f"plugin.{name}.process_event_batch", mean)
+        metrics.timing(PLUGIN_PROCESS_EVENT_BATCH, mean, {"plugin": name, "teamId": ctx.team_id or 0})
+        metrics.timing(PLUGIN_METHOD.format(plugin=name, method=what), mean)
     elif what in ("on_event", "on_snapshot"):
         # The original used the on_event names for on_snapshot too.
         what = "on_event"
-        metrics.timing(f"plugin.{name}.on_event", mean)
-    else:
-        what = f"{what}.{ctx.plugin_config_id}"
-        metrics.timing(f"plugin.{what}", mean)
+        metrics.timing(PLUGIN_METHOD.format(plugin=name, method=what), mean)
     if errors:
-        metrics.incr(f"plugin.{name}.{what}.ERROR" if not what.startswith("task.") else f"plugin.{what}.ERROR", errors)
+        metrics.incr(PLUGIN_METHOD_ERROR.format(plugin=name, method=what), errors)
 
 
 def _timestamp(value: object) -> datetime:

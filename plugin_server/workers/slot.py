@@ -55,6 +55,11 @@ class WorkerSlot(Service):
         self.queue: queue.Queue[Task | None] = queue.Queue(maxsize=pool.settings.tasks_per_worker)
         self.worker: WorkerProcess | None = None
         self.tasks_done = 0
+        self.busy = False  # running a task now (the pool's utilization gauge)
+
+    def backlog(self) -> int:
+        """Tasks waiting in this slot's queue."""
+        return self.queue.qsize()
 
     def submit(self, kind: str, payload: dict[str, Any], allowed: Collection[int] | None) -> concurrent.futures.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -69,6 +74,7 @@ class WorkerSlot(Service):
                 if task is None:
                     return
                 started = time.perf_counter()
+                self.busy = True
                 try:
                     task.future.set_result(self._execute(task))
                 except (PluginError, WorkerDied) as error:
@@ -77,6 +83,7 @@ class WorkerSlot(Service):
                     logger.exception("plugin worker slot %d failed a %s task", self.index, task.kind)
                     task.future.set_exception(error)
                 finally:
+                    self.busy = False
                     get_metrics().timing(WORKER_TASK.format(kind=task.kind), (time.perf_counter() - started) * 1000)
                     close_old_connections()
         finally:

@@ -236,6 +236,13 @@ class CelerySource:
                 pipe.hdel(self._attempts_key, *{delivery.key for delivery in deliveries})
                 pipe.execute()
 
+    def queue_depth(self) -> int:
+        """Messages waiting in the queue's lists (for the progress line; one round trip)."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            for name in self.lists:
+                pipe.llen(name)
+            return sum(int(length) for length in pipe.execute())
+
     def in_flight(self) -> int:
         """Messages taken and not yet acknowledged (for status and tests)."""
         return cast(int, self._redis.hlen(self._inflight_key)) + cast(int, self._redis.llen(self._landing_key))

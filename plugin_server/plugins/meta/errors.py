@@ -19,6 +19,7 @@ from django.db import connection, transaction
 
 from plugin_server.models import PluginConfig
 from plugin_server.plugins.meta.context import PluginContext
+from plugin_server.sentry import report_plugin_error
 from plugin_server.plugins.meta.logger import LogEntry, store_log_entries
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,9 @@ def record_plugin_errors(records: Sequence[PluginErrorRecord]) -> None:
             record.message,
             extra={"plugin_config_id": record.ctx.plugin_config_id, "team_id": record.ctx.team_id},
         )
+        # Sentry (when SENTRY_DSN is set), tagged team / plugin / plugin_config; throttled per config.
+        report_plugin_error(record.ctx.team_id, record.ctx.plugin_name, record.ctx.plugin_id,
+                            record.ctx.plugin_config_id, record.name, record.message, record.stack)
 
 
 def record_plugin_error(
