@@ -10,7 +10,8 @@ Where the data is (as PostHog's capture looked for it):
 How it is packed: ``compression`` (query, then form field, then the
 ``Content-Encoding`` header) = ``gzip`` or ``gzip-js`` (gzip), ``lz64``
 (posthog-js' lz-string, base64 alphabet, spaces standing for ``+``), else
-none; then, when the text does not start like JSON, base64 (plain JSON is
+none, except that a raw body starting with gzip's magic bytes is gunzipped
+(today's posthog-js sends ``/e/`` gzipped without saying so); then, when the text does not start like JSON, base64 (plain JSON is
 not tried as base64, which PostHog's capture did and so now and then turned
 valid JSON into garbage). ``NaN`` and ``Infinity`` become ``null``.
 
@@ -35,6 +36,7 @@ from plugin_server.capture.errors import CaptureError, invalid_payload, too_larg
 
 RAW_BODY_TYPES = frozenset({"", "text/plain", "application/json"})
 GZIP_NAMES = frozenset({"gzip", "gzip-js"})
+GZIP_MAGIC = b"\x1f\x8b"
 _JSON_START = frozenset(b"{[")
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 
@@ -73,7 +75,7 @@ def decode_request(request: RawRequest, max_bytes: int) -> Payload:
     if not data:
         return Payload(None, form)
     compression = (request.query.get("compression") or form.get("compression") or request.content_encoding).lower()
-    if compression in GZIP_NAMES:
+    if compression in GZIP_NAMES or (not compression and isinstance(data, bytes) and data.startswith(GZIP_MAGIC)):
         data = gunzip(_as_bytes(data), max_bytes)
     elif compression == "lz64":
         data = lz64(_as_text(data))
