@@ -152,6 +152,14 @@ def test_admin_pages_work_with_posthogs_user_model(host: Host) -> None:
     assert seen["config_page_has_greeting"] is True
 
 
+@pytest.mark.redis
+def test_the_admin_adds_a_plugin_and_a_config_to_the_hosts_tables(host: Host) -> None:
+    """The admin's forms save into PostHog's tables (today's columns: order NOT NULL, deleted, filters, ...)."""
+    seen = host.scenario("admin_adds_a_plugin_and_a_config")
+    assert (seen["plugin_status"], seen["config_status"]) == (302, 302), seen
+    assert seen["config"] == {"enabled": True, "order": 5, "deleted": False}
+
+
 def _send_events(host: Host, distinct_id: str, session_id: str) -> None:
     """A $pageview and a $snapshot (a session recording), as PostHog's capture sends them."""
     app = Celery("host-test-producer", broker=settings.REDIS_URL)

@@ -150,6 +150,9 @@ class PluginConfigForm(forms.ModelForm):  # type: ignore[type-arg]
         if self.schema.fields:
             self.fields.pop("config", None)
             self.schema.add_to(self)
+        elif "config" in self.fields:
+            # An empty object is a valid config; PostHog's column is not blank=True, which would refuse {}.
+            self.fields["config"].required = False
         self.uploads: dict[str, UploadedFile] = {}
 
     def _chosen_plugin(self) -> Plugin | None:

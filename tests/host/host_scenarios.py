@@ -12,6 +12,13 @@ from django.test import Client
 SOURCE = "def process_event(event, meta):\n    event['properties'][{key!r}] = 'ran'\n    return event\n"
 
 
+def _form_errors(page: str) -> list[str]:
+    """The error lists of an admin form page (an empty list when it saved)."""
+    import re
+
+    return re.findall(r'<ul class="errorlist[^"]*"[^>]*>(.*?)</ul>', page, re.DOTALL)
+
+
 def _print(value: Any) -> None:
     print(json.dumps(value, default=str))
 
@@ -82,3 +89,40 @@ def config_errors() -> None:
     from plugin_server.models import PluginConfig
 
     _print({str(config.pk): config.error for config in PluginConfig.objects.order_by("id")})
+
+
+def admin_adds_a_plugin_and_a_config() -> None:
+    """Through the admin's forms: a source plugin, then a config of it for the demo team."""
+    from django.urls import reverse
+
+    from plugin_server.models import Plugin, PluginConfig, Team
+
+    client = Client()
+    assert client.login(username="admin@example.com", password="admin")
+    team = Team.objects.get(api_token="phc_demo_plugin_server_token")
+    plugin_meta, config_meta = Plugin._meta, PluginConfig._meta
+    added = client.post(
+        reverse(f"admin:{plugin_meta.app_label}_{plugin_meta.model_name}_add"),
+        {
+            "organization": str(team.organization_id), "name": "added in the admin", "description": "", "plugin_type": "source",
+            "url": "", "tag": "", "source": "def process_event(event, meta):\n    return event\n", "config_schema": "[]",
+        },
+    )
+    plugin = Plugin.objects.filter(name="added in the admin").first()
+    configured = client.post(
+        reverse(f"admin:{config_meta.app_label}_{config_meta.model_name}_add"),
+        {
+            "team": str(team.pk), "plugin": str(plugin.pk if plugin else ""), "enabled": "on", "order": "5", "config": "{}",
+            # The attachments inline's management form (no attachment).
+            "pluginattachment_set-TOTAL_FORMS": "0", "pluginattachment_set-INITIAL_FORMS": "0",
+        },
+    )
+    config = PluginConfig.objects.filter(plugin=plugin).first() if plugin else None
+    _print(
+        {
+            "plugin_status": added.status_code,
+            "config_status": configured.status_code,
+            "config": None if config is None else {"enabled": config.enabled, "order": config.order, "deleted": config.deleted},
+            "errors": _form_errors(added.content.decode()) + _form_errors(configured.content.decode()),
+        }
+    )
