@@ -24,7 +24,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from plugin_server.clickhouse.client import make_client
-from plugin_server.clickhouse.schema import check_identifier
+from plugin_server.clickhouse.schema import check_identifier, quote
 from plugin_server.config import get_config
 
 if TYPE_CHECKING:
@@ -34,17 +34,12 @@ _lock = threading.Lock()
 _client: Client | None = None
 
 
-def escape_clickhouse_string(text: str) -> str:
-    """The text for a ClickHouse string literal: backslash → ``\\\\``, quote → ``\\'`` (the original's escaping)."""
-    return text.replace("\\", "\\\\").replace("'", "\\'")
-
-
 def delete_person_statements(person_uuids: Sequence[str], database: str) -> list[str]:
     """The two mutations deleting these persons and their distinct ids (none for no persons)."""
     if not person_uuids:
         return []
     check_identifier(database)
-    listed = ", ".join(f"'{escape_clickhouse_string(uuid)}'" for uuid in person_uuids)
+    listed = ", ".join(quote(uuid) for uuid in person_uuids)
     return [
         f"ALTER TABLE {database}.person DELETE WHERE id IN ({listed})",
         f"ALTER TABLE {database}.person_distinct_id DELETE WHERE person_id IN ({listed})",

@@ -136,9 +136,14 @@ TABLES: Final[tuple[Table, ...]] = (
 )
 
 
-def _quote(text: str) -> str:
-    """A ClickHouse string literal: backslash and quote escaped."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+def escape_clickhouse_string(text: str) -> str:
+    """The text for a ClickHouse string literal: backslash → ``\\\\``, quote → ``\\'`` (the original's escaping)."""
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def quote(text: str) -> str:
+    """A ClickHouse string literal."""
+    return f"'{escape_clickhouse_string(text)}'"
 
 
 def _columns_sql(columns: Sequence[tuple[str, str]]) -> str:
@@ -160,13 +165,13 @@ def kafka_table_sql(table: Table, features: ServerFeatures, database: str, kafka
     # A Kafka table holds the message's own columns; defaults (is_deleted) do not apply there.
     columns = [(name, kind.replace(" DEFAULT 0", "")) for name, kind in table.column_types(features)]
     settings = [
-        f"kafka_broker_list = {_quote(kafka_hosts)}",
-        f"kafka_topic_list = {_quote(topic)}",
-        f"kafka_group_name = {_quote(group)}",
-        f"kafka_format = {_quote('JSONEachRow' if table.json else 'Protobuf')}",
+        f"kafka_broker_list = {quote(kafka_hosts)}",
+        f"kafka_topic_list = {quote(topic)}",
+        f"kafka_group_name = {quote(group)}",
+        f"kafka_format = {quote('JSONEachRow' if table.json else 'Protobuf')}",
     ]
     if not table.json:
-        settings.append(f"kafka_schema = {_quote(FORMAT_SCHEMA)}")
+        settings.append(f"kafka_schema = {quote(FORMAT_SCHEMA)}")
     if features.kafka_virtual_columns:  # the same releases (19.x) brought both
         settings.append("kafka_skip_broken_messages = 100")
     return (

@@ -15,7 +15,8 @@ from django.test import override_settings
 
 from plugin_server.clickhouse import messages
 from plugin_server.clickhouse.client import client_options, make_client
-from plugin_server.clickhouse.persons import check_connection, delete_person_statements, delete_persons, escape_clickhouse_string
+from plugin_server.clickhouse.persons import check_connection, delete_person_statements, delete_persons
+from plugin_server.clickhouse.schema import escape_clickhouse_string
 from plugin_server.config import get_config
 
 if TYPE_CHECKING:
