@@ -93,19 +93,51 @@ class LogEntry:
         )
 
 
-# A btree index entry holds at most ~2.7 kB: where the host's table indexes
+# A btree index entry holds at most ~2.7 kB: where the log table indexes
 # ``message`` (PostHog 2021: ``TextField(db_index=True)``), a longer message
 # would be refused, so stored messages are cut to this many UTF-8 bytes.
 MAX_INDEXED_MESSAGE_BYTES = 2_000
 
 
-def _message_indexed() -> bool:
-    return bool(getattr(PluginLogEntry._meta.get_field("message"), "db_index", False))
+@dataclass(frozen=True, slots=True)
+class LogTableShape:
+    """What the log table in the database accepts (not what a model says: a
+    separate process on PostHog's 2021 database runs the stand-ins, whose
+    declarations differ from PostHog's table)."""
+
+    team_nullable: bool
+    message_indexed: bool
 
 
-def _team_nullable() -> bool:
-    field = next(field for field in PluginLogEntry._meta.concrete_fields if field.attname == "team_id")
-    return bool(field.null)
+_shapes: dict[str, LogTableShape] = {}
+
+
+def log_table_shape() -> LogTableShape:
+    """The log table's shape, read from the catalog once per process and database."""
+    shape = _shapes.get(connection.alias)
+    if shape is None:
+        table = PluginLogEntry._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT is_nullable = 'YES' FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND table_name = %s AND column_name = 'team_id'",
+                [table],
+            )
+            row = cursor.fetchone()
+            cursor.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
+                " AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(%s) AND a.attname = 'message')",
+                [table],
+            )
+            indexed = cursor.fetchone()
+        shape = LogTableShape(team_nullable=bool(row and row[0]), message_indexed=bool(indexed and indexed[0]))
+        _shapes[connection.alias] = shape
+    return shape
+
+
+def forget_log_table_shape() -> None:
+    """Read the table's shape again on the next write (after a schema change)."""
+    _shapes.clear()
 
 
 def _cut_to_bytes(message: str, limit: int) -> str:
@@ -121,7 +153,7 @@ def _storable(message: str) -> str:
     # Postgres text cannot hold NUL: a plugin printing one must not poison the
     # batch. Lines come from untrusted workers too, so the length is capped here.
     message = cap_message(message).replace("\x00", "\ufffd")
-    return _cut_to_bytes(message, MAX_INDEXED_MESSAGE_BYTES) if _message_indexed() else message
+    return _cut_to_bytes(message, MAX_INDEXED_MESSAGE_BYTES) if log_table_shape().message_indexed else message
 
 
 def _storable_entries(entries: Sequence[LogEntry]) -> list[LogEntry]:
@@ -129,7 +161,7 @@ def _storable_entries(entries: Sequence[LogEntry]) -> list[LogEntry]:
     logs with team NULL where the column allows it; where it does not (PostHog
     2021: a foreign key, NOT NULL) its entries are dropped and counted, never
     written under a team id that does not exist."""
-    if _team_nullable():
+    if log_table_shape().team_nullable:
         return list(entries)
     kept = [entry for entry in entries if entry.team_id is not None]
     if len(kept) < len(entries):

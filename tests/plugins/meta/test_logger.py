@@ -13,7 +13,14 @@ from plugin_server.metrics import RecordingMetrics, set_metrics
 from plugin_server.models import PluginLogEntry
 from plugin_server.plugins.meta.console import MAX_MESSAGE_CHARS, format_log_message
 from plugin_server.plugins.meta.context import PluginContext
-from plugin_server.plugins.meta.logger import SERVER_INSTANCE_ID, LogEntry, PluginLogWriter
+from plugin_server.plugins.meta.logger import (
+    MAX_INDEXED_MESSAGE_BYTES,
+    SERVER_INSTANCE_ID,
+    LogEntry,
+    PluginLogWriter,
+    forget_log_table_shape,
+    store_log_entries,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -256,3 +263,45 @@ def test_kafka_pipeline_produces_entries(ctx: PluginContext, kafka_consumer_conf
         assert not PluginLogEntry.objects.filter(plugin_config_id=ctx.plugin_config_id).exists()
     finally:
         consumer.close()
+
+
+@pytest.fixture
+def table_of_2021() -> Iterator[None]:
+    """posthog_pluginlogentry as PostHog's 2021 schema has it: team_id NOT NULL, message indexed (btree).
+
+    The DDL is undone with the test's transaction; the writer reads the table's shape afresh around it."""
+    with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
+        cursor.execute("DELETE FROM posthog_pluginlogentry WHERE team_id IS NULL")
+        cursor.execute("ALTER TABLE posthog_pluginlogentry ALTER COLUMN team_id SET NOT NULL")
+        cursor.execute("CREATE INDEX test_pluginlogentry_message ON posthog_pluginlogentry (message)")
+    forget_log_table_shape()
+    yield
+    forget_log_table_shape()
+
+
+def test_against_the_2021_table_long_messages_fit_its_index(ctx: PluginContext, table_of_2021: None) -> None:
+    """A message too long for a btree entry is cut to MAX_INDEXED_MESSAGE_BYTES (UTF-8) and stored, not refused."""
+    import random
+
+    noise = "".join(random.choice("abcdefghijklmnopqrstuvwxyzÄÖÜ0123456789") for _ in range(MAX_MESSAGE_CHARS))
+    assert store_log_entries([LogEntry.for_context(ctx, "CONSOLE", "LOG", noise)]) == 1
+    stored = PluginLogEntry.objects.get(plugin_config_id=ctx.plugin_config_id).message
+    assert len(stored.encode()) <= MAX_INDEXED_MESSAGE_BYTES and stored.endswith("(truncated)")
+    assert noise.startswith(stored[: -len(" (truncated)") - 2])
+
+
+def test_against_the_2021_table_a_config_without_a_team_is_not_logged_under_a_made_up_team(
+    ctx: PluginContext, table_of_2021: None
+) -> None:
+    """team_id is NOT NULL there: the global config's entry is dropped (counted), the others are written."""
+    no_team = PluginContext(plugin_config_id=ctx.plugin_config_id, plugin_id=ctx.plugin_id, team_id=None, plugin_name="p")
+    metrics = RecordingMetrics()
+    set_metrics(metrics)
+    try:
+        store_log_entries([LogEntry.for_context(no_team, "CONSOLE", "LOG", "global"), LogEntry.for_context(ctx, "CONSOLE", "LOG", "team")])
+    finally:
+        set_metrics(None)
+    assert list(PluginLogEntry.objects.filter(plugin_config_id=ctx.plugin_config_id).values_list("team_id", "message")) == [
+        (ctx.team_id, "team")
+    ]
+    assert metrics.total("logs.entries_dropped") == 1
