@@ -286,4 +286,9 @@ def load_plugin_code(plugin: Plugin, base_dir: str | None = None) -> PluginCode:
         return _load_archive(plugin, digest)
     if plugin.plugin_type == "source" and plugin.source:
         return _load_source(plugin, digest)
+    if plugin.plugin_type == "source":
+        # Today's PostHog keeps a source plugin's files in posthog_pluginsourcefile, not in this column.
+        raise PluginLoadError(
+            f"{digest} is a source plugin with an empty source column: its files (posthog_pluginsourcefile) are not read by this server"
+        )
     raise PluginLoadError(f"Tried using undownloaded remote {digest}, which is not supported!")

@@ -321,3 +321,17 @@ def test_load_failures_are_recorded_and_ingestion_goes_on(kind: str, tmp_path: P
     assert expected in config.error["message"]
     assert config.enabled is not disabled
     assert PluginLogEntry.objects.filter(plugin_config_id=config.id, source="PLUGIN", type="ERROR").exists()
+
+
+def test_source_plugin_without_source_names_where_its_files_are() -> None:
+    """Today's PostHog keeps a source plugin's files in posthog_pluginsourcefile: the error says so."""
+    plugin = create_plugin(organization=create_organization(), name="from-the-editor", plugin_type="source", source=None)
+    with pytest.raises(PluginLoadError, match="source plugin with an empty source column.*posthog_pluginsourcefile"):
+        load_plugin_code(plugin)
+
+
+def test_inline_plugin_is_refused_with_its_reason() -> None:
+    """Today's PostHog's inline plugins live in its Node.js server: refused, saying so."""
+    plugin = create_plugin(organization=create_organization(), name="semver", plugin_type="inline", url="inline:semver-flattener")
+    with pytest.raises(PluginLoadError, match="is an inline plugin"):
+        load_plugin_code(plugin)
