@@ -47,11 +47,11 @@ class QueueUnavailable(Exception):
 
 
 class CaptureQueue(Protocol):
-    """Where accepted events go."""
+    """Where accepted events go: a connection, and the queue or topic named at each send."""
 
     pipeline: str
 
-    def send(self, events: Sequence[CapturedEvent]) -> None: ...
+    def send(self, events: Sequence[CapturedEvent], destination: str) -> None: ...
 
     def close(self) -> None: ...
 
@@ -61,10 +61,9 @@ class CeleryQueue:
 
     pipeline = "celery"
 
-    def __init__(self, redis_url: str, queue: str, timeout: float) -> None:
+    def __init__(self, redis_url: str, timeout: float) -> None:
         from celery import Celery
 
-        self.queue = queue
         app = Celery("plugin-server-capture", broker=redis_url, set_as_current=False)
         app.conf.broker_transport = BatchingTransport
         app.conf.broker_connection_timeout = timeout
@@ -81,13 +80,13 @@ class CeleryQueue:
         app.conf.task_publish_retry_policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
         self._app = app
 
-    def send(self, events: Sequence[CapturedEvent]) -> None:
+    def send(self, events: Sequence[CapturedEvent], destination: str) -> None:
         try:
             with self._app.producer_or_acquire() as producer:
                 channel = producer.channel
                 with channel.batch():
                     for event in events:
-                        self._app.send_task(CELERY_TASK_NAME, args=event.celery_args(), kwargs={}, queue=self.queue, producer=producer)
+                        self._app.send_task(CELERY_TASK_NAME, args=event.celery_args(), kwargs={}, queue=destination, producer=producer)
         except (KombuError, redis.RedisError, OSError) as error:
             raise QueueUnavailable(f"Redis: {error}") from error
         get_metrics().incr(CAPTURE_EVENTS_QUEUED, len(events), tags={"pipeline": self.pipeline})
@@ -134,10 +133,9 @@ class KafkaQueue:
 
     pipeline = "kafka"
 
-    def __init__(self, hosts: str, topic: str, timeout: float, extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, hosts: str, timeout: float, extra: dict[str, Any] | None = None) -> None:
         from confluent_kafka import Producer
 
-        self.topic = topic
         self._timeout = timeout
         settings: dict[str, Any] = {
             "bootstrap.servers": hosts,
@@ -148,14 +146,14 @@ class KafkaQueue:
         }
         self._producer = Producer(settings)
 
-    def send(self, events: Sequence[CapturedEvent]) -> None:
+    def send(self, events: Sequence[CapturedEvent], destination: str) -> None:
         from confluent_kafka import KafkaException
 
         deliveries = _Deliveries(len(events))
         try:
             for event in events:
                 value = json.dumps(kafka_message(event)).encode("utf-8", "surrogatepass")
-                self._producer.produce(self.topic, value=value, key=partition_key(event), on_delivery=deliveries.report)
+                self._producer.produce(destination, value=value, key=partition_key(event), on_delivery=deliveries.report)
         except (KafkaException, BufferError) as error:
             # What was produced may still arrive: a duplicate at worst, which the event uuid makes harmless.
             raise QueueUnavailable(f"Kafka: {error}") from error
@@ -179,8 +177,8 @@ def _kafka_security(config: ServerConfig) -> dict[str, Any]:
 
 def build_queue(config: ServerConfig) -> CaptureQueue:
     if config.kafka_enabled:
-        return KafkaQueue(config.kafka_hosts or "", config.kafka_consumption_topic or "", config.capture_queue_timeout, _kafka_security(config))
-    return CeleryQueue(config.redis_url, config.plugins_celery_queue, config.capture_queue_timeout)
+        return KafkaQueue(config.kafka_hosts or "", config.capture_queue_timeout, _kafka_security(config))
+    return CeleryQueue(config.redis_url, config.capture_queue_timeout)
 
 
 _queues: dict[tuple[object, ...], CaptureQueue] = {}
@@ -188,9 +186,10 @@ _queues_lock = threading.Lock()
 
 
 def get_queue() -> CaptureQueue:
-    """This process's queue for the configuration in force (made on first use)."""
+    """This process's connection to the pipeline in force (made on first use, one per broker)."""
     config = get_config()
-    key = (config.kafka_enabled, config.redis_url, config.plugins_celery_queue, config.kafka_hosts, config.kafka_consumption_topic)
+    broker = config.kafka_hosts if config.kafka_enabled else config.redis_url
+    key: tuple[object, ...] = (config.kafka_enabled, broker, config.capture_queue_timeout)
     queue = _queues.get(key)
     if queue is None:
         with _queues_lock:
@@ -198,3 +197,10 @@ def get_queue() -> CaptureQueue:
             if queue is None:
                 queue = _queues[key] = build_queue(config)
     return queue
+
+
+def queue_events(events: Sequence[CapturedEvent]) -> None:
+    """Put ``events`` on ``PLUGINS_CELERY_QUEUE`` or ``KAFKA_CONSUMPTION_TOPIC``; raises :class:`QueueUnavailable`."""
+    config = get_config()
+    destination = (config.kafka_consumption_topic or "") if config.kafka_enabled else config.plugins_celery_queue
+    get_queue().send(events, destination)

@@ -29,7 +29,7 @@ from plugin_server.capture.batch import build_events, find_sent_at, find_token
 from plugin_server.capture.client_ip import client_ip
 from plugin_server.capture.decode import Payload, RawRequest, decode_request
 from plugin_server.capture.errors import CaptureError
-from plugin_server.capture.queue import QueueUnavailable, get_queue
+from plugin_server.capture.queue import QueueUnavailable, queue_events
 from plugin_server.capture.teams import TeamCache, TeamInfo, split_test_token
 from plugin_server.config import get_config
 from plugin_server.metrics import CAPTURE_QUEUE_UNAVAILABLE, CAPTURE_REQUEST_TIME, CAPTURE_REQUESTS_REJECTED, get_metrics
@@ -157,7 +157,7 @@ def capture(request: HttpRequest) -> HttpResponse:
         test_environment=test_environment,
     )
     try:
-        get_queue().send(events)
+        queue_events(events)
     except QueueUnavailable as error:
         logger.warning("capture: events not queued, answering 503: %s", error, extra={"team_id": team.id, "events": len(events)})
         get_metrics().incr(CAPTURE_QUEUE_UNAVAILABLE)
