@@ -118,7 +118,9 @@ class HealthServer(Service):
     def _serve_wsgi(self, app: WSGIApplication, request: BaseHTTPRequestHandler) -> None:
         environ = wsgi_environ(request, self._host, self.port)
         handler = SimpleHandler(request.rfile, cast(IO[bytes], request.wfile), sys.stderr, environ, multithread=True)
-        handler.http_version = request.request_version.split("/")[-1]
+        # The server's own HTTP version (1.0: it closes the connection after each answer), not the
+        # client's: answering "HTTP/1.1" would invite the client to reuse a connection about to close.
+        handler.http_version = request.protocol_version.split("/")[-1]
         try:
             handler.run(app)
         finally:

@@ -4,7 +4,8 @@ Celery's ``send_task`` builds each message (headers, protocol-2 body,
 envelope) and hands it to the channel's ``_put``, which ``LPUSH``es it at
 once: one Redis round trip per event. Inside :meth:`BatchingChannel.batch`
 ``_put`` only collects the finished envelopes, and leaving the block pushes
-them all with one ``LPUSH`` per list in a single MULTI/EXEC, in send order
+them all with one ``LPUSH`` (one per list, in a MULTI/EXEC when there are
+several priorities), in send order
 (the consumer pops from the other end, so the first sent is the first
 taken). Everything else (routing, queue declaration, the envelope's bytes)
 is kombu's and Celery's own, so the messages are exactly those PostHog's
@@ -51,6 +52,10 @@ class BatchingChannel(kombu_redis.Channel):
         for key, body in pending:
             by_list.setdefault(key, []).append(body)
         with self.conn_or_acquire() as client:
+            if len(by_list) == 1:
+                [(key, bodies)] = by_list.items()
+                client.lpush(key, *bodies)  # one command: atomic on its own
+                return
             pipe = client.pipeline(transaction=True)
             for key, bodies in by_list.items():
                 pipe.lpush(key, *bodies)

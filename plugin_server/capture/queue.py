@@ -204,3 +204,12 @@ def queue_events(events: Sequence[CapturedEvent]) -> None:
     config = get_config()
     destination = (config.kafka_consumption_topic or "") if config.kafka_enabled else config.plugins_celery_queue
     get_queue().send(events, destination)
+
+
+def close_queues() -> None:
+    """Close this process's connections (tests; a process that stops serving capture)."""
+    with _queues_lock:
+        queues = list(_queues.values())
+        _queues.clear()
+    for queue in queues:
+        queue.close()

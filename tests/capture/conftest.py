@@ -14,6 +14,7 @@ import redis
 import requests
 from django.test import override_settings
 
+from plugin_server.capture.queue import close_queues
 from plugin_server.capture.views import team_cache
 from plugin_server.config import get_config
 from plugin_server.events import Delivery, PluginEvent
@@ -26,10 +27,12 @@ from tests.factories import create_team
 
 @pytest.fixture(autouse=True)
 def _fresh_team_cache() -> Iterator[None]:
-    # Tokens repeat across tests (each test's rows are rolled back): forget them.
+    # Tokens repeat across tests (each test's rows are rolled back): forget them. And close the
+    # test's queue connections (a producer on an unreachable broker would retry for ever).
     team_cache().clear()
     yield
     team_cache().clear()
+    close_queues()
 
 
 @pytest.fixture
