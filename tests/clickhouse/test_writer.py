@@ -322,7 +322,7 @@ def test_sigterm_finishes_the_batch_commits_and_logs_progress(
     log = tmp_path / "writer.log"
     writer = start_writer_process(topics, database, unique_name, "--batch-size", "100000", "--batch-ms", "600000", log=log)
     processes.append(writer)
-    wait_for(lambda: "New partitions assigned" in log.read_text(), 90, "the partitions", writer)
+    wait_for(lambda: "New partitions assigned: {Partition" in log.read_text(), 90, "the partitions", writer)
     time.sleep(3)  # read, but nothing inserted yet
     assert clickhouse_client.execute("SELECT count() FROM events")[0][0] == 0
     writer.send_signal(signal.SIGTERM)
@@ -342,3 +342,41 @@ def test_progress_line_reports_rates_and_counts(caplog: pytest.LogCaptureFixture
     with caplog.at_level("INFO", logger="plugin_server.clickhouse.writer"):
         progress.add(100, Counter({"events": 100, "person": 2}), 0)
     assert caplog.messages == ["clickhouse writer: 500 messages (50/s over 10s); rows so far: events 490, person 2; dead-lettered 10"]
+
+
+@pytest.mark.slow
+def test_two_writers_share_the_partitions_and_one_killed_hands_them_over(
+    topics: Topics,
+    database: str,
+    clickhouse_client: Client,
+    unique_name: str,
+    processes: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    total = 20_000
+    for number in range(total):
+        event = make_event(number)
+        topics.produce(messages.EVENTS_TOPIC, messages.event_value(event), event.uuid)
+    topics.flush()
+
+    def partitions_written() -> int:
+        return int(clickhouse_client.execute("SELECT count() FROM events")[0][0])
+
+
+    slow = ("--batch-size", "500", "--batch-ms", "100")
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    first = start_writer_process(topics, database, unique_name, *slow, log=logs[0])
+    second = start_writer_process(topics, database, unique_name, *slow, log=logs[1])
+    processes.extend([first, second])
+    # Every topic has 3 partitions: each member of the group gets some (Tansu's
+    # DescribeGroups lists no members, so the writers' own logs tell).
+    for log, process in zip(logs, (first, second)):
+        wait_for(lambda: "New partitions assigned: {Partition" in log.read_text(), 120, f"partitions for {log.stem}", process)
+    wait_for(lambda: partitions_written() > 0, 120, "the first inserts", first)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(10)
+    assert partitions_written() < total, "the writers finished before one could be killed: make the stream longer"
+    wait_for(lambda: topics.committed(unique_name, messages.EVENTS_TOPIC) == total, 180, "every offset committed", second)
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(60) == 0
+    assert clickhouse_client.execute("SELECT count(), uniqExact(uuid) FROM events FINAL")[0] == (total, total)
