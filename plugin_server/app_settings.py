@@ -207,6 +207,9 @@ PLUGIN_FETCH_ALLOW_PRIVATE_NETWORKS = env_bool("PLUGIN_FETCH_ALLOW_PRIVATE_NETWO
 # meta.geoip: an uncompressed GeoLite2/GeoIP2 City MMDB file ("" = none; the
 # MMDB service may hand the host a database of its own instead).
 MMDB_PATH = env_str("MMDB_PATH", "") or ""
+# (port) where the MMDB service downloads the GeoLite2 City database (Brotli-compressed)
+# when no fresh copy is stored in posthog_pluginattachment; the original's fixed URL.
+MMDB_DOWNLOAD_URL = env_url("MMDB_DOWNLOAD_URL", "https://mmdb.posthog.net/", ("http", "https"))
 
 
 # Every upper-case name above is one of the app's settings.

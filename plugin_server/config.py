@@ -110,6 +110,7 @@ class ServerConfig:
     disable_mmdb: bool
     internal_mmdb_server_port: int
     mmdb_path: str
+    mmdb_download_url: str
     # Plugin meta API
     plugin_fetch_timeout: float
     plugin_fetch_max_response_bytes: int

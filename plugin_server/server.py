@@ -62,6 +62,7 @@ from plugin_server.config import get_config
 from plugin_server.ingestion.consumer import Consumer, EventIngester, PluginRunner
 from plugin_server.ingestion.sources.base import Source
 from plugin_server.plugins.meta.context import PluginContext
+from plugin_server.plugins.meta.geoip import GeoIPLocator
 from plugin_server.redis_client import get_redis
 from plugin_server.activity import ACTIVITY
 from plugin_server.plugins.meta.logger import SERVER_INSTANCE_ID
@@ -86,7 +87,7 @@ logger = logging.getLogger(__name__)
 READY_STALE_AFTER = 120.0
 MODES = ("all", "ingestion", "scheduler", "jobs")
 # Services stopped in this order at shutdown (spec §9.3); the others after them, last started first.
-STOP_ORDER = ("web", "staleness", "consumer", "reload listener", "job consumer", "scheduler", "worker pool", "plugin log writer", "status")
+STOP_ORDER = ("web", "staleness", "consumer", "reload listener", "job consumer", "scheduler", "mmdb", "worker pool", "plugin log writer", "status")
 
 
 class ManagedPool(PluginRunner, Protocol):
@@ -291,6 +292,7 @@ class Server:
         connection.ensure_connection()
         get_redis().ping()
         pool = self.pool = self._pool_factory()
+        self._add_mmdb(pool)
         self.services.add(PoolService(pool))
         log_writer = getattr(getattr(pool, "host", None), "log_writer", None)
         if isinstance(log_writer, Service):
@@ -337,6 +339,16 @@ class Server:
         self._add_watches(pool)
         self._started = True
         logger.info("All systems go", extra={"source": source_name, "mode": self.options.mode})
+
+    def _add_mmdb(self, pool: ManagedPool) -> None:
+        """The GeoIP database for meta.geoip, unless DISABLE_MMDB or the operator's MMDB_PATH (spec §9.2 step 2)."""
+        config = get_config()
+        geoip = getattr(getattr(pool, "host", None), "geoip", None)
+        if config.disable_mmdb or config.mmdb_path or not isinstance(geoip, GeoIPLocator):
+            return
+        from plugin_server.mmdb import MMDBService
+
+        self.services.add(MMDBService(geoip, config.mmdb_download_url))
 
     def _add_watches(self, pool: ManagedPool) -> None:
         """Slow-operation warnings, the progress line and gauges, and the staleness restart."""
