@@ -128,6 +128,15 @@ def load_stored() -> StoredDatabase | None:
     return StoredDatabase(open_compressed(bytes(contents)), file_name, built)
 
 
+def _load_usable() -> StoredDatabase | None:
+    """The stored database, or None when there is none or it cannot be used (logged: a download replaces it)."""
+    try:
+        return load_stored()
+    except MMDBError:
+        logger.exception("mmdb: the stored GeoIP database cannot be used; a fresh one is downloaded")
+        return None
+
+
 def store(file_name: str, content_type: str, contents: bytes) -> None:
     """Keep ``contents`` as the one shared database row (one transaction: insert, delete the others)."""
     with transaction.atomic():
@@ -189,11 +198,7 @@ class MMDBService(Service):
 
     def prepare(self) -> None:
         """At start: the stored database, or a downloaded one; a stale one is refreshed in the background."""
-        try:
-            stored = load_stored()
-        except MMDBError:
-            logger.exception("mmdb: the stored GeoIP database cannot be used; downloading a fresh one")
-            stored = None
+        stored = _load_usable()
         if stored is not None:
             self._use(stored)
             if stored.stale(self._today()):
@@ -260,11 +265,7 @@ class MMDBService(Service):
 
     def refresh(self) -> bool:
         """Swap in a fresh database if the one in use is stale; True when it changed."""
-        try:
-            stored = load_stored()
-        except MMDBError:
-            logger.exception("mmdb: the stored GeoIP database cannot be used")
-            stored = None
+        stored = _load_usable()
         if stored is not None and not stored.stale(self._today()):
             if self.current is None or stored.file_name != self.current.file_name:
                 self._use(stored)  # another server stored a fresh copy
