@@ -38,3 +38,15 @@ ensure_venv() {
     fi
     export PATH="$VENV/bin:$PATH"
 }
+
+dev_secret_key() {
+    # A SECRET_KEY of this checkout for bin/demo and bin/shell, made once and
+    # kept under SERVICES_DIR: no shared built-in key, no W001 warning. A
+    # deployment sets its own SECRET_KEY (README, "In production").
+    local file="$SERVICES_DIR/secret_key"
+    if [ ! -s "$file" ]; then
+        mkdir -p "$SERVICES_DIR"
+        (umask 077 && "$VENV/bin/python" -c "import secrets; print(secrets.token_urlsafe(50))" >"$file")
+    fi
+    cat "$file"
+}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -386,6 +387,9 @@ def _preload(sandbox: Any) -> None:
 
 def main(argv: list[str]) -> None:
     """``read_fd write_fd marker_fd memory_limit_mb empty_dir worker_index``."""
+    # A Ctrl-C in the terminal reaches the whole process group: the main
+    # process shuts its workers down in order; a worker must not die of it first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     read_fd, write_fd, marker_fd, memory_mb = (int(value) for value in argv[:4])
     empty_dir, index = argv[4], int(argv[5])
     sandbox = importlib.import_module("plugin_server.plugins.sandbox")
