@@ -85,6 +85,13 @@ class Topics:
     def flush(self) -> None:
         assert self.producer.flush(60) == 0
 
+    def produce_events(self, total: int) -> None:
+        """``make_event(0 .. total-1)`` on the events topic, keyed by uuid, flushed."""
+        for number in range(total):
+            event = make_event(number)
+            self.produce(messages.EVENTS_TOPIC, messages.event_value(event), event.uuid)
+        self.flush()
+
     def options(self, database: str, group: str, **overrides: Any) -> WriterOptions:
         values: dict[str, Any] = {
             "kafka_hosts": self.bootstrap,
@@ -123,6 +130,11 @@ class Topics:
         finally:
             consumer.close()
         return found
+
+
+def stored_events(client: Client) -> int:
+    """Rows in ``events``, copies of a re-inserted event included."""
+    return int(client.execute("SELECT count() FROM events")[0][0])
 
 
 @pytest.fixture
@@ -274,13 +286,10 @@ def test_kill_9_mid_stream_then_restart_loses_nothing_and_final_shows_each_event
     topics: Topics, database: str, clickhouse_client: Client, unique_name: str, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     total = 20_000
-    for number in range(total):
-        event = make_event(number)
-        topics.produce(messages.EVENTS_TOPIC, messages.event_value(event), event.uuid)
-    topics.flush()
+    topics.produce_events(total)
 
     def stored() -> int:
-        return int(clickhouse_client.execute("SELECT count() FROM events")[0][0])
+        return stored_events(clickhouse_client)
 
     first = start_writer_process(topics, database, unique_name, "--batch-size", "700", "--batch-ms", "100")
     processes.append(first)
@@ -314,10 +323,7 @@ def test_sigterm_finishes_the_batch_commits_and_logs_progress(
     processes: list[subprocess.Popen[bytes]],
     tmp_path: Path,
 ) -> None:
-    for number in range(500):
-        event = make_event(number)
-        topics.produce(messages.EVENTS_TOPIC, messages.event_value(event), event.uuid)
-    topics.flush()
+    topics.produce_events(500)
     # A batch longer than the test: only SIGTERM can make it insert.
     log = tmp_path / "writer.log"
     writer = start_writer_process(topics, database, unique_name, "--batch-size", "100000", "--batch-ms", "600000", log=log)
@@ -354,15 +360,7 @@ def test_two_writers_share_the_partitions_and_one_killed_hands_them_over(
     tmp_path: Path,
 ) -> None:
     total = 20_000
-    for number in range(total):
-        event = make_event(number)
-        topics.produce(messages.EVENTS_TOPIC, messages.event_value(event), event.uuid)
-    topics.flush()
-
-    def partitions_written() -> int:
-        return int(clickhouse_client.execute("SELECT count() FROM events")[0][0])
-
-
+    topics.produce_events(total)
     slow = ("--batch-size", "500", "--batch-ms", "100")
     logs = [tmp_path / "first.log", tmp_path / "second.log"]
     first = start_writer_process(topics, database, unique_name, *slow, log=logs[0])
@@ -372,10 +370,10 @@ def test_two_writers_share_the_partitions_and_one_killed_hands_them_over(
     # DescribeGroups lists no members, so the writers' own logs tell).
     for log, process in zip(logs, (first, second)):
         wait_for(lambda: "New partitions assigned: {Partition" in log.read_text(), 120, f"partitions for {log.stem}", process)
-    wait_for(lambda: partitions_written() > 0, 120, "the first inserts", first)
+    wait_for(lambda: stored_events(clickhouse_client) > 0, 120, "the first inserts", first)
     os.kill(first.pid, signal.SIGKILL)
     first.wait(10)
-    assert partitions_written() < total, "the writers finished before one could be killed: make the stream longer"
+    assert stored_events(clickhouse_client) < total, "the writers finished before one could be killed: make the stream longer"
     wait_for(lambda: topics.committed(unique_name, messages.EVENTS_TOPIC) == total, 180, "every offset committed", second)
     second.send_signal(signal.SIGTERM)
     assert second.wait(60) == 0
