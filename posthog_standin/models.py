@@ -1,7 +1,7 @@
 """PostHog's tables, column for column, as the plugin server sees them.
 
-Types follow the PostHog Django models of May 2021 (spec: ingestion.md §9,
-plugins.md §13). Data only: no I/O lives here.
+Types follow the PostHog Django models of May 2021. Data only: no I/O
+lives here.
 """
 
 from __future__ import annotations

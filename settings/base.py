@@ -1,6 +1,6 @@
 """Settings of the plugin server, every one read from the environment.
 
-Names and defaults are the original plugin server's (spec: plugins.md §15),
+Names and defaults are the original plugin server's (docs/configuration.md),
 so an existing PostHog deployment's environment works unchanged. Settings
 that the original did not have are marked "(port)". A malformed value stops
 start-up with one line naming the variable (see :mod:`settings.env`).
