@@ -4,7 +4,8 @@ Every metric the server sends is named here: the original's (spec:
 plugins.md §14.2; the ``kafka_queue.*`` and ``query.kafka_send`` ones are
 sent by the Kafka pipeline, ``query.clickhouse`` by the ClickHouse writer)
 and the port's own (``ingestion.*``, ``dlq.*``, ``worker.*``, ``jobs.*``,
-``scheduler.*``, ``service.*``, ``mmdb.*``, ``health.*``). Each is prefixed
+``scheduler.*``, ``service.*``, ``mmdb.*``, ``health.*``,
+``clickhouse_writer.*``). Each is prefixed
 with ``STATSD_PREFIX`` and carries Telegraf-style tags, as the original's
 did. docs/operations.md lists them with their meaning. Tests use
 :class:`RecordingMetrics`, or a real UDP socket.
@@ -63,6 +64,13 @@ CAPTURE_EVENTS_QUEUED = "capture.events_queued"  # count, tag pipeline (celery, 
 CAPTURE_REQUESTS_REJECTED = "capture.requests_rejected"  # count, tag code (invalid_payload, missing_api_key, ...)
 CAPTURE_QUEUE_UNAVAILABLE = "capture.queue_unavailable"  # count: requests answered 503
 CAPTURE_REQUEST_TIME = "capture.request_time"  # timing: one accepted request, body read to queued
+
+
+# --- Metric names of the ClickHouse writer (port) ------------------------------------
+CLICKHOUSE_WRITER_ROWS = "clickhouse_writer.rows"  # count, tag table: rows inserted
+CLICKHOUSE_WRITER_INSERT_TIME = "clickhouse_writer.insert_time"  # timing, tag table: one insert
+CLICKHOUSE_WRITER_DEAD_LETTERS = "clickhouse_writer.dead_letters"  # count, tag topic: messages dead-lettered
+CLICKHOUSE_WRITER_INSERT_RETRIES = "clickhouse_writer.insert_retries"  # count: inserts retried after a network error
 
 
 # --- The original's names (spec §14.2) ----------------------------------------------

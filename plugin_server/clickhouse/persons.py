@@ -17,6 +17,7 @@ by ``is_deleted`` rows; the tables have that column (docs/clickhouse.md).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from django.dispatch import receiver
 from plugin_server.clickhouse.client import make_client
 from plugin_server.clickhouse.schema import check_identifier, quote
 from plugin_server.config import get_config
+from plugin_server.metrics import QUERY_CLICKHOUSE, TOTAL_SUFFIX, get_metrics
 
 if TYPE_CHECKING:
     from clickhouse_driver import Client
@@ -75,7 +77,10 @@ def delete_persons(person_uuids: Sequence[str], client: Client | None = None, da
     with _lock:
         target = client or _shared_client()
         for statement in statements:
+            started = time.perf_counter()
             target.execute(statement)
+            get_metrics().timing(QUERY_CLICKHOUSE, (time.perf_counter() - started) * 1000)
+            get_metrics().incr(QUERY_CLICKHOUSE + TOTAL_SUFFIX)
 
 
 def check_connection(client: Client | None = None) -> None:

@@ -48,18 +48,20 @@ from arroyo.types import BaseValue, BrokerValue, Commit, Message, Partition, Top
 from confluent_kafka import KafkaError, Producer
 
 from plugin_server.clickhouse.messages import TOPIC_FORMATS, BadMessage, Row, TopicFormat, compact_json
-from plugin_server.metrics import get_metrics
+from plugin_server.metrics import (
+    CLICKHOUSE_WRITER_DEAD_LETTERS,
+    CLICKHOUSE_WRITER_INSERT_RETRIES,
+    CLICKHOUSE_WRITER_INSERT_TIME,
+    CLICKHOUSE_WRITER_ROWS,
+    QUERY_CLICKHOUSE,
+    TOTAL_SUFFIX,
+    get_metrics,
+)
 
 if TYPE_CHECKING:
     from clickhouse_driver import Client
 
 logger = logging.getLogger(__name__)
-
-# Metric names (port).
-WRITER_ROWS: Final = "clickhouse_writer.rows"  # count, tag table: rows inserted
-WRITER_INSERT_TIME: Final = "clickhouse_writer.insert_time"  # timing, tag table: one insert
-WRITER_DEAD_LETTERS: Final = "clickhouse_writer.dead_letters"  # count, tag topic: messages dead-lettered
-WRITER_INSERT_RETRIES: Final = "clickhouse_writer.insert_retries"  # count: inserts retried after a network error
 
 PROGRESS_INTERVAL: Final = 10.0  # seconds between progress lines
 RETRY_BACKOFF_MAX: Final = 30.0
@@ -196,14 +198,18 @@ class BatchInserter:
                     if self._stopping.is_set():
                         raise  # nothing committed: the batch comes back after a restart
                     logger.warning("clickhouse writer: insert into %s failed (%s), retrying in %.1fs", table, error, backoff)
-                    get_metrics().incr(WRITER_INSERT_RETRIES)
+                    get_metrics().incr(CLICKHOUSE_WRITER_INSERT_RETRIES)
                     self._client.disconnect()
                     time.sleep(backoff)
                     backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
                     continue
                 return self._split(table, rows, origins, error)
-            get_metrics().timing(WRITER_INSERT_TIME, (time.monotonic() - started) * 1000, {"table": table})
-            get_metrics().incr(WRITER_ROWS, len(rows), {"table": table})
+            elapsed = (time.monotonic() - started) * 1000
+            metrics = get_metrics()
+            metrics.timing(CLICKHOUSE_WRITER_INSERT_TIME, elapsed, {"table": table})
+            metrics.incr(CLICKHOUSE_WRITER_ROWS, len(rows), {"table": table})
+            metrics.timing(QUERY_CLICKHOUSE, elapsed)
+            metrics.incr(QUERY_CLICKHOUSE + TOTAL_SUFFIX)
             return []
 
     def _split(
@@ -242,7 +248,7 @@ class BatchInserter:
                 ],
                 on_delivery=delivered,
             )
-            get_metrics().incr(WRITER_DEAD_LETTERS, 1, {"topic": letter.topic})
+            get_metrics().incr(CLICKHOUSE_WRITER_DEAD_LETTERS, 1, {"topic": letter.topic})
             self._producer.poll(0)
         remaining = self._producer.flush(60)
         if remaining or failures:

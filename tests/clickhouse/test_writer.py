@@ -225,6 +225,7 @@ def test_every_topic_is_inserted_and_bad_messages_are_dead_lettered_with_their_r
     assert broken.key() == b"broken" and dict(broken.headers())["original_topic"] == topics.name(messages.EVENTS_TOPIC).encode()
     assert recording_metrics.total("clickhouse_writer.dead_letters") == 2
     assert recording_metrics.total("clickhouse_writer.rows") == 34
+    assert recording_metrics.total("query.clickhouse.total") >= 5  # one insert per table at least
 
 
 def test_a_row_clickhouse_refuses_is_dead_lettered_alone_and_the_rest_inserted(
