@@ -13,6 +13,7 @@ configs and is left out of the chains, but not disabled (spec §1.2).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +27,11 @@ from plugin_server.plugins.lifecycle import ConfigSpec
 from plugin_server.plugins.meta.config import config_with_defaults, load_attachments
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.errors import PluginErrorRecord, record_plugin_errors
+
+logger = logging.getLogger(__name__)
+
+# How many teams the start-up / reload line names.
+MOST_TEAMS_LISTED = 20
 
 
 @dataclass
@@ -142,4 +148,27 @@ def load_inventory(code_cache: CodeCache) -> Inventory:
     if load_errors:
         # Logged there too, with the config and team ids.
         record_plugin_errors(load_errors)
+    logger.info("%s", describe_inventory(inventory))
     return inventory
+
+
+def describe_inventory(inventory: Inventory, most_teams: int = MOST_TEAMS_LISTED) -> str:
+    """One line for the server's log: which plugin configs are in force, team by team.
+
+    ``Plugins in force: 2 configs for 2 teams; team 1: Demo greeter (config 1); team 7: ...``,
+    at most ``most_teams`` teams named (a large installation would otherwise
+    log a novel at every reload).
+    """
+    if not inventory.chains:
+        return "Plugins in force: none"
+    configs = sum(len(chain) for chain in inventory.chains.values())
+    teams = sorted(inventory.chains)
+    parts = [f"Plugins in force: {configs} config{'s' if configs != 1 else ''} for {len(teams)} team{'s' if len(teams) != 1 else ''}"]
+    for team_id in teams[:most_teams]:
+        named = ", ".join(
+            f"{inventory.contexts[config_id].plugin_name} (config {config_id})" for config_id in inventory.chains[team_id]
+        )
+        parts.append(f"team {team_id}: {named}")
+    if len(teams) > most_teams:
+        parts.append(f"and {len(teams) - most_teams} more teams")
+    return "; ".join(parts)

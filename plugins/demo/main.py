@@ -1,6 +1,6 @@
 """Demo plugin: adds a greeting property to each event and can drop events by name.
 
-Shows the plugin API of python-plugins.md: setup_plugin prepares meta.global_,
+Shows the plugin API (docs/plugins.md): setup_plugin prepares meta.global_,
 process_event changes or drops an event, run_every_minute uses meta.cache.
 """
 

@@ -17,7 +17,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
-MAIN = '''"""{name}: a PostHog plugin (see python-plugins.md for what a plugin may define)."""
+MAIN = '''"""{name}: a PostHog plugin.
+
+What a plugin may define, what ``meta`` offers and the sandbox's rules are in
+the plugin server's docs/plugins.md.
+"""
 
 
 def setup_plugin(meta):

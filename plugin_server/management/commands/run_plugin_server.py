@@ -18,12 +18,26 @@ from django.core.management.base import BaseCommand
 from django.db import connection
 
 from plugin_server.app_settings import app_setting
+from plugin_server.config import ServerConfig, get_config, mask_url
 from plugin_server.redis_client import get_redis
 from plugin_server.server import MODES, Server, ServerOptions
 
 logger = logging.getLogger(__name__)
 
 IDLE_LOG_INTERVAL = 30.0
+
+
+def describe_start(config: ServerConfig, mode: str) -> str:
+    """The first line of the server's log: where it takes events from and writes them to (credentials masked)."""
+    if config.kafka_enabled:
+        source = f"Kafka topic {config.kafka_consumption_topic} on {config.kafka_hosts}"
+    else:
+        source = f"Celery queue {config.plugins_celery_queue}"
+    return (
+        f"Starting the plugin server (mode {mode}): events from {source}; Redis {mask_url(config.redis_url)}; "
+        f"database {mask_url(config.database_url)}; {config.worker_concurrency} plugin worker"
+        f"{'s' if config.worker_concurrency != 1 else ''}"
+    )
 
 
 class Command(BaseCommand):
@@ -48,6 +62,7 @@ class Command(BaseCommand):
         server_options = ServerOptions.from_settings()
         if options["mode"]:
             server_options = dataclasses.replace(server_options, mode=options["mode"])
+        logger.info("%s", describe_start(get_config(), server_options.mode))
         sys.exit(Server(server_options).run())
 
     def _idle(self) -> None:
