@@ -160,20 +160,34 @@ def test_the_admin_adds_a_plugin_and_a_config_to_the_hosts_tables(host: Host) ->
     assert seen["config"] == {"enabled": True, "order": 5, "deleted": False}
 
 
-def _send_events(host: Host, distinct_id: str, session_id: str) -> None:
-    """A $pageview and a $snapshot (a session recording), as PostHog's capture sends them."""
+def _send_events(host: Host, events: list[tuple[str, dict[str, Any]]]) -> None:
+    """(distinct id, event) pairs as Celery tasks, as PostHog's capture sends them."""
     app = Celery("host-test-producer", broker=settings.REDIS_URL)
     team_id = _rows(host.database, "SELECT id FROM posthog_team WHERE api_token = 'phc_demo_plugin_server_token'")[0][0]
-    events = [
-        {"event": "$pageview", "properties": {"price": 3}},
-        {"event": "$snapshot", "properties": {"$session_id": session_id, "$snapshot_data": {"type": 2}}},
-    ]
     try:
-        for data in events:
+        for distinct_id, data in events:
             args = [distinct_id, "127.0.0.1", "http://localhost", data, team_id, datetime.now(timezone.utc).isoformat(), None]
             app.send_task(CELERY_TASK_NAME, args=args, queue=host.queue)
     finally:
         app.close()
+
+
+def _wait(server: subprocess.Popen[bytes], what: str, done: Any) -> None:
+    deadline = time.monotonic() + 120
+    while not done():
+        assert server.poll() is None, f"the server exited with {server.returncode}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _person_rows(host: Host, distinct_id: str) -> list[tuple[Any, ...]]:
+    """(person id, person version, distinct id version, properties) of a distinct id, in the persons database."""
+    return _rows(
+        host.persons_database,
+        "SELECT p.id, p.version, pdi.version, p.properties FROM posthog_person p"
+        " JOIN posthog_persondistinctid pdi ON pdi.person_id = p.id WHERE pdi.distinct_id = %s",
+        (distinct_id,),
+    )
 
 
 def _recording_on_kafka(kafka_consumer_config: dict[str, object], session_id: str) -> dict[str, Any]:
@@ -198,29 +212,35 @@ def _recording_on_kafka(kafka_consumer_config: dict[str, object], session_id: st
 @pytest.mark.kafka
 def test_run_plugin_server_ingests_a_celery_task_into_the_hosts_tables(host: Host, kafka_consumer_config: dict[str, object]) -> None:
     """The demo plugin runs on the event; the person lands in the persons database with PostHog's version
-    column, the event and its definitions (type on property definitions) in default, the recording (no
-    table for it in today's PostHog) on Kafka. Configs of today's PostHog that cannot run as they are
+    column (0 when created, counted up by a merge and an update), the event and its definitions (type on
+    property definitions) in default, the recording (no table for it in today's PostHog) on Kafka. Configs of today's PostHog that cannot run as they are
     (event filters, deleted, inline) are refused or skipped."""
     edge = host.scenario("add_edge_configs")
-    distinct_id, session_id = f"visitor-{uuid.uuid4().hex[:8]}", f"session-{uuid.uuid4().hex[:8]}"
-    _send_events(host, distinct_id, session_id)
+    suffix = uuid.uuid4().hex[:8]
+    distinct_id, other_id, session_id = f"visitor-{suffix}", f"user-{suffix}", f"session-{suffix}"
+    _send_events(
+        host,
+        [
+            (distinct_id, {"event": "$pageview", "properties": {"price": 3}}),
+            (distinct_id, {"event": "$snapshot", "properties": {"$session_id": session_id, "$snapshot_data": {"type": 2}}}),
+            (other_id, {"event": "$pageview", "properties": {}}),
+        ],
+    )
     server = subprocess.Popen([sys.executable, "-m", "django", "run_plugin_server"], cwd=ROOT, env=host.env)
     try:
-        deadline = time.monotonic() + 120
-        while not _rows(host.database, "SELECT 1 FROM posthog_event WHERE distinct_id = %s", (distinct_id,)):
-            assert server.poll() is None, f"the server exited with {server.returncode}"
-            assert time.monotonic() < deadline, "the event was not stored in time"
-            time.sleep(0.2)
+        _wait(server, "both persons", lambda: _person_rows(host, distinct_id) and _person_rows(host, other_id))
+        assert [row[1:3] for row in _person_rows(host, distinct_id)] == [(0, 0)]
+        (first_person, *_), (other_person, *_) = _person_rows(host, distinct_id)[0], _person_rows(host, other_id)[0]
+        # The visitor identifies as the user: the two persons merge in the persons database.
+        _send_events(host, [(other_id, {"event": "$identify", "properties": {"$anon_distinct_id": distinct_id, "$set": {"plan": "pro"}}})])
+        _wait(server, "the merge", lambda: [row[0] for row in _person_rows(host, distinct_id)] == [other_person])
+        _wait(server, "the event", lambda: _rows(host.database, "SELECT 1 FROM posthog_event WHERE distinct_id = %s", (distinct_id,)))
     finally:
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=60) == 0
-    persons = _rows(
-        host.persons_database,
-        "SELECT p.version, pdi.version FROM posthog_person p JOIN posthog_persondistinctid pdi ON pdi.person_id = p.id"
-        " WHERE pdi.distinct_id = %s",
-        (distinct_id,),
-    )
-    assert persons == [(0, 0)]
+    ((_, person_version, moved_version, person_properties),) = _person_rows(host, distinct_id)
+    assert moved_version == 1 and person_version >= 1 and person_properties == {"plan": "pro"}
+    assert not _rows(host.persons_database, "SELECT 1 FROM posthog_person WHERE id = %s", (first_person,))
     ((properties,),) = _rows(host.database, "SELECT properties FROM posthog_event WHERE distinct_id = %s", (distinct_id,))
     assert properties["greeting"] == "Hello from the demo plugin"
     assert not {"filtered", "deleted", "inline"} & properties.keys()
