@@ -239,4 +239,9 @@ def install_defaults() -> list[str]:
     added = [name for name in APP_SETTING_NAMES if not hasattr(settings, name)]
     for name in added:
         setattr(settings, name, default(name))
+    DEFAULTED.update(added)
     return added
+
+
+# The settings the project left to the app (filled in by install_defaults).
+DEFAULTED: set[str] = set()

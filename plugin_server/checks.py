@@ -69,3 +69,23 @@ def check_secret_key(app_configs: Any, **kwargs: Any) -> list[Warning]:
             )
         ]
     return []
+
+
+@register()
+def check_django_q_order(app_configs: Any, **kwargs: Any) -> list[Warning]:
+    """django-q2 reads Q_CLUSTER when its app is loaded: the app's default must be in place by then."""
+    from django.apps import apps
+
+    from plugin_server.app_settings import DEFAULTED
+
+    labels = [config.label for config in apps.get_app_configs()]
+    if "Q_CLUSTER" in DEFAULTED and "django_q" in labels and labels.index("django_q") < labels.index("plugin_server"):
+        return [
+            Warning(
+                "django_q comes before plugin_server in INSTALLED_APPS and the project defines no Q_CLUSTER:"
+                " django-q2 has read its own defaults, not the plugin server's.",
+                hint="List plugin_server before django_q, or define Q_CLUSTER.",
+                id="plugin_server.W002",
+            )
+        ]
+    return []

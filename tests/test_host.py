@@ -116,6 +116,16 @@ def test_check_passes_in_the_host(host: Host) -> None:
     assert "no issues" in result.stdout
 
 
+def test_django_q_listed_before_the_app_is_warned_about(host: Host) -> None:
+    """django-q2 reads Q_CLUSTER when it loads: listed first, it misses the app's default (plugin_server.W002)."""
+    host.env["HOST_DJANGO_Q_FIRST"] = "1"
+    try:
+        result = host.django("check")
+    finally:
+        del host.env["HOST_DJANGO_Q_FIRST"]
+    assert "plugin_server.W002" in result.stderr + result.stdout
+
+
 def test_migrate_applies_every_host_migration_and_creates_its_tables(host: Host) -> None:
     """PostHog's own migrations run for real (not faked), even with the plugin server's router and
     USE_EXISTING_POSTHOG_SCHEMA on: the person tables in the persons database, the rest in default."""

@@ -28,6 +28,9 @@ INSTALLED_APPS = [
     "plugin_server",
     "django_q",
 ]
+if os.environ.get("HOST_DJANGO_Q_FIRST"):  # tests/test_host.py: the order plugin_server.W002 warns about
+    INSTALLED_APPS.remove("django_q")
+    INSTALLED_APPS.insert(INSTALLED_APPS.index("plugin_server"), "django_q")
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
