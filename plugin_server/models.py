@@ -1,9 +1,9 @@
 """The one place the plugin server gets PostHog's models from.
 
 On its own the server uses the stand-ins of the app ``posthog_standin``
-(same tables and columns as PostHog). Inside PostHog's monolith set
-``POSTHOG_MODELS_MODULE = "posthog.models"`` and leave ``posthog_standin``
-out of ``INSTALLED_APPS``. Every other module imports models from here
+(same tables and columns as PostHog). Inside PostHog's monolith leave
+``posthog_standin`` out of ``INSTALLED_APPS``: the models then come from
+``posthog.models`` (``POSTHOG_MODELS_MODULE`` names another package). Every other module imports models from here
 only, so nothing else needs to know which set it got.
 
 Each model is taken from the module where PostHog defines it
@@ -13,8 +13,8 @@ never exported all of them. The stand-ins are one module: a configured
 package without such a submodule is looked up itself.
 
 A model the configured PostHog does not have, or has as something else than
-a Django model (today's PostHog keeps events, recordings and plugin log
-entries in ClickHouse), is ``None`` here and named by :func:`missing_models`;
+a Django model (today's PostHog keeps session recordings and plugin log
+entries in ClickHouse only), is ``None`` here and named by :func:`missing_models`;
 the server then uses the Kafka path for it (see :mod:`plugin_server.checks`).
 The server's own tables are defined at the bottom.
 """
