@@ -114,6 +114,7 @@ class Ingester:
                         add_campaign_properties(row.properties)
                     self._record_first_events(items, events)
                     stored = self._store(items, events, result)
+                    self.sink.flush()
                     self._send_webhooks(stored)
             except (OperationalError, InterfaceError) as error:
                 raise RetriableError(f"database unavailable: {error}") from error
@@ -173,20 +174,35 @@ class Ingester:
             logger.exception("first-event telemetry failed", extra={"team_id": team.id})
 
     def _store(self, items: list[PreparedItem], events: Sequence[PluginEvent], result: IngestResult) -> list[PreparedEvent]:
-        """Store the items in one transaction; returns the regular events stored."""
+        """Store the items: claims, persons and a transactional sink's rows in one transaction;
+        a sink outside Postgres gets the batch (and its person changes) right after the commit.
+        Returns the regular events stored."""
+        sink = self.sink
         try:
             with transaction.atomic():
                 fresh, duplicates = self._claim(items)
-                self.persons.apply([item.person_update for item in fresh])
+                changes = self.persons.apply([item.person_update for item in fresh])
                 batch = PreparedBatch()
                 for item in fresh:
                     if isinstance(item.row, PreparedEvent):
                         batch.events.append(item.row)
                     else:
                         batch.recordings.append(item.row)
-                self.sink.write(batch)
+                if sink.transactional:
+                    sink.write(batch)
+                elif duplicates:
+                    # An earlier delivery committed these in Postgres; it may have died
+                    # before the sink made them durable: hand them over again, with
+                    # their persons as they are now.
+                    batch.replayed = [item.row for item in duplicates]
+                    refreshed = self.persons.current_changes({(item.row.team_id, item.row.distinct_id) for item in duplicates})
+                    changes.updated.extend(refreshed.updated)
+                    changes.distinct_ids.extend(refreshed.distinct_ids)
         except (DataError, IntegrityError) as error:
             return self._store_in_halves(items, events, result, error)
+        if not sink.transactional:
+            batch.persons = changes
+            sink.write(batch)
         result.stored.extend(events[item.index]["uuid"] for item in fresh)
         result.duplicates.extend(events[item.index]["uuid"] for item in duplicates)
         return batch.events

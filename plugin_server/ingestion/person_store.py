@@ -117,6 +117,27 @@ def load_persons(cursor: CursorWrapper, keys: Collection[DistinctIdKey]) -> dict
     return found
 
 
+def current_rows(cursor: CursorWrapper, keys: Collection[DistinctIdKey]) -> list[tuple[int, str, PersonRecord]]:
+    """``(distinct id row id, distinct id, person)`` as stored now for these keys; no lock.
+
+    For re-mirroring persons of a re-delivered batch to a sink outside
+    Postgres (the rows are the latest state, so mirroring them again is
+    always right)."""
+    if not keys:
+        return []
+    cursor.execute(
+        f"""
+        SELECT pdi.id, k.d, {_PERSON_COLUMNS}
+        FROM jsonb_to_recordset(%s::jsonb) AS k(t int, d text)
+        JOIN posthog_persondistinctid pdi ON pdi.team_id = k.t AND pdi.distinct_id = k.d
+        JOIN posthog_person p ON p.id = pdi.person_id
+        ORDER BY pdi.id
+        """,
+        [_keys_document(keys)],
+    )
+    return [(row[0], row[1], _record(row[2:])) for row in cursor.fetchall()]
+
+
 def existing_distinct_ids(cursor: CursorWrapper, keys: Collection[DistinctIdKey]) -> set[DistinctIdKey]:
     """Which of these keys own a person already; no lock (the batch will not change them)."""
     if not keys:

@@ -24,7 +24,7 @@ Metrics: ``ingestion.persons.created``, ``.merged``, ``.retries``,
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -36,7 +36,7 @@ from plugin_server.app_settings import app_setting
 from plugin_server.exceptions import RetriableError
 from plugin_server.ingestion.distinct_ids import DistinctIdCache
 from plugin_server.ingestion.person_batch import DistinctIdChange, PersonBatch, PersonChanges, RaceLost
-from plugin_server.ingestion.person_store import PersonRecord, fetch_person
+from plugin_server.ingestion.person_store import PersonRecord, current_rows, fetch_person
 from plugin_server.metrics import PERSONS_CREATED, PERSONS_INVALID_DISTINCT_ID, PERSONS_MERGED, PERSONS_RETRIES, get_metrics
 from plugin_server.models import persons_db_alias
 
@@ -132,6 +132,20 @@ class PersonManager:
             backend.incr(METRIC_PERSONS_MERGED, batch.merged)
         for team_id, count in batch.invalid.items():
             backend.incr(METRIC_INVALID_DISTINCT_ID, count, tags={"team_id": team_id})
+
+    def current_changes(self, keys: Collection[tuple[int, str]]) -> PersonChanges:
+        """The stored persons and distinct id rows of these keys, as changes to mirror again
+        (one query): persons in ``updated``, their distinct ids in ``distinct_ids``."""
+        changes = PersonChanges()
+        with connection.cursor() as cursor:
+            rows = current_rows(cursor, keys)
+        seen: set[str] = set()
+        for row_id, distinct_id, person in rows:
+            if person.uuid not in seen:
+                seen.add(person.uuid)
+                changes.updated.append(person)
+            changes.distinct_ids.append(DistinctIdChange(row_id, person.team_id, distinct_id, person.uuid))
+        return changes
 
     def person_for(self, team_id: int, distinct_id: str) -> PersonRecord | None:
         """The person owning a distinct id in a team, or None (spec §4.7)."""

@@ -75,6 +75,9 @@ class PostgresSink:
     ``known_groups`` bounds the memory of element groups known to exist
     (about 150 bytes each)."""
 
+    name = "postgres"
+    transactional = True  # rows commit with the batch's uuid claims and persons
+
     def __init__(self, known_groups: int = 100_000) -> None:
         self._known_groups_size = known_groups
         self._known_groups: OrderedDict[tuple[int, str], None] = OrderedDict()
@@ -97,12 +100,8 @@ class PostgresSink:
                 self._write_recordings(cursor, batch.recordings)
                 get_metrics().incr(SINK_ROWS, len(batch.recordings), {"sink": "postgres", "table": "posthog_sessionrecordingevent"})
 
-    def create_element_group(self, team_id: int, elements: list[Element]) -> str:
-        """Create (or find) the element group of ``elements`` for the team; returns its hash."""
-        digest = elements_hash(elements)
-        with transaction.atomic(), connection.cursor() as cursor:
-            self._write_groups(cursor, [(team_id, digest, elements)])
-        return digest
+    def flush(self) -> None:
+        """Nothing to wait for: the batch is durable when the ingester's transaction commits."""
 
     def _write_groups(self, cursor: CursorWrapper, groups: Sequence[tuple[int, str, list[Element]]]) -> None:
         wanted: dict[tuple[int, str], list[Element]] = {}

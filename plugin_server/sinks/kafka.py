@@ -1,0 +1,113 @@
+"""The Kafka pipeline's sink: the ClickHouse topics (spec: ingestion.md §3.5, §3.7, §4, §8).
+
+Called right after the ingester committed a batch's uuid claims and persons
+to Postgres (it is not transactional), it queues on the process's
+:class:`~plugin_server.sinks.kafka_producer.BatchingProducer`:
+
+- every regular event to ``clickhouse_events_proto`` (key: the event uuid;
+  value: the length-delimited protobuf ``Event``);
+- every ``$snapshot`` to ``clickhouse_session_recording_events`` (key: uuid);
+- every person created (millisecond ``created_at``) or updated (seconds) to
+  ``clickhouse_person`` and every distinct id added or moved to
+  ``clickhouse_person_unique_id``, in the order Postgres got them. The
+  original sent these without a key; here a person's messages are keyed by
+  its uuid and a distinct id's by ``<team_id>:<distinct_id>``, so that each
+  stays in one partition, in order, whatever consumes the topic;
+- events of ``batch.replayed`` again (a ReplacingMergeTree keyed by uuid
+  keeps one row), with their persons' current rows.
+
+Persons merged away are deleted from ClickHouse right away (spec §4.5,
+``ALTER TABLE ... DELETE`` through the ClickHouse client), after the
+Postgres commit. :meth:`flush` returns once the broker acknowledged every
+message: only then does the consumer commit the batch's offsets.
+
+Metrics: ``kafka_queue.single_save.standard`` / ``.snapshot`` (timing of
+queuing one batch's events / recordings, the original's names) and
+``ingestion.sink.rows`` tagged ``sink=kafka`` and the topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from plugin_server.clickhouse.messages import (
+    EVENTS_TOPIC,
+    PERSON_TOPIC,
+    PERSON_UNIQUE_ID_TOPIC,
+    SESSION_RECORDING_EVENTS_TOPIC,
+    event_value,
+    person_distinct_id_value,
+    person_value,
+    recording_value,
+)
+from plugin_server.ingestion.person_batch import PersonChanges
+from plugin_server.metrics import KAFKA_SINGLE_SAVE_SNAPSHOT, KAFKA_SINGLE_SAVE_STANDARD, SINK_ROWS, get_metrics
+from plugin_server.sinks.base import PreparedBatch, PreparedEvent, PreparedRecording
+from plugin_server.sinks.kafka_producer import BatchingProducer, shared_producer
+
+logger = logging.getLogger(__name__)
+
+PersonDeleter = Callable[[Sequence[str]], None]
+
+
+def _clickhouse_person_deleter(person_uuids: Sequence[str]) -> None:
+    from plugin_server.clickhouse.persons import delete_persons
+
+    delete_persons(person_uuids)
+
+
+class KafkaSink:
+    """Produces prepared batches and their person changes to the ClickHouse topics."""
+
+    name = "kafka"
+    transactional = False
+
+    def __init__(self, producer: BatchingProducer | None = None, delete_persons: PersonDeleter | None = None) -> None:
+        self._producer = producer
+        self._delete_persons = delete_persons or _clickhouse_person_deleter
+
+    @property
+    def producer(self) -> BatchingProducer:
+        if self._producer is None:
+            self._producer = shared_producer()
+        return self._producer
+
+    def write(self, batch: PreparedBatch) -> None:
+        producer = self.producer
+        events = [*batch.events, *(row for row in batch.replayed if isinstance(row, PreparedEvent))]
+        recordings = [*batch.recordings, *(row for row in batch.replayed if isinstance(row, PreparedRecording))]
+        metrics = get_metrics()
+        if events:
+            started = time.perf_counter()
+            for event in events:
+                producer.queue(EVENTS_TOPIC, event.uuid, event_value(event))
+            metrics.timing(KAFKA_SINGLE_SAVE_STANDARD, (time.perf_counter() - started) * 1000)
+            metrics.incr(SINK_ROWS, len(events), {"sink": self.name, "table": EVENTS_TOPIC})
+        if recordings:
+            started = time.perf_counter()
+            for recording in recordings:
+                producer.queue(SESSION_RECORDING_EVENTS_TOPIC, recording.uuid, recording_value(recording))
+            metrics.timing(KAFKA_SINGLE_SAVE_SNAPSHOT, (time.perf_counter() - started) * 1000)
+            metrics.incr(SINK_ROWS, len(recordings), {"sink": self.name, "table": SESSION_RECORDING_EVENTS_TOPIC})
+        self._mirror_persons(batch.persons)
+
+    def _mirror_persons(self, changes: PersonChanges) -> None:
+        producer = self.producer
+        # A person created or updated and then merged away in the same batch
+        # is only deleted: a row sent after the delete would bring it back.
+        deleted = {person.uuid for person in changes.deleted}
+        for person in changes.created:
+            if person.uuid not in deleted:
+                producer.queue(PERSON_TOPIC, person.uuid, person_value(person, created=True))
+        for person in changes.updated:
+            if person.uuid not in deleted:
+                producer.queue(PERSON_TOPIC, person.uuid, person_value(person, created=False))
+        for change in changes.distinct_ids:
+            producer.queue(PERSON_UNIQUE_ID_TOPIC, f"{change.team_id}:{change.distinct_id}", person_distinct_id_value(change))
+        if changes.deleted:
+            self._delete_persons([person.uuid for person in changes.deleted])
+
+    def flush(self) -> None:
+        self.producer.flush()
