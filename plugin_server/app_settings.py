@@ -59,6 +59,9 @@ KAFKA_CONSUMPTION_TOPIC = env_str("KAFKA_CONSUMPTION_TOPIC", "events_plugin_inge
 KAFKA_PRODUCER_MAX_QUEUE_SIZE = env_int("KAFKA_PRODUCER_MAX_QUEUE_SIZE", 0 if TESTING else 1000)
 KAFKA_MAX_MESSAGE_BATCH_SIZE = env_int("KAFKA_MAX_MESSAGE_BATCH_SIZE", 900_000)
 KAFKA_FLUSH_FREQUENCY_MS = env_int("KAFKA_FLUSH_FREQUENCY_MS", 500)
+# Port: how long the consumer group waits for a silent (killed) server before
+# handing its partitions to the others.
+KAFKA_SESSION_TIMEOUT_MS = env_int("KAFKA_SESSION_TIMEOUT_MS", 2000 if TESTING else 10_000, minimum=1000)
 
 # --- ClickHouse ----------------------------------------------------------------
 CLICKHOUSE_HOST = env_str("CLICKHOUSE_HOST", "localhost")

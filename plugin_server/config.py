@@ -61,6 +61,7 @@ class ServerConfig:
     kafka_producer_max_queue_size: int
     kafka_max_message_batch_size: int
     kafka_flush_frequency_ms: int
+    kafka_session_timeout_ms: int
     # ClickHouse
     clickhouse_host: str | None
     clickhouse_database: str | None

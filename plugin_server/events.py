@@ -21,6 +21,7 @@ class SourceName(str, enum.Enum):
 
     CELERY = "celery"
     KAFKA = "kafka"
+    MEMORY = "memory"  # the in-memory partitioned source (tests)
     PLUGIN = "plugin"  # posthog.capture from inside a plugin
 
 

@@ -7,7 +7,8 @@ is the composition: to add a part, build it and ``self.services.add(it)``
 at its place in the start order (and name it in ``STOP_ORDER`` if it must
 stop at a given point).
 
-Start (spec: plugins.md §9.2): check Postgres and Redis → worker pool (one
+Start (spec: plugins.md §9.2): check Postgres and Redis → (Kafka pipeline)
+the Kafka producer, which checks KAFKA_HOSTS → worker pool (one
 service whose children are the worker slots) → plugin log writer → web
 (unless DISABLE_WEB; with CAPTURE_ENABLED it also serves PostHog's capture
 API, docs/capture.md) → consumer (its source built here) → scheduler (with
@@ -30,7 +31,8 @@ Shutdown (warm, then cold, like a Celery worker):
   web, consumer (its source: whatever it took but did not acknowledge goes
   back to the queue), reload listener, job consumer and scheduler (each
   releases its lock and waits for the runs in flight), worker pool
-  (teardown_plugin everywhere), log writer, status, database connections;
+  (teardown_plugin everywhere), log writer, Kafka producer (what is left
+  is delivered), status, database connections;
   exit 0. A watchdog ends the process (exit 1) if all that takes longer than
   SHUTDOWN_TIMEOUT seconds; nothing is lost then either, as nothing
   unacknowledged is forgotten.
@@ -54,12 +56,12 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, connections
 
 from plugin_server import __version__
 from plugin_server.config import get_config
 from plugin_server.ingestion.consumer import Consumer, EventIngester, PluginRunner
+from plugin_server.ingestion.dlq import DeadLetterStore
 from plugin_server.ingestion.sources.base import Source
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.geoip import GeoIPLocator
@@ -87,7 +89,19 @@ logger = logging.getLogger(__name__)
 READY_STALE_AFTER = 120.0
 MODES = ("all", "ingestion", "scheduler", "jobs")
 # Services stopped in this order at shutdown (spec §9.3); the others after them, last started first.
-STOP_ORDER = ("web", "staleness", "consumer", "reload listener", "job consumer", "scheduler", "mmdb", "worker pool", "plugin log writer", "status")
+STOP_ORDER = (
+    "web",
+    "staleness",
+    "consumer",
+    "reload listener",
+    "job consumer",
+    "scheduler",
+    "mmdb",
+    "worker pool",
+    "plugin log writer",
+    "kafka producer",
+    "status",
+)
 
 
 class ManagedPool(PluginRunner, Protocol):
@@ -150,8 +164,13 @@ def build_web_app(options: ServerOptions) -> WSGIApplication | None:
 
 
 def build_source(options: ServerOptions) -> Source:
+    """The Kafka source with KAFKA_ENABLED (raises the spec's error without KAFKA_HOSTS), else Celery."""
     if options.kafka_enabled:
-        raise ImproperlyConfigured("KAFKA_ENABLED: the Kafka source is not part of this build yet; unset it to consume Celery tasks.")
+        from plugin_server.ingestion.sources.kafka import KafkaSource
+
+        kafka = KafkaSource()
+        kafka.start()
+        return kafka
     from plugin_server.ingestion.sources.celery import CelerySource
 
     source = CelerySource()
@@ -167,9 +186,40 @@ def build_pool() -> ManagedPool:
 
 
 def build_ingester() -> EventIngester:
+    """Postgres sink, or with KAFKA_ENABLED the Kafka sink (the ClickHouse topics)."""
     from plugin_server.ingestion.ingester import Ingester
 
+    if get_config().kafka_enabled:
+        from plugin_server.sinks.kafka import KafkaSink
+
+        return Ingester(sink=KafkaSink())
     return Ingester()
+
+
+def build_dead_letters(options: ServerOptions) -> DeadLetterStore:
+    """The dead-letter table; with Kafka, also the ``events_dead_letter_queue`` topic."""
+    if options.kafka_enabled:
+        from plugin_server.ingestion.dlq_topic import DeadLetterTopic
+
+        return DeadLetterStore(topic=DeadLetterTopic())
+    return DeadLetterStore()
+
+
+class KafkaProducerService(Service):
+    """The process's batching producer (its own timer thread): delivered at shutdown, after the pool."""
+
+    name = "kafka producer"
+    threaded = False
+
+    def prepare(self) -> None:
+        from plugin_server.kafka_client import client_settings
+
+        client_settings()  # the spec's error at start if KAFKA_HOSTS is empty
+
+    def cleanup(self) -> None:
+        from plugin_server.sinks.kafka_producer import close_shared_producer
+
+        close_shared_producer()
 
 
 class PoolService(Service):
@@ -291,6 +341,8 @@ class Server:
         """The composition: each part is built and added (started) in the start order."""
         connection.ensure_connection()
         get_redis().ping()
+        if self.options.kafka_enabled:
+            self.services.add(KafkaProducerService())
         pool = self.pool = self._pool_factory()
         self._add_mmdb(pool)
         self.services.add(PoolService(pool))
@@ -305,7 +357,7 @@ class Server:
             ingester = self._ingester_factory()
 
             def make_consumer() -> Consumer:
-                return Consumer(self._source_factory(self.options), ingester, pool)
+                return Consumer(self._source_factory(self.options), ingester, pool, dead_letters=build_dead_letters(self.options))
 
             self.consumer_service = ConsumerService(make_consumer)
             source_name = self.consumer_service.consumer.source.name.value

@@ -4,7 +4,8 @@ One batch at a time, whichever :class:`~.sources.base.Source` it is given:
 
 1. ``Source.poll`` takes up to ``INGESTION_BATCH_SIZE`` messages (blocking at
    most ``INGESTION_POLL_TIMEOUT`` s on an empty queue).
-2. Each is decoded; one that cannot be becomes a dead letter.
+2. Each is decoded by its source (``Source.decode``); one that cannot be
+   becomes a dead letter.
 3. ``WorkerPool.process_events`` runs the teams' plugins (events a plugin
    drops are left out).
 4. ``Ingester.ingest`` stores the batch durably; events it finds invalid
@@ -58,7 +59,6 @@ from plugin_server.app_settings import app_setting
 from plugin_server.activity import ACTIVITY, Activity
 from plugin_server.events import Delivery, PluginEvent
 from plugin_server.exceptions import InvalidMessage, RetriableError, WorkerDied
-from plugin_server.ingestion.decode import decode
 from plugin_server.ingestion.dlq import (
     DECODE_ERROR,
     INGEST_ERROR,
@@ -301,7 +301,7 @@ class Consumer:
         events: list[PluginEvent] = []
         for delivery in live:
             try:
-                event = decode(delivery, self.options.max_message_bytes, self.options.max_event_depth)
+                event = self.source.decode(delivery, self.options.max_message_bytes, self.options.max_event_depth)
             except InvalidMessage as error:
                 batch.letters.append(self._letter(delivery, error.reason, str(error), team_id=error.team_id))
                 continue

@@ -19,16 +19,15 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from django.db import DataError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from plugin_server.events import SourceName
 from plugin_server.exceptions import RetriableError
 from plugin_server.metrics import DLQ_REPLAYED, DLQ_WRITTEN, INGESTION_MESSAGES_INVALID, get_metrics
 from plugin_server.models import DeadLetter
-from plugin_server.redis_client import get_redis
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +56,15 @@ class DeadLetterEntry:
     event_uuid: str | None = None
 
 
+class MirrorTopic(Protocol):
+    def write(self, entries: Sequence[DeadLetterEntry]) -> None: ...
+
+
 class DeadLetterStore:
     """Writes dead letters in bulk, logs and counts each one.
+
+    ``topic`` (the Kafka pipeline's :class:`~.dlq_topic.DeadLetterTopic`)
+    gets every letter too, durably, before ``write`` returns.
 
     A dead letter always fits its table: every field is made safe for its
     column first (:func:`_row`): a team id outside the integer column's range
@@ -68,10 +74,15 @@ class DeadLetterStore:
     (a bug), each letter is written alone, and one still refused is kept with
     its raw payload and nothing else."""
 
+    def __init__(self, topic: MirrorTopic | None = None) -> None:
+        self.topic = topic
+
     def write(self, entries: Sequence[DeadLetterEntry]) -> None:
-        """Keep ``entries`` (one INSERT); raises RetriableError if the database is away."""
+        """Keep ``entries`` (one INSERT, and the topic); raises RetriableError if the database or broker is away."""
         if not entries:
             return
+        if self.topic is not None:
+            self.topic.write(entries)
         rows = [_row(entry) for entry in entries]
         try:
             try:
@@ -155,26 +166,11 @@ def _uuid_or_none(value: str | None) -> str | None:
 
 
 # --- Replay ---------------------------------------------------------------------
-Replayer = Callable[[Sequence[DeadLetter]], None]
+def replayer_for(source: str) -> Callable[[Sequence[tuple[str, bytes]]], None]:
+    """The ``replay`` of the source a letter came from (it owns how its queue takes a message back)."""
+    from plugin_server.ingestion.sources import source_for_replay
 
-
-def _replay_to_celery_queue(letters: Sequence[DeadLetter]) -> None:
-    # The raw envelope goes back onto the list it came from, the way the
-    # capture endpoint pushes it (LPUSH; consumers take from the other end).
-    unplaceable = [str(letter.id) for letter in letters if not letter.queue]
-    if unplaceable:
-        raise ValueError(f"dead letters without a queue cannot be replayed: {', '.join(unplaceable)}")
-    with get_redis().pipeline(transaction=False) as pipe:
-        for letter in letters:
-            pipe.lpush(letter.queue, bytes(letter.payload))
-        pipe.execute()
-
-
-# One replayer per source: the Kafka source adds its own here.
-REPLAYERS: dict[str, Replayer] = {
-    SourceName.CELERY.value: _replay_to_celery_queue,
-    SourceName.PLUGIN.value: _replay_to_celery_queue,
-}
+    return source_for_replay(source).replay
 
 
 def replay(letters: Iterable[DeadLetter]) -> int:
@@ -187,10 +183,10 @@ def replay(letters: Iterable[DeadLetter]) -> int:
         by_source.setdefault(letter.source, []).append(letter)
     replayed = 0
     for source, group in by_source.items():
-        replayer = REPLAYERS.get(source)
-        if replayer is None:
-            raise ValueError(f"no way to replay dead letters of source {source!r}")
-        replayer(group)
+        unplaceable = [str(letter.id) for letter in group if not letter.queue]
+        if unplaceable:
+            raise ValueError(f"dead letters without a queue cannot be replayed: {', '.join(unplaceable)}")
+        replayer_for(source)([(letter.queue, bytes(letter.payload)) for letter in group])
         DeadLetter.objects.filter(id__in=[letter.id for letter in group]).update(replayed_at=timezone.now())
         replayed += len(group)
     get_metrics().incr(DLQ_REPLAYED, replayed)

@@ -64,9 +64,16 @@ class KafkaSink:
     name = "kafka"
     transactional = False
 
-    def __init__(self, producer: BatchingProducer | None = None, delete_persons: PersonDeleter | None = None) -> None:
+    def __init__(
+        self, producer: BatchingProducer | None = None, delete_persons: PersonDeleter | None = None, *, topic_prefix: str = ""
+    ) -> None:
         self._producer = producer
         self._delete_persons = delete_persons or _clickhouse_person_deleter
+        # Tests give each run its own topics; production uses the plain names.
+        self.events_topic = topic_prefix + EVENTS_TOPIC
+        self.recordings_topic = topic_prefix + SESSION_RECORDING_EVENTS_TOPIC
+        self.person_topic = topic_prefix + PERSON_TOPIC
+        self.person_unique_id_topic = topic_prefix + PERSON_UNIQUE_ID_TOPIC
 
     @property
     def producer(self) -> BatchingProducer:
@@ -82,15 +89,15 @@ class KafkaSink:
         if events:
             started = time.perf_counter()
             for event in events:
-                producer.queue(EVENTS_TOPIC, event.uuid, event_value(event))
+                producer.queue(self.events_topic, event.uuid, event_value(event))
             metrics.timing(KAFKA_SINGLE_SAVE_STANDARD, (time.perf_counter() - started) * 1000)
-            metrics.incr(SINK_ROWS, len(events), {"sink": self.name, "table": EVENTS_TOPIC})
+            metrics.incr(SINK_ROWS, len(events), {"sink": self.name, "table": self.events_topic})
         if recordings:
             started = time.perf_counter()
             for recording in recordings:
-                producer.queue(SESSION_RECORDING_EVENTS_TOPIC, recording.uuid, recording_value(recording))
+                producer.queue(self.recordings_topic, recording.uuid, recording_value(recording))
             metrics.timing(KAFKA_SINGLE_SAVE_SNAPSHOT, (time.perf_counter() - started) * 1000)
-            metrics.incr(SINK_ROWS, len(recordings), {"sink": self.name, "table": SESSION_RECORDING_EVENTS_TOPIC})
+            metrics.incr(SINK_ROWS, len(recordings), {"sink": self.name, "table": self.recordings_topic})
         self._mirror_persons(batch.persons)
 
     def _mirror_persons(self, changes: PersonChanges) -> None:
@@ -100,12 +107,12 @@ class KafkaSink:
         deleted = {person.uuid for person in changes.deleted}
         for person in changes.created:
             if person.uuid not in deleted:
-                producer.queue(PERSON_TOPIC, person.uuid, person_value(person, created=True))
+                producer.queue(self.person_topic, person.uuid, person_value(person, created=True))
         for person in changes.updated:
             if person.uuid not in deleted:
-                producer.queue(PERSON_TOPIC, person.uuid, person_value(person, created=False))
+                producer.queue(self.person_topic, person.uuid, person_value(person, created=False))
         for change in changes.distinct_ids:
-            producer.queue(PERSON_UNIQUE_ID_TOPIC, f"{change.team_id}:{change.distinct_id}", person_distinct_id_value(change))
+            producer.queue(self.person_unique_id_topic, f"{change.team_id}:{change.distinct_id}", person_distinct_id_value(change))
         if changes.deleted:
             self._delete_persons([person.uuid for person in changes.deleted])
 

@@ -1,10 +1,29 @@
 """The Source protocol: what the consumer loop needs from a queue.
 
-The loop never knows which queue it reads (the Celery list on Redis, or
-Kafka). A source hands out raw :class:`~plugin_server.events.Delivery`
-objects and takes them back as acknowledged once the batch they belong to is
-durable (stored, dropped by a plugin, or dead-lettered). Anything not
-acknowledged when the process dies is delivered again: at least once.
+The loop never knows which queue it reads: the Celery list on Redis
+(:mod:`.celery`), Kafka (:mod:`.kafka`) or the in-memory broker of the
+tests (:mod:`.memory`). A source owns everything that depends on the queue:
+
+- **taking**: ``poll`` hands out raw :class:`~plugin_server.events.Delivery`
+  objects, in the queue's order;
+- **decoding**: ``decode`` turns one into the event the capture endpoint
+  sent (a Celery task, a Kafka message), or raises
+  :class:`~plugin_server.exceptions.InvalidMessage` with a stable reason;
+- **acknowledging**: ``ack`` takes deliveries back once the batch they
+  belong to is durable (stored, dropped by a plugin, or dead-lettered), in
+  the order they were polled. Anything not acknowledged when the process
+  dies is delivered again: at least once;
+- **losing messages to another consumer**: a partitioned source whose
+  partitions are taken away (a rebalance) lets the batches in hand from
+  them finish first (bounded wait), commits them, and never commits a
+  delivery acknowledged after that (the new owner processes it again, the
+  event uuid makes that harmless); the Celery source requeues a dead
+  consumer's in-flight messages;
+- **replaying a dead letter**: ``replay`` puts raw messages back on their
+  queue, as the producer would have, so they run the whole pipeline again.
+
+``start`` joins the queue (subscribes, announces the consumer); ``close``
+leaves it, and what was taken but not acknowledged goes back.
 
 The poison-pill contract
 ------------------------
@@ -48,7 +67,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from plugin_server.events import Delivery, SourceName
+from plugin_server.events import Delivery, PluginEvent, SourceName
+from plugin_server.ingestion.decode import DEFAULT_MAX_DEPTH
+
+
 
 
 class Source(Protocol):
@@ -58,6 +80,10 @@ class Source(Protocol):
 
     name: SourceName
 
+    def start(self) -> None:
+        """Join the queue (idempotent)."""
+        ...
+
     def poll(self, max_messages: int, timeout: float) -> list[Delivery]:
         """Up to ``max_messages`` messages; waits at most ``timeout`` seconds when none is ready.
 
@@ -65,8 +91,18 @@ class Source(Protocol):
         ``attempts > 1`` comes alone."""
         ...
 
+    def decode(self, delivery: Delivery, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH) -> PluginEvent:
+        """The event a delivery carries; raises InvalidMessage (with its reason) when it carries none.
+
+        ``max_bytes`` bounds the message, ``max_depth`` how deeply the event may nest."""
+        ...
+
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Forget these messages and their counts for good: only after they are durable or dead-lettered."""
+        ...
+
+    def replay(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Put raw messages ``(queue, payload)`` back on their queue; durable when it returns."""
         ...
 
     def close(self) -> None:

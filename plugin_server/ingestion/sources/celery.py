@@ -59,8 +59,9 @@ from typing import cast
 import redis
 
 from plugin_server.app_settings import app_setting
-from plugin_server.events import Delivery, SourceName
+from plugin_server.events import Delivery, PluginEvent, SourceName
 from plugin_server.exceptions import RetriableError
+from plugin_server.ingestion.decode import DEFAULT_MAX_DEPTH, decode
 from plugin_server.ingestion.sources.celery_scripts import REQUEUE, TAKE
 from plugin_server.metrics import INGESTION_MESSAGES_POLLED, INGESTION_SOURCE_RECOVERED, get_metrics
 from plugin_server.redis_client import get_redis
@@ -242,6 +243,17 @@ class CelerySource:
             for name in self.lists:
                 pipe.llen(name)
             return sum(int(length) for length in pipe.execute())
+
+    def decode(self, delivery: Delivery, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH) -> PluginEvent:
+        """The task's event (:func:`~plugin_server.ingestion.decode.decode`)."""
+        return decode(delivery, max_bytes, max_depth)
+
+    def replay(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Push raw envelopes back onto their lists the way the capture endpoint does (LPUSH)."""
+        with _redis_away_is_retriable(), self._redis.pipeline(transaction=False) as pipe:
+            for queue, payload in messages:
+                pipe.lpush(queue or self.lists[0], payload)
+            pipe.execute()
 
     def in_flight(self) -> int:
         """Messages taken and not yet acknowledged (for status and tests)."""
