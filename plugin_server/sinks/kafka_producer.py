@@ -30,7 +30,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
+
+from confluent_kafka import Producer
 
 from plugin_server.exceptions import RetriableError
 from plugin_server.metrics import KAFKA_DELIVERY_FAILED, KAFKA_SEND, KAFKA_SEND_TOTAL, get_metrics
@@ -38,16 +40,6 @@ from plugin_server.metrics import KAFKA_DELIVERY_FAILED, KAFKA_SEND, KAFKA_SEND_
 logger = logging.getLogger(__name__)
 
 NULL_VALUE_SIZE = 4
-
-
-class ConfluentProducer(Protocol):
-    """The part of ``confluent_kafka.Producer`` used here."""
-
-    def produce(self, topic: str, value: bytes | None = ..., key: bytes | str | None = ..., on_delivery: Any = ...) -> None: ...
-
-    def poll(self, timeout: float = ...) -> int: ...
-
-    def flush(self, timeout: float = ...) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +58,7 @@ class BatchingProducer:
 
     def __init__(
         self,
-        producer: ConfluentProducer,
+        producer: Producer,
         *,
         max_queue_size: int,
         max_batch_bytes: int,
@@ -197,8 +189,6 @@ def shared_producer() -> BatchingProducer:
     global _shared
     with _shared_lock:
         if _shared is None:
-            from confluent_kafka import Producer
-
             from plugin_server.config import get_config
             from plugin_server.kafka_client import producer_settings
 

@@ -70,7 +70,7 @@ class AttemptCounter:
         if by_key:
             with self._redis.pipeline(transaction=False) as pipe:
                 for key, offsets in by_key.items():
-                    pipe.hdel(key, *offsets)
+                    pipe.hdel(key, *[str(offset) for offset in offsets])
                 pipe.execute()
 
     def take_back(self, messages: Sequence[MessageId]) -> None:

@@ -1,0 +1,159 @@
+"""The Kafka source's own behaviour on the real broker: losing partitions, crash counts, settings (spec: ingestion.md §1.2)."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from plugin_server.events import Delivery
+from plugin_server.ingestion.sources.kafka import KafkaSource
+from plugin_server.kafka_client import client_id, client_settings, consumer_settings
+from plugin_server.metrics import RecordingMetrics
+from tests.kafka_helpers import capture_message, create_topic, produce
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+
+@pytest.fixture
+def topic(kafka_bootstrap: str, unique_name: str, settings) -> str:  # type: ignore[no-untyped-def]
+    settings.KAFKA_HOSTS = kafka_bootstrap
+    create_topic(kafka_bootstrap, unique_name, 2)
+    return unique_name
+
+
+def take(source: KafkaSource, count: int, timeout: float = 20.0) -> list[Delivery]:
+    deadline = time.monotonic() + timeout
+    taken: list[Delivery] = []
+    while len(taken) < count and time.monotonic() < deadline:
+        taken.extend(source.poll(count - len(taken), timeout=0.5))
+    return taken
+
+
+def people(source: KafkaSource, deliveries: list[Delivery]) -> list[str]:
+    return [source.decode(delivery, 10**6)["distinct_id"] for delivery in deliveries]
+
+
+def test_a_person_s_events_come_in_order_from_one_partition(kafka_bootstrap: str, topic: str) -> None:
+    """Messages keyed <team>:<distinct id>: each person's events keep their order whatever the partition."""
+    messages = [capture_message(2, f"user-{index % 5}", properties={"n": index}) for index in range(50)]
+    produce(kafka_bootstrap, topic, messages)
+    source = KafkaSource(topic, group=topic)
+    try:
+        taken = take(source, 50)
+        by_person: dict[str, list[int]] = {}
+        partitions: dict[str, set[int]] = {}
+        for delivery in taken:
+            event = source.decode(delivery, 10**6)
+            by_person.setdefault(event["distinct_id"], []).append(event["properties"]["n"])
+            partitions.setdefault(event["distinct_id"], set()).add(delivery.token[0].index)
+        assert all(numbers == sorted(numbers) for numbers in by_person.values())
+        assert all(len(indexes) == 1 for indexes in partitions.values())
+        assert len({index for indexes in partitions.values() for index in indexes}) == 2  # both partitions used
+    finally:
+        source.close()
+
+
+def test_losing_partitions_waits_for_the_batch_in_hand_and_commits_it(
+    kafka_bootstrap: str, topic: str, recording_metrics: RecordingMetrics
+) -> None:
+    """A second server joins while the first stores a batch: the batch finishes, is committed, is not processed twice."""
+    produce(kafka_bootstrap, topic, [capture_message(2, f"u{index}") for index in range(20)])
+    first = KafkaSource(topic, group=topic, revoke_wait=20.0)
+    second = KafkaSource(topic, group=topic)
+    try:
+        batch = take(first, 20)
+        assert len(batch) == 20
+        # The batch is being stored on the loop's other thread: acknowledged in 1.5 s.
+        storing = threading.Timer(1.5, first.ack, [batch])
+        storing.start()
+        second.start()
+        seen_by_second: list[Delivery] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(first.assigned) + len(second.assigned) < 2 or len(first.assigned) == 2:
+            first.poll(10, timeout=0.2)  # the first meets the rebalance here and waits for the ack
+            seen_by_second.extend(second.poll(10, timeout=0.2))
+            if time.monotonic() > deadline:
+                break
+        storing.join()
+        assert len(first.assigned) == 1 and len(second.assigned) == 1
+        seen_by_second.extend(second.poll(10, timeout=2.0))
+        assert seen_by_second == []  # nothing of the finished batch comes again
+        assert recording_metrics.total("kafka_queue.partitions_revoked") >= 1
+        assert recording_metrics.total("kafka_queue.stale_deliveries") == 0
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_batch_not_finished_in_time_goes_to_the_new_owner_and_its_late_ack_is_not_committed(
+    kafka_bootstrap: str, topic: str, recording_metrics: RecordingMetrics
+) -> None:
+    produce(kafka_bootstrap, topic, [capture_message(2, f"u{index}") for index in range(20)])
+    first = KafkaSource(topic, group=topic, revoke_wait=0.5)
+    second = KafkaSource(topic, group=topic)
+    try:
+        batch = take(first, 20)
+        second.start()
+        again: list[Delivery] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (len(first.assigned) == 1 and len(second.assigned) == 1):
+            first.poll(10, timeout=0.2)
+            again.extend(second.poll(10, timeout=0.2))
+        first.ack(batch)  # too late: its lost partition's messages belong to the second server now
+        again.extend(take(second, 20 - len(again) - len([d for d in batch if d.token[0] in first.assigned]), timeout=10))
+        lost = [delivery for delivery in batch if delivery.token[0] not in first.assigned]
+        assert sorted(people(second, again)) == sorted(people(first, lost))
+        # With the eager protocol every partition is revoked first, so the late ack of messages of
+        # the partition that came back is not committed either: they come to the first server again.
+        assert recording_metrics.total("kafka_queue.stale_deliveries") >= len(lost) > 0
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_message_in_hand_when_its_consumer_died_comes_back_counted_and_alone(kafka_bootstrap: str, topic: str) -> None:
+    """The poison-pill contract: a crash (no close, no ack) counts; the suspect is handed out alone, the rest follow uncounted."""
+    produce(kafka_bootstrap, topic, [capture_message(2, "same-person", properties={"n": index}) for index in range(3)])
+    dying = KafkaSource(topic, group=topic)
+    taken = take(dying, 3)
+    assert [delivery.attempts for delivery in taken] == [1, 1, 1]
+    # The process dies: the consumer leaves without committing or giving anything back.
+    assert dying._consumer is not None
+    dying._consumer.close()
+    survivor = KafkaSource(topic, group=topic)
+    try:
+        (suspect,) = take(survivor, 1)
+        assert suspect.attempts == 2
+        assert survivor.decode(suspect, 10**6)["properties"]["n"] == 0
+        survivor.ack([suspect])
+        rest = take(survivor, 2)
+        assert [survivor.decode(d, 10**6)["properties"]["n"] for d in rest] == [1, 2]
+        assert all(delivery.attempts == 2 for delivery in rest)  # each was in hand at the crash too
+    finally:
+        survivor.close()
+
+
+def test_kafka_hosts_client_id_and_tls_only_with_all_three_certificates(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.KAFKA_HOSTS = ""
+    with pytest.raises(ImproperlyConfigured, match="^You must set KAFKA_HOSTS to process events from Kafka!$"):
+        client_settings()
+    settings.KAFKA_HOSTS = "k1:9092,k2:9092"
+    plain = consumer_settings()
+    assert plain["bootstrap.servers"] == "k1:9092,k2:9092"
+    assert plain["group.id"] == "clickhouse-ingestion"
+    assert plain["isolation.level"] == "read_committed"
+    assert plain["client.id"] == client_id() and client_id().startswith("plugin-server-v")
+    assert "security.protocol" not in plain
+    pem = base64.b64encode(b"-----BEGIN CERTIFICATE-----\n").decode()
+    settings.KAFKA_CLIENT_CERT_B64 = pem
+    settings.KAFKA_CLIENT_CERT_KEY_B64 = pem
+    assert "security.protocol" not in client_settings()  # two of three: no TLS
+    settings.KAFKA_TRUSTED_CERT_B64 = pem
+    tls = client_settings()
+    assert tls["security.protocol"] == "ssl"
+    assert tls["ssl.ca.pem"] == "-----BEGIN CERTIFICATE-----\n"
+    assert tls["ssl.endpoint.identification.algorithm"] == "none"
