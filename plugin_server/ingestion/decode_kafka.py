@@ -8,7 +8,7 @@ sent_at[, kafka_offset]}`` where ``data`` is the raw event *as JSON text*
 
 Everything that cannot become such an event raises
 :class:`~plugin_server.exceptions.InvalidMessage` with a stable reason:
-``too_large``, ``not_json``, ``not_an_object``, ``missing_fields`` (no
+``too_large``, ``too_deep``, ``not_json``, ``not_an_object``, ``missing_fields`` (no
 ``data``, ``team_id`` or ``now``), ``bad_data`` (``data`` is not JSON text,
 or its JSON is not an object), ``bad_team_id``. (An unknown team, a bad uuid,
 a missing distinct id are the ingester's reasons: docs/ingestion.md.)
@@ -22,15 +22,22 @@ from typing import Any
 from plugin_server import json_codec
 from plugin_server.events import PluginEvent
 from plugin_server.exceptions import InvalidMessage
+from plugin_server.ingestion.decode import DEFAULT_MAX_DEPTH
+from plugin_server.ingestion.limits import json_depth_exceeds
 
 REQUIRED_FIELDS = ("data", "team_id", "now")
 _DROPPED_FIELDS = ("data", "kafka_offset")
 
 
-def decode_kafka_message(payload: bytes, max_bytes: int) -> PluginEvent:
-    """The event carried by one ``events_plugin_ingestion`` message, or InvalidMessage."""
+def decode_kafka_message(payload: bytes, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH) -> PluginEvent:
+    """The event carried by one ``events_plugin_ingestion`` message, or InvalidMessage.
+
+    ``max_depth`` bounds how deeply the event nests (checked on the text
+    before any parser sees it)."""
     if len(payload) > max_bytes:
         raise InvalidMessage("too_large", f"message of {len(payload)} bytes is over the limit of {max_bytes}")
+    if json_depth_exceeds(payload, max_depth + 1):
+        raise InvalidMessage("too_deep", f"the message nests deeper than {max_depth} levels")
     try:
         message = json_codec.loads(payload)
     except (ValueError, UnicodeDecodeError) as error:
@@ -40,7 +47,7 @@ def decode_kafka_message(payload: bytes, max_bytes: int) -> PluginEvent:
     missing = [name for name in REQUIRED_FIELDS if name not in message]
     if missing:
         raise InvalidMessage("missing_fields", f"message lacks {', '.join(missing)}", _team_or_none(message.get("team_id")))
-    data = _data(message["data"], _team_or_none(message.get("team_id")))
+    data = _data(message["data"], _team_or_none(message.get("team_id")), max_depth)
     event: PluginEvent = {key: value for key, value in message.items() if key not in _DROPPED_FIELDS}
     event.update(data)
     event["team_id"] = _team_id(event.get("team_id"))
@@ -54,12 +61,14 @@ def decode_kafka_message(payload: bytes, max_bytes: int) -> PluginEvent:
     return event
 
 
-def _data(value: Any, team_id: int | None) -> dict[str, Any]:
+def _data(value: Any, team_id: int | None, max_depth: int) -> dict[str, Any]:
     if isinstance(value, dict):
         # Already an object (a producer that did not double-encode): take it as it is.
         return value
     if not isinstance(value, str):
         raise InvalidMessage("bad_data", f"data is a {type(value).__name__}, not JSON text", team_id)
+    if json_depth_exceeds(value.encode("utf-8", "surrogatepass"), max_depth):
+        raise InvalidMessage("too_deep", f"the event nests deeper than {max_depth} levels", team_id)
     try:
         data = json_codec.loads(value)
     except (ValueError, json.JSONDecodeError) as error:

@@ -137,7 +137,7 @@ class PersonManager:
         """The stored persons and distinct id rows of these keys, as changes to mirror again
         (one query): persons in ``updated``, their distinct ids in ``distinct_ids``."""
         changes = PersonChanges()
-        with connection.cursor() as cursor:
+        with connections[persons_db_alias()].cursor() as cursor:
             rows = current_rows(cursor, keys)
         seen: set[str] = set()
         for row_id, distinct_id, person in rows:

@@ -43,6 +43,7 @@ from arroyo.types import BrokerValue, Partition, Topic
 
 from plugin_server.events import Delivery, PluginEvent, SourceName
 from plugin_server.exceptions import RetriableError
+from plugin_server.ingestion.decode import DEFAULT_MAX_DEPTH
 from plugin_server.ingestion.decode_kafka import decode_kafka_message, partition_key
 from plugin_server.ingestion.sources.attempts import AttemptCounter, MessageId
 from plugin_server.metrics import INGESTION_MESSAGES_POLLED, KAFKA_PARTITIONS_REVOKED, KAFKA_STALE_DELIVERIES, get_metrics
@@ -184,8 +185,8 @@ class StreamSource:
                 )
         return deliveries
 
-    def decode(self, delivery: Delivery, max_bytes: int) -> PluginEvent:
-        return decode_kafka_message(delivery.payload, max_bytes)
+    def decode(self, delivery: Delivery, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH) -> PluginEvent:
+        return decode_kafka_message(delivery.payload, max_bytes, max_depth)
 
     # --- acknowledging ---------------------------------------------------------------
     def ack(self, deliveries: Sequence[Delivery]) -> None:
