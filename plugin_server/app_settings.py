@@ -61,6 +61,10 @@ KAFKA_MAX_MESSAGE_BATCH_SIZE = env_int("KAFKA_MAX_MESSAGE_BATCH_SIZE", 900_000)
 KAFKA_FLUSH_FREQUENCY_MS = env_int("KAFKA_FLUSH_FREQUENCY_MS", 500)
 # Port: how long the consumer group waits for a silent (killed) server before
 # handing its partitions to the others.
+# Port (later versions' name): put in front of every topic the server produces
+# to (clickhouse_*, plugin_log_entries, events_dead_letter_queue), not the
+# consumption topic, which KAFKA_CONSUMPTION_TOPIC names whole.
+KAFKA_PREFIX = env_str("KAFKA_PREFIX", "") or ""
 KAFKA_SESSION_TIMEOUT_MS = env_int("KAFKA_SESSION_TIMEOUT_MS", 2000 if TESTING else 10_000, minimum=1000)
 
 # --- ClickHouse ----------------------------------------------------------------

@@ -32,6 +32,11 @@ def _pem(value: str) -> str:
     return base64.b64decode(value).decode()
 
 
+def topic_name(name: str) -> str:
+    """A produced topic's name with ``KAFKA_PREFIX`` in front (tests give each run its own topics)."""
+    return get_config().kafka_prefix + name
+
+
 def client_id() -> str:
     from plugin_server.plugins.meta.logger import SERVER_INSTANCE_ID
 

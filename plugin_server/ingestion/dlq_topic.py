@@ -29,6 +29,7 @@ from plugin_server.clickhouse.messages import compact_json
 from plugin_server.ingestion.decode_kafka import decode_kafka_message
 from plugin_server.ingestion.timestamps import format_clickhouse_seconds
 from plugin_server.ingestion.uuidt import uuidt
+from plugin_server.kafka_client import topic_name
 from plugin_server.metrics import KAFKA_DEAD_LETTERED, get_metrics
 from plugin_server.sinks.kafka_producer import BatchingProducer, shared_producer
 
@@ -80,9 +81,9 @@ def dead_letter_value(entry: DeadLetterEntry, now: datetime | None = None) -> di
 class DeadLetterTopic:
     """Queues dead letters on ``events_dead_letter_queue``; ``flush`` makes them durable."""
 
-    def __init__(self, producer: BatchingProducer | None = None, topic: str = DEAD_LETTER_TOPIC) -> None:
+    def __init__(self, producer: BatchingProducer | None = None, topic: str | None = None) -> None:
         self._producer = producer
-        self.topic = topic
+        self.topic = topic or topic_name(DEAD_LETTER_TOPIC)
 
     @property
     def producer(self) -> BatchingProducer:

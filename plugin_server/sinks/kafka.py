@@ -42,6 +42,7 @@ from plugin_server.clickhouse.messages import (
     person_value,
     recording_value,
 )
+from plugin_server.config import get_config
 from plugin_server.ingestion.person_batch import PersonChanges
 from plugin_server.metrics import KAFKA_SINGLE_SAVE_SNAPSHOT, KAFKA_SINGLE_SAVE_STANDARD, SINK_ROWS, get_metrics
 from plugin_server.sinks.base import PreparedBatch, PreparedEvent, PreparedRecording
@@ -65,11 +66,13 @@ class KafkaSink:
     transactional = False
 
     def __init__(
-        self, producer: BatchingProducer | None = None, delete_persons: PersonDeleter | None = None, *, topic_prefix: str = ""
+        self, producer: BatchingProducer | None = None, delete_persons: PersonDeleter | None = None, *, topic_prefix: str | None = None
     ) -> None:
         self._producer = producer
         self._delete_persons = delete_persons or _clickhouse_person_deleter
-        # Tests give each run its own topics; production uses the plain names.
+        # KAFKA_PREFIX unless given (tests give each run its own topics).
+        if topic_prefix is None:
+            topic_prefix = get_config().kafka_prefix
         self.events_topic = topic_prefix + EVENTS_TOPIC
         self.recordings_topic = topic_prefix + SESSION_RECORDING_EVENTS_TOPIC
         self.person_topic = topic_prefix + PERSON_TOPIC

@@ -22,6 +22,7 @@ from kombu.exceptions import KombuError
 import plugin_server
 from plugin_server.config import get_config
 from plugin_server.exceptions import MetaCallError
+from plugin_server.ingestion.decode_kafka import partition_key
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.errors import iso_time
@@ -118,7 +119,9 @@ class PluginCapture:
             "uuid": data["uuid"],
         }
         try:
-            self._producer.produce(get_config().kafka_consumption_topic or "", data["uuid"], json.dumps(message).encode())
+            # Keyed by person, like every message on the consumption topic: one
+            # person's events stay in one partition, in order (the spec keyed by uuid).
+            self._producer.produce(get_config().kafka_consumption_topic or "", partition_key(message), json.dumps(message).encode())
         except (KafkaException, BufferError) as error:
             logger.exception("posthog.capture could not produce an event", extra={"team_id": data["team_id"]})
             raise MetaCallError(f"posthog.capture: the event could not be queued ({type(error).__name__})") from None

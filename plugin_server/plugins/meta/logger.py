@@ -215,8 +215,11 @@ def produce_log_entries(producer: MetaProducer, entries: Sequence[LogEntry]) -> 
 
     Raises BufferError when the producer's queue is full, KafkaException on
     a producer error."""
+    from plugin_server.kafka_client import topic_name
+
+    topic = topic_name(PLUGIN_LOG_ENTRIES_TOPIC)
     for entry in entries:
-        producer.produce(PLUGIN_LOG_ENTRIES_TOPIC, str(entry.id), plugin_log_entry_value(entry))
+        producer.produce(topic, str(entry.id), plugin_log_entry_value(entry))
     _count_created(entries)
 
 

@@ -127,7 +127,8 @@ def test_broker_away_is_a_clear_error(queue: str) -> None:
 
 @pytest.mark.kafka
 def test_kafka_pipeline_produces_to_the_consumption_topic(kafka_consumer_config: dict[str, object], unique_name: str) -> None:
-    """It produces {distinct_id, ip, site_url, data (JSON text), team_id, now, sent_at, uuid} keyed by uuid under KAFKA_ENABLED."""
+    """It produces {distinct_id, ip, site_url, data (JSON text), team_id, now, sent_at, uuid} under KAFKA_ENABLED,
+    keyed <team_id>:<distinct_id> (one person's events in one partition, in order)."""
     from confluent_kafka import Consumer
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -149,7 +150,8 @@ def test_kafka_pipeline_produces_to_the_consumption_topic(kafka_consumer_config:
         message = messages[0]
         value = json.loads(message.value())
         data = json.loads(value["data"])
-        assert message.key().decode() == value["uuid"] == data["uuid"]
+        assert value["uuid"] == data["uuid"]
+        assert message.key().decode() == "2:test-maxmind-plugin"
         assert (value["distinct_id"], value["ip"], value["site_url"], value["team_id"]) == ("test-maxmind-plugin", "", "", 2)
         assert value["now"] == value["sent_at"] == data["timestamp"]
         assert data["event"] == "kafka-event"
