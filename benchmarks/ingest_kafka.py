@@ -9,7 +9,7 @@ S ``run_plugin_server`` processes (``KAFKA_ENABLED``, one team with one simple
 and awaited in ClickHouse (every consumer has joined its group, the plugins
 are loaded). Then the clock starts, N events over D distinct ids are
 produced to the topic the way the capture endpoint does (JSON, ``data``
-double-encoded, keyed ``<team_id>:<distinct_id>``), and it stops when
+double-encoded, keyed by person), and it stops when
 ``SELECT count() FROM events FINAL`` shows all of them.
 
 Printed per run: events/s end to end; CPU ms per event of the servers
@@ -67,6 +67,8 @@ class Result:
 def produce(bootstrap: str, topic: str, team_id: int, events: int, distinct_ids: int, start: int = 0) -> None:
     from confluent_kafka import Producer
 
+    from plugin_server.ingestion.decode_kafka import person_partition_key
+
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "queue.buffering.max.messages": 1_000_000})
     now = datetime.now(timezone.utc).isoformat()
     for index in range(start, start + events):
@@ -83,7 +85,7 @@ def produce(bootstrap: str, topic: str, team_id: int, events: int, distinct_ids:
             "now": now,
             "sent_at": "",
         }
-        producer.produce(topic, json.dumps(message).encode(), key=f"{team_id}:{distinct_id}")
+        producer.produce(topic, json.dumps(message).encode(), key=person_partition_key(team_id, distinct_id))
         if index % 1000 == 0:
             producer.poll(0)
     if producer.flush(60) != 0:

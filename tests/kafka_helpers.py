@@ -10,6 +10,7 @@ from typing import Any
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from plugin_server.ingestion.decode_kafka import partition_key
 from plugin_server.ingestion.uuidt import uuidt
 
 
@@ -47,14 +48,14 @@ def capture_message(
 
 
 def produce(bootstrap: str, topic: str, messages: Iterable[dict[str, Any] | bytes], key_by_person: bool = True) -> int:
-    """Produce messages (dicts are JSON-encoded), keyed ``<team_id>:<distinct_id>``; waits for the broker."""
+    """Produce messages (dicts are JSON-encoded), keyed by person like the capture endpoint; waits for the broker."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
     count = 0
     for message in messages:
         if isinstance(message, bytes):
             producer.produce(topic, value=message)
         else:
-            key = f"{message['team_id']}:{message['distinct_id']}" if key_by_person else None
+            key = partition_key(message) if key_by_person else None
             producer.produce(topic, value=json.dumps(message).encode(), key=key)
         count += 1
         if count % 10_000 == 0:

@@ -21,7 +21,6 @@ sends again. Metrics: ``capture.events_queued`` (tag ``pipeline``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -36,6 +35,7 @@ from plugin_server.capture.batch import CapturedEvent
 from plugin_server.capture.celery_batch import BatchingTransport
 from plugin_server.config import ServerConfig, get_config
 from plugin_server.events import CELERY_TASK_NAME
+from plugin_server.ingestion.decode_kafka import person_partition_key
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.metrics import CAPTURE_EVENTS_QUEUED, get_metrics
 
@@ -110,7 +110,7 @@ def kafka_message(event: CapturedEvent) -> dict[str, Any]:
 
 
 def partition_key(event: CapturedEvent) -> str:
-    return hashlib.sha256(f"{event.team_id}:{event.distinct_id}".encode("utf-8", "surrogatepass")).hexdigest()
+    return person_partition_key(event.team_id, event.distinct_id)
 
 
 class _Deliveries:
@@ -169,7 +169,7 @@ class KafkaQueue:
 
 
 def _kafka_security(config: ServerConfig) -> dict[str, Any]:
-    from plugin_server.plugins.meta.producer import producer_settings
+    from plugin_server.kafka_client import producer_settings
 
     # The same TLS settings as the server's other producers (KAFKA_*_B64).
     return {key: value for key, value in producer_settings().items() if key.startswith(("ssl.", "security."))}

@@ -16,6 +16,7 @@ a missing distinct id are the ingester's reasons: docs/ingestion.md.)
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -90,6 +91,15 @@ def _team_id(value: Any) -> int:
     raise InvalidMessage("bad_team_id", f"team_id {value!r} is not an integer")
 
 
+def person_partition_key(team_id: object, distinct_id: object) -> str:
+    """The key of every message on the consumption topic: the SHA-256 of ``<team_id>:<distinct_id>``.
+
+    The same person always gets the same key, so one partition and one order
+    (the capture endpoint, ``posthog.capture`` and a replayed dead letter all
+    use it)."""
+    return hashlib.sha256(f"{team_id}:{distinct_id}".encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def partition_key(event_or_message: dict[str, Any]) -> str:
-    """``<team_id>:<distinct_id>``: the key that keeps one person's events in one partition, in order."""
-    return f"{event_or_message.get('team_id')}:{event_or_message.get('distinct_id')}"
+    """:func:`person_partition_key` of an event or a consumption-topic message."""
+    return person_partition_key(event_or_message.get("team_id"), event_or_message.get("distinct_id"))

@@ -16,9 +16,12 @@ to Postgres (it is not transactional), it queues on the process's
 - events of ``batch.replayed`` again (a ReplacingMergeTree keyed by uuid
   keeps one row), with their persons' current rows.
 
-Persons merged away are deleted from ClickHouse right away (spec §4.5,
-``ALTER TABLE ... DELETE`` through the ClickHouse client), after the
-Postgres commit. :meth:`flush` returns once the broker acknowledged every
+Persons merged away get a ``clickhouse_person`` row with ``is_deleted: 1``
+(the later versions' tombstone) and are deleted from ClickHouse right away
+(spec §4.5: ``ALTER TABLE ... DELETE`` through the ClickHouse client,
+:func:`plugin_server.clickhouse.persons.delete_persons`), after the Postgres
+commit. The tombstone covers the mutation's blind spot: a row of the person
+still on its way through the writer, inserted after the mutation ran. :meth:`flush` returns once the broker acknowledged every
 message: only then does the consumer commit the batch's offsets.
 
 Metrics: ``kafka_queue.single_save.standard`` / ``.snapshot`` (timing of
@@ -28,6 +31,7 @@ queuing one batch's events / recordings, the original's names) and
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +41,7 @@ from plugin_server.clickhouse.messages import (
     PERSON_TOPIC,
     PERSON_UNIQUE_ID_TOPIC,
     SESSION_RECORDING_EVENTS_TOPIC,
+    compact_json,
     event_value,
     person_distinct_id_value,
     person_value,
@@ -44,6 +49,7 @@ from plugin_server.clickhouse.messages import (
 )
 from plugin_server.config import get_config
 from plugin_server.ingestion.person_batch import PersonChanges
+from plugin_server.ingestion.person_store import PersonRecord
 from plugin_server.metrics import KAFKA_SINGLE_SAVE_SNAPSHOT, KAFKA_SINGLE_SAVE_STANDARD, SINK_ROWS, get_metrics
 from plugin_server.sinks.base import PreparedBatch, PreparedEvent, PreparedRecording
 from plugin_server.sinks.kafka_producer import BatchingProducer, shared_producer
@@ -51,6 +57,13 @@ from plugin_server.sinks.kafka_producer import BatchingProducer, shared_producer
 logger = logging.getLogger(__name__)
 
 PersonDeleter = Callable[[Sequence[str]], None]
+
+
+def deleted_person_value(person: PersonRecord) -> bytes:
+    """A ``clickhouse_person`` row with ``is_deleted: 1`` (the later versions' way of deleting)."""
+    value = json.loads(person_value(person, created=False))
+    value["is_deleted"] = 1
+    return compact_json(value).encode()
 
 
 def _clickhouse_person_deleter(person_uuids: Sequence[str]) -> None:
@@ -116,6 +129,11 @@ class KafkaSink:
                 producer.queue(self.person_topic, person.uuid, person_value(person, created=False))
         for change in changes.distinct_ids:
             producer.queue(self.person_unique_id_topic, f"{change.team_id}:{change.distinct_id}", person_distinct_id_value(change))
+        for person in changes.deleted:
+            # The later versions' tombstone: newer than every earlier row of the
+            # person (same key, same partition), so a row the writer inserts
+            # after the mutation below cannot bring the person back.
+            producer.queue(self.person_topic, person.uuid, deleted_person_value(person))
         if changes.deleted:
             self._delete_persons([person.uuid for person in changes.deleted])
 

@@ -39,11 +39,11 @@ def people(source: KafkaSource, deliveries: list[Delivery]) -> list[str]:
 
 def test_a_person_s_events_come_in_order_from_one_partition(kafka_bootstrap: str, topic: str) -> None:
     """Messages keyed <team>:<distinct id>: each person's events keep their order whatever the partition."""
-    messages = [capture_message(2, f"user-{index % 5}", properties={"n": index}) for index in range(50)]
+    messages = [capture_message(2, f"user-{index % 20}", properties={"n": index}) for index in range(60)]
     produce(kafka_bootstrap, topic, messages)
     source = KafkaSource(topic, group=topic)
     try:
-        taken = take(source, 50)
+        taken = take(source, 60)
         by_person: dict[str, list[int]] = {}
         partitions: dict[str, set[int]] = {}
         for delivery in taken:

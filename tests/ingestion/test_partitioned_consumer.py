@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from plugin_server.ingestion.decode_kafka import partition_key
 from plugin_server.ingestion.consumer import Consumer, ConsumerOptions
 from plugin_server.ingestion.ingester import Ingester
 from plugin_server.ingestion.persons import PersonManager
@@ -40,7 +41,7 @@ def consumer_of(source: MemorySource, sink: MemorySink) -> Consumer:
 
 def publish(broker: MemoryBroker, topic: str, messages: list[dict[str, Any]]) -> None:
     for message in messages:
-        broker.publish(topic, json.dumps(message).encode(), f"{message['team_id']}:{message['distinct_id']}")
+        broker.publish(topic, json.dumps(message).encode(), partition_key(message))
 
 
 def test_offsets_are_committed_only_once_the_sink_made_the_batch_durable(team: Team, unique_name: str) -> None:

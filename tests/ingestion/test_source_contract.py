@@ -18,6 +18,7 @@ import pytest
 
 from plugin_server.events import Delivery
 from plugin_server.exceptions import InvalidMessage
+from plugin_server.ingestion.decode_kafka import person_partition_key
 from plugin_server.ingestion.sources.base import Source
 from plugin_server.ingestion.sources.celery import CelerySource
 from plugin_server.ingestion.sources.kafka import KafkaSource
@@ -68,7 +69,7 @@ def under_test(request: pytest.FixtureRequest, unique_name: str) -> Iterator[Sou
 
         def put_memory(distinct_ids: list[str]) -> None:
             for distinct_id in distinct_ids:
-                broker.publish(unique_name, json.dumps(capture_message(2, distinct_id)).encode(), f"2:{distinct_id}")
+                broker.publish(unique_name, json.dumps(capture_message(2, distinct_id)).encode(), person_partition_key(2, distinct_id))
 
         yield SourceUnderTest(
             lambda: remember(MemorySource(broker, unique_name, group=unique_name)),

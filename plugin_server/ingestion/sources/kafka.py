@@ -6,9 +6,9 @@ A :class:`~.stream.StreamSource` over sentry-arroyo's ``KafkaConsumer``
 ``KAFKA_HOSTS``, the client id, TLS only with all three certificates, read
 committed, offsets committed by hand after the batch is durable. Messages
 are decoded by :func:`~plugin_server.ingestion.decode_kafka.decode_kafka_message`;
-a replayed dead letter is produced back to its topic, keyed
-``<team_id>:<distinct_id>`` like every message this server puts on the
-consumption topic.
+a replayed dead letter is produced back to its topic, keyed by person
+(:func:`~plugin_server.ingestion.decode_kafka.person_partition_key`) like
+every message on the consumption topic.
 """
 
 from __future__ import annotations

@@ -120,7 +120,7 @@ class PluginCapture:
         }
         try:
             # Keyed by person, like every message on the consumption topic: one
-            # person's events stay in one partition, in order (the spec keyed by uuid).
+            # person's events stay in one partition, in order (the original keyed by uuid).
             self._producer.produce(get_config().kafka_consumption_topic or "", partition_key(message), json.dumps(message).encode())
         except (KafkaException, BufferError) as error:
             logger.exception("posthog.capture could not produce an event", extra={"team_id": data["team_id"]})

@@ -128,9 +128,11 @@ def test_broker_away_is_a_clear_error(queue: str) -> None:
 @pytest.mark.kafka
 def test_kafka_pipeline_produces_to_the_consumption_topic(kafka_consumer_config: dict[str, object], unique_name: str) -> None:
     """It produces {distinct_id, ip, site_url, data (JSON text), team_id, now, sent_at, uuid} under KAFKA_ENABLED,
-    keyed <team_id>:<distinct_id> (one person's events in one partition, in order)."""
+    keyed by person like the capture endpoint (one person's events in one partition, in order)."""
     from confluent_kafka import Consumer
     from confluent_kafka.admin import AdminClient, NewTopic
+
+    from plugin_server.ingestion.decode_kafka import person_partition_key
 
     bootstrap = str(kafka_consumer_config["bootstrap.servers"])
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -151,7 +153,7 @@ def test_kafka_pipeline_produces_to_the_consumption_topic(kafka_consumer_config:
         value = json.loads(message.value())
         data = json.loads(value["data"])
         assert value["uuid"] == data["uuid"]
-        assert message.key().decode() == "2:test-maxmind-plugin"
+        assert message.key().decode() == person_partition_key(2, "test-maxmind-plugin")
         assert (value["distinct_id"], value["ip"], value["site_url"], value["team_id"]) == ("test-maxmind-plugin", "", "", 2)
         assert value["now"] == value["sent_at"] == data["timestamp"]
         assert data["event"] == "kafka-event"
