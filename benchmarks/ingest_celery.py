@@ -117,6 +117,19 @@ def ensure_database(database_url: str) -> None:
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, check=True)
 
 
+def setup_django(database_url: str) -> None:
+    """Django on the benchmark's own database (created and migrated if missing), from the repository root."""
+    os.environ["DATABASE_URL"] = database_url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings.base")
+    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379")
+    sys.path.insert(0, str(ROOT))
+    os.chdir(ROOT)
+    ensure_database(database_url)
+    import django
+
+    django.setup()
+
+
 def send_tasks(queue: str, team_id: int, events: int, distinct_ids: int) -> None:
     from celery import Celery
     from django.conf import settings
@@ -216,15 +229,7 @@ def main() -> None:
     parser.add_argument("--profile", metavar="PREFIX", help="record the main process with py-spy into PREFIX-c<concurrency>.txt (collapsed stacks)")
     args = parser.parse_args()
 
-    os.environ["DATABASE_URL"] = args.database_url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings.base")
-    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379")
-    sys.path.insert(0, str(ROOT))
-    os.chdir(ROOT)
-    ensure_database(args.database_url)
-    import django
-
-    django.setup()
+    setup_django(args.database_url)
     results = []
     for concurrency in args.concurrency:
         print(f"WORKER_CONCURRENCY={concurrency}: {args.events} events, {args.distinct_ids} distinct ids", flush=True)

@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ingest_celery import PLUGIN, cpu_seconds, ensure_database, process_tree, rss_bytes  # noqa: E402
+from ingest_celery import PLUGIN, cpu_seconds, process_tree, rss_bytes, setup_django  # noqa: E402
 
 WARM_UP = 200
 
@@ -179,23 +179,16 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args()
 
-    os.environ["DATABASE_URL"] = args.database_url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings.base")
-    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379")
-    sys.path.insert(0, str(ROOT))
-    os.chdir(ROOT)
-    ensure_database(args.database_url)
-    import django
+    setup_django(args.database_url)
+    lines = [measured(servers, args) for servers in args.servers]
+    print("\n" + "\n".join(lines))
 
-    django.setup()
-    results = []
-    for servers in args.servers:
-        print(f"{servers} server(s): {args.events} events, {args.distinct_ids} distinct ids, {args.partitions} partitions", flush=True)
-        results.append(run(servers, args))
-        print("  " + results[-1].line(), flush=True)
-    print()
-    for result in results:
-        print(result.line())
+
+def measured(servers: int, args: argparse.Namespace) -> str:
+    print(f"{servers} server(s): {args.events} events, {args.distinct_ids} distinct ids, {args.partitions} partitions", flush=True)
+    line = run(servers, args).line()
+    print("  " + line, flush=True)
+    return line
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Putting messages on the real broker the way PostHog's capture endpoint does (spec: ingestion.md §1.2)."""
+"""Putting messages on the real broker the way PostHog's capture endpoint does (spec: ingestion.md §1.2), taking them back."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
@@ -10,8 +11,19 @@ from typing import Any
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from plugin_server.events import Delivery
 from plugin_server.ingestion.decode_kafka import partition_key
+from plugin_server.ingestion.sources.base import Source
 from plugin_server.ingestion.uuidt import uuidt
+
+
+def take(source: Source, count: int, timeout: float = 20.0) -> list[Delivery]:
+    """Poll ``source`` until ``count`` messages came (or the time is up)."""
+    deadline = time.monotonic() + timeout
+    taken: list[Delivery] = []
+    while len(taken) < count and time.monotonic() < deadline:
+        taken.extend(source.poll(count - len(taken), timeout=0.5))
+    return taken
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:

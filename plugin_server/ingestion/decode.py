@@ -194,7 +194,7 @@ def event_from_task(body: Any, task_id: bytes) -> PluginEvent:
         "sent_at": sent_at if isinstance(sent_at, str) else None,
     }
     event.update(data)
-    event["team_id"] = _team_id(event.get("team_id"))
+    event["team_id"] = team_id_of(event.get("team_id"))
     if event.get("distinct_id") is not None:
         event["distinct_id"] = js_string(event["distinct_id"])
     if not event.get("uuid"):
@@ -202,7 +202,7 @@ def event_from_task(body: Any, task_id: bytes) -> PluginEvent:
     return event
 
 
-def _team_id(value: Any) -> int:
+def team_id_of(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str) and value.isdigit():

@@ -23,7 +23,7 @@ from typing import Any
 from plugin_server import json_codec
 from plugin_server.events import PluginEvent
 from plugin_server.exceptions import InvalidMessage
-from plugin_server.ingestion.decode import DEFAULT_MAX_DEPTH
+from plugin_server.ingestion.decode import DEFAULT_MAX_DEPTH, team_id_of
 from plugin_server.ingestion.limits import json_depth_exceeds
 
 REQUIRED_FIELDS = ("data", "team_id", "now")
@@ -51,7 +51,7 @@ def decode_kafka_message(payload: bytes, max_bytes: int, max_depth: int = DEFAUL
     data = _data(message["data"], _team_or_none(message.get("team_id")), max_depth)
     event: PluginEvent = {key: value for key, value in message.items() if key not in _DROPPED_FIELDS}
     event.update(data)
-    event["team_id"] = _team_id(event.get("team_id"))
+    event["team_id"] = team_id_of(event.get("team_id"))
     for field in ("ip", "site_url"):
         if not event.get(field):
             event[field] = None
@@ -81,14 +81,6 @@ def _data(value: Any, team_id: int | None, max_depth: int) -> dict[str, Any]:
 
 def _team_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _team_id(value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    raise InvalidMessage("bad_team_id", f"team_id {value!r} is not an integer")
 
 
 def person_partition_key(team_id: object, distinct_id: object) -> str:

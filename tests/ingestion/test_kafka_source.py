@@ -13,7 +13,7 @@ from plugin_server.events import Delivery
 from plugin_server.ingestion.sources.kafka import KafkaSource
 from plugin_server.kafka_client import client_id, client_settings, consumer_settings
 from plugin_server.metrics import RecordingMetrics
-from tests.kafka_helpers import capture_message, create_topic, produce
+from tests.kafka_helpers import capture_message, create_topic, produce, take
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
@@ -25,11 +25,15 @@ def topic(kafka_bootstrap: str, unique_name: str, settings) -> str:  # type: ign
     return unique_name
 
 
-def take(source: KafkaSource, count: int, timeout: float = 20.0) -> list[Delivery]:
-    deadline = time.monotonic() + timeout
+def rebalance(first: KafkaSource, second: KafkaSource, seconds: float = 30.0) -> list[Delivery]:
+    """Poll both until each owns one of the two partitions; what the second took meanwhile."""
+    second.start()
     taken: list[Delivery] = []
-    while len(taken) < count and time.monotonic() < deadline:
-        taken.extend(source.poll(count - len(taken), timeout=0.5))
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not (len(first.assigned) == 1 and len(second.assigned) == 1):
+        first.poll(10, timeout=0.2)  # the first meets the rebalance here (and waits for its batch in hand)
+        taken.extend(second.poll(10, timeout=0.2))
+    assert len(first.assigned) == 1 and len(second.assigned) == 1
     return taken
 
 
@@ -57,29 +61,26 @@ def test_a_person_s_events_come_in_order_from_one_partition(kafka_bootstrap: str
         source.close()
 
 
+def a_batch_in_hand(bootstrap: str, topic: str, revoke_wait: float) -> tuple[KafkaSource, KafkaSource, list[Delivery]]:
+    """20 messages over both partitions taken by a first server; a second server of the group, not started."""
+    produce(bootstrap, topic, [capture_message(2, f"u{index}") for index in range(20)])
+    first = KafkaSource(topic, group=topic, revoke_wait=revoke_wait)
+    batch = take(first, 20)
+    assert len(batch) == 20
+    return first, KafkaSource(topic, group=topic), batch
+
+
 def test_losing_partitions_waits_for_the_batch_in_hand_and_commits_it(
     kafka_bootstrap: str, topic: str, recording_metrics: RecordingMetrics
 ) -> None:
     """A second server joins while the first stores a batch: the batch finishes, is committed, is not processed twice."""
-    produce(kafka_bootstrap, topic, [capture_message(2, f"u{index}") for index in range(20)])
-    first = KafkaSource(topic, group=topic, revoke_wait=20.0)
-    second = KafkaSource(topic, group=topic)
+    first, second, batch = a_batch_in_hand(kafka_bootstrap, topic, revoke_wait=20.0)
     try:
-        batch = take(first, 20)
-        assert len(batch) == 20
         # The batch is being stored on the loop's other thread: acknowledged in 1.5 s.
         storing = threading.Timer(1.5, first.ack, [batch])
         storing.start()
-        second.start()
-        seen_by_second: list[Delivery] = []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and len(first.assigned) + len(second.assigned) < 2 or len(first.assigned) == 2:
-            first.poll(10, timeout=0.2)  # the first meets the rebalance here and waits for the ack
-            seen_by_second.extend(second.poll(10, timeout=0.2))
-            if time.monotonic() > deadline:
-                break
+        seen_by_second = rebalance(first, second)
         storing.join()
-        assert len(first.assigned) == 1 and len(second.assigned) == 1
         seen_by_second.extend(second.poll(10, timeout=2.0))
         assert seen_by_second == []  # nothing of the finished batch comes again
         assert recording_metrics.total("kafka_queue.partitions_revoked") >= 1
@@ -92,17 +93,9 @@ def test_losing_partitions_waits_for_the_batch_in_hand_and_commits_it(
 def test_a_batch_not_finished_in_time_goes_to_the_new_owner_and_its_late_ack_is_not_committed(
     kafka_bootstrap: str, topic: str, recording_metrics: RecordingMetrics
 ) -> None:
-    produce(kafka_bootstrap, topic, [capture_message(2, f"u{index}") for index in range(20)])
-    first = KafkaSource(topic, group=topic, revoke_wait=0.5)
-    second = KafkaSource(topic, group=topic)
+    first, second, batch = a_batch_in_hand(kafka_bootstrap, topic, revoke_wait=0.5)
     try:
-        batch = take(first, 20)
-        second.start()
-        again: list[Delivery] = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (len(first.assigned) == 1 and len(second.assigned) == 1):
-            first.poll(10, timeout=0.2)
-            again.extend(second.poll(10, timeout=0.2))
+        again = rebalance(first, second)
         first.ack(batch)  # too late: its lost partition's messages belong to the second server now
         again.extend(take(second, 20 - len(again) - len([d for d in batch if d.token[0] in first.assigned]), timeout=10))
         lost = [delivery for delivery in batch if delivery.token[0] not in first.assigned]

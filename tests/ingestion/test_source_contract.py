@@ -24,7 +24,7 @@ from plugin_server.ingestion.sources.celery import CelerySource
 from plugin_server.ingestion.sources.kafka import KafkaSource
 from plugin_server.ingestion.sources.memory import MemoryBroker, MemorySource
 from tests.ingestion.celery_tasks import celery_app, send_event_task, task_args
-from tests.kafka_helpers import capture_message, create_topic, produce
+from tests.kafka_helpers import capture_message, create_topic, produce, take
 
 pytestmark = pytest.mark.redis
 
@@ -92,17 +92,6 @@ def under_test(request: pytest.FixtureRequest, unique_name: str) -> Iterator[Sou
         )
     for source in made:
         source.close()
-
-
-def take(source: Source, count: int, timeout: float = 20.0) -> list[Delivery]:
-    """Poll until ``count`` messages came (or the time is up)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    taken: list[Delivery] = []
-    while len(taken) < count and time.monotonic() < deadline:
-        taken.extend(source.poll(count - len(taken), timeout=0.5))
-    return taken
 
 
 def distinct_ids(source: Source, deliveries: list[Delivery]) -> list[Any]:
