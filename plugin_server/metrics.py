@@ -40,12 +40,7 @@ DLQ_WRITTEN = "dlq.written"  # count, tag reason
 DLQ_REPLAYED = "dlq.replayed"  # count
 
 # --- Metric names of the Kafka pipeline (the original's where it had them) --------------
-KAFKA_SEND = "query.kafka_send"  # timing: one send of the producer's buffer
-KAFKA_SEND_TOTAL = "query.kafka_send.total"  # count: messages handed to the broker
 KAFKA_DELIVERY_FAILED = "kafka_queue.delivery_failed"  # count (port): messages the broker did not acknowledge
-KAFKA_EACH_BATCH = "kafka_queue.each_batch"  # timing: one consumed batch, poll to commit
-KAFKA_SINGLE_SAVE_STANDARD = "kafka_queue.single_save.standard"  # timing per batch / events, tag team_id? (see sinks/kafka.py)
-KAFKA_SINGLE_SAVE_SNAPSHOT = "kafka_queue.single_save.snapshot"  # timing, see sinks/kafka.py
 KAFKA_DEAD_LETTERED = "events_added_to_dead_letter_queue"  # count (later versions' name)
 KAFKA_PARTITIONS_REVOKED = "kafka_queue.partitions_revoked"  # count (port): partitions handed to another consumer
 KAFKA_STALE_DELIVERIES = "kafka_queue.stale_deliveries"  # count (port): taken from a partition lost before the commit

@@ -50,7 +50,7 @@ from plugin_server.clickhouse.messages import (
 from plugin_server.config import get_config
 from plugin_server.ingestion.person_batch import PersonChanges
 from plugin_server.ingestion.person_store import PersonRecord
-from plugin_server.metrics import KAFKA_SINGLE_SAVE_SNAPSHOT, KAFKA_SINGLE_SAVE_STANDARD, SINK_ROWS, get_metrics
+from plugin_server.metrics import KAFKA_QUEUE_SINGLE_SAVE_SNAPSHOT, KAFKA_QUEUE_SINGLE_SAVE_STANDARD, SINK_ROWS, get_metrics
 from plugin_server.sinks.base import PreparedBatch, PreparedEvent, PreparedRecording
 from plugin_server.sinks.kafka_producer import BatchingProducer, shared_producer
 
@@ -106,13 +106,13 @@ class KafkaSink:
             started = time.perf_counter()
             for event in events:
                 producer.queue(self.events_topic, event.uuid, event_value(event))
-            metrics.timing(KAFKA_SINGLE_SAVE_STANDARD, (time.perf_counter() - started) * 1000)
+            metrics.timing(KAFKA_QUEUE_SINGLE_SAVE_STANDARD, (time.perf_counter() - started) * 1000)
             metrics.incr(SINK_ROWS, len(events), {"sink": self.name, "table": self.events_topic})
         if recordings:
             started = time.perf_counter()
             for recording in recordings:
                 producer.queue(self.recordings_topic, recording.uuid, recording_value(recording))
-            metrics.timing(KAFKA_SINGLE_SAVE_SNAPSHOT, (time.perf_counter() - started) * 1000)
+            metrics.timing(KAFKA_QUEUE_SINGLE_SAVE_SNAPSHOT, (time.perf_counter() - started) * 1000)
             metrics.incr(SINK_ROWS, len(recordings), {"sink": self.name, "table": self.recordings_topic})
         self._mirror_persons(batch.persons)
 

@@ -35,7 +35,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 from plugin_server.exceptions import RetriableError
-from plugin_server.metrics import KAFKA_DELIVERY_FAILED, KAFKA_SEND, KAFKA_SEND_TOTAL, get_metrics
+from plugin_server.metrics import KAFKA_DELIVERY_FAILED, QUERY_KAFKA_SEND, TOTAL_SUFFIX, get_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +120,8 @@ class BatchingProducer:
         self._producer.poll(0)
         self.sends += 1
         metrics = get_metrics()
-        metrics.timing(KAFKA_SEND, (time.perf_counter() - started) * 1000)
-        metrics.incr(KAFKA_SEND_TOTAL, len(messages))
+        metrics.timing(QUERY_KAFKA_SEND, (time.perf_counter() - started) * 1000)
+        metrics.incr(QUERY_KAFKA_SEND + TOTAL_SUFFIX, len(messages))
 
     def _produce(self, message: OutgoingMessage) -> None:
         while True:
