@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ingest_celery import cpu_seconds, ensure_database, process_tree  # noqa: E402
+from ingest_celery import cpu_seconds, process_tree, setup_django  # noqa: E402
 
 
 @dataclass
@@ -227,15 +227,7 @@ def main() -> None:
     parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/posthog_bench_capture")
     args = parser.parse_args()
 
-    os.environ["DATABASE_URL"] = args.database_url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings.base")
-    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379")
-    sys.path.insert(0, str(ROOT))
-    os.chdir(ROOT)
-    ensure_database(args.database_url)
-    import django
-
-    django.setup()
+    setup_django(args.database_url)
     from tests.factories import create_team
 
     team = create_team(name="benchmark capture", api_token=f"phc_benchmark_{uuid.uuid4().hex}")

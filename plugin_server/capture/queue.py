@@ -32,7 +32,7 @@ import redis
 from kombu.exceptions import KombuError
 
 from plugin_server.capture.batch import CapturedEvent
-from plugin_server.capture.celery_batch import BatchingTransport
+from plugin_server.capture.celery_batch import BatchingTransport, QuickReprAMQP
 from plugin_server.config import ServerConfig, get_config
 from plugin_server.events import CELERY_TASK_NAME
 from plugin_server.ingestion.decode_kafka import person_partition_key
@@ -64,7 +64,7 @@ class CeleryQueue:
     def __init__(self, redis_url: str, timeout: float) -> None:
         from celery import Celery
 
-        app = Celery("plugin-server-capture", broker=redis_url, set_as_current=False)
+        app = Celery("plugin-server-capture", broker=redis_url, set_as_current=False, amqp=QuickReprAMQP)
         app.conf.broker_transport = BatchingTransport
         app.conf.broker_connection_timeout = timeout
         app.conf.broker_transport_options = {
