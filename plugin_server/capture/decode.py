@@ -4,7 +4,8 @@ Where the data is (as PostHog's capture looked for it):
 
 - POST with content type ``application/json``, ``text/plain`` or none: the
   raw body (posthog-python, posthog-js' ``fetch``/``sendBeacon``);
-- POST form-encoded: the ``data`` field (older posthog-js, curl);
+- POST form-encoded: the ``data`` field (older posthog-js), unless the body
+  is JSON itself (``curl -d '{...}'`` says form-encoded);
 - GET: the ``data`` query parameter (image pixels, old clients).
 
 How it is packed: ``compression`` (query, then form field, then the
@@ -67,6 +68,8 @@ def decode_request(request: RawRequest, max_bytes: int) -> Payload:
     if request.method == "POST":
         if request.content_type in RAW_BODY_TYPES:
             data = request.body
+        elif _looks_like_json(request.body):
+            data = request.body  # JSON sent with a form's content type (``curl -d '{...}'``)
         else:
             form = _form_fields(request.body)
             data = form.get("data")

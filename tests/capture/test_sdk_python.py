@@ -7,11 +7,18 @@ rows appear in Postgres with the right persons.
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+import requests
 from posthog import Posthog
 
 from plugin_server.models import Event, Person, PersonDistinctId, Team
 from tests.capture.conftest import StandaloneServer
+from tests.factories import create_team
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis, pytest.mark.slow]
 
@@ -63,3 +70,20 @@ def test_a_bad_key_is_refused_and_nothing_is_stored(team: Team, standalone_serve
     assert getattr(errors[0], "status", None) == 401
     assert "Project API key invalid" in str(errors[0])
     assert not Event.objects.exists()
+
+
+def test_the_readme_quick_start_snippets_send_a_first_event(standalone_server: StandaloneServer) -> None:
+    """The README's "Send a first event": its Python snippet, run as written (but for the port), and its
+    curl body, each store an event for the demo team."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    snippet = re.search(r"bin/shell python - <<'EOF'\n(.*?)\nEOF\n", readme, re.S)
+    curl = re.search(r"curl -d '(.*?)' http://127.0.0.1:3008/e/", readme)
+    assert snippet is not None and curl is not None, "the README lost its first-event snippets"
+    team = create_team(api_token="phc_demo_plugin_server_token")
+    code = snippet.group(1).replace("http://127.0.0.1:3008", standalone_server.url)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    curl_headers = {"Content-Type": "application/x-www-form-urlencoded"}  # what curl -d says
+    assert requests.post(standalone_server.url + "/e/", data=curl.group(1), headers=curl_headers, timeout=10).json() == {"status": 1}
+    standalone_server.wait(lambda: Event.objects.filter(team=team).count() == 2, 60, "the two first events")
+    assert Event.objects.get(team=team, event="first event").properties["plan"] == "free"
+    assert Event.objects.get(team=team, event="hello").distinct_id == "curl"
