@@ -96,12 +96,12 @@ class DeadLetterStore:
         except (OperationalError, InterfaceError) as error:
             raise RetriableError(f"database unavailable for dead letters: {error}") from error
         metrics = get_metrics()
-        for entry in entries:
+        for entry, row in zip(entries, rows):
             logger.warning(
                 "dead-lettered a message: %s: %s",
-                entry.reason,
-                _text(entry.error, 500),
-                extra={"reason": entry.reason, "queue": entry.queue, "team_id": entry.team_id, "event_uuid": entry.event_uuid},
+                row.reason,
+                row.error[:500],
+                extra={"reason": row.reason, "queue": row.queue, "team_id": row.team_id, "event_uuid": row.event_uuid},
             )
             metrics.incr(DLQ_WRITTEN, tags={"reason": entry.reason})
             if entry.reason != STORAGE_FAILED:
