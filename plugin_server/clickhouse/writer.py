@@ -22,10 +22,13 @@ lost. Arroyo's own dead-letter path is not used: it forwards a rejected
 message's offset past the batch still being accumulated, which could commit
 offsets of rows not yet inserted.
 
-A table insert that fails for a network reason is retried (with back-off)
-until it succeeds or the writer is asked to stop; one the server refuses
-for its data is split in halves until the refused rows are alone, and those
-are dead-lettered.
+A table insert that fails for the connection or the server (ClickHouse away,
+a missing table, no space) is retried as it is, with back-off, until it
+succeeds or the writer is asked to stop: nothing is committed meanwhile and
+nothing is dead-lettered. One that fails for its rows (a value that does not
+fit its column, caught by the client; too many partitions in one block) is
+split in halves until the refused rows are alone, and those are
+dead-lettered.
 """
 
 from __future__ import annotations
@@ -147,9 +150,24 @@ class Accumulator:
         return batch
 
 
-def _is_network_error(error: BaseException) -> bool:
-    from clickhouse_driver.errors import NetworkError, SocketTimeoutError
+# ClickHouse's TOO_MANY_PARTS, also "too many partitions for single INSERT
+# block": caused by the rows (timestamps spread over many partitions), so
+# the insert is split rather than retried as it is.
+TOO_MANY_PARTS: Final = 252
 
+
+def _is_retriable(error: BaseException) -> bool:
+    """True for a failure of the connection or the server (retry the insert as it is), False for one of the data.
+
+    Over the native protocol the rows are serialised here: a row that does
+    not fit its column fails in the client (TypeError, struct.error,
+    TypeMismatchError ...), before the server sees anything. What the server
+    refuses (a missing table, no space, memory, permissions, read-only) is
+    about the server, not the rows, and must not dead-letter them."""
+    from clickhouse_driver.errors import NetworkError, ServerException, SocketTimeoutError
+
+    if isinstance(error, ServerException):
+        return error.code != TOO_MANY_PARTS
     return isinstance(error, (NetworkError, SocketTimeoutError, OSError, EOFError))
 
 
@@ -193,11 +211,14 @@ class BatchInserter:
             started = time.monotonic()
             try:
                 self._client.execute(self._statement(table), rows)
-            except Exception as error:  # noqa: BLE001 - a network error is retried, anything else splits the insert
-                if _is_network_error(error):
+            except Exception as error:  # noqa: BLE001 - a server or network failure is retried, a data one splits
+                if _is_retriable(error):
                     if self._stopping.is_set():
                         raise  # nothing committed: the batch comes back after a restart
-                    logger.warning("clickhouse writer: insert into %s failed (%s), retrying in %.1fs", table, error, backoff)
+                    logger.error(
+                        "clickhouse writer: insert into %s failed, retrying in %.1fs: %s",
+                        table, backoff, str(error).split("Stack trace")[0].strip(),
+                    )
                     get_metrics().incr(CLICKHOUSE_WRITER_INSERT_RETRIES)
                     self._client.disconnect()
                     time.sleep(backoff)

@@ -379,3 +379,29 @@ def test_two_writers_share_the_partitions_and_one_killed_hands_them_over(
     second.send_signal(signal.SIGTERM)
     assert second.wait(60) == 0
     assert clickhouse_client.execute("SELECT count(), uniqExact(uuid) FROM events FINAL")[0] == (total, total)
+
+
+def test_a_missing_table_is_waited_for_not_dead_lettered(
+    topics: Topics, database: str, clickhouse_client: Client, unique_name: str
+) -> None:
+    """A server-side failure (here: no such table) is retried as it is; once the table is back the rows go in."""
+    from arroyo.types import Message, Value
+
+    from plugin_server.clickhouse.client import make_client
+
+    rows = messages.event_rows(messages.event_value(make_event(1)))
+    stamp = datetime.now(timezone.utc)
+    batch = WriterBatch(rows={"events": [(*rows[0], stamp, 1)]}, origins={"events": [("t", 0, 1)]}, messages=1)
+    clickhouse_client.execute("DROP TABLE events")
+    client = make_client(database=database)
+    inserter = BatchInserter(client, topics.producer, topics.options(database, unique_name), threading.Event(), Progress())
+    worker = threading.Thread(target=lambda: inserter(Message(Value(batch, {}))))
+    worker.start()
+    time.sleep(2)
+    assert worker.is_alive(), "the insert gave up instead of waiting for the table"
+    call_command("setup_clickhouse", database=database, stdout=StringIO())
+    worker.join(60)
+    assert not worker.is_alive()
+    client.disconnect()
+    assert batch.dead_letters == []
+    assert clickhouse_client.execute("SELECT uuid FROM events") == [(rows[0][0],)]
