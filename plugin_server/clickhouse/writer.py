@@ -167,7 +167,7 @@ def _is_retriable(error: BaseException) -> bool:
     from clickhouse_driver.errors import NetworkError, ServerException, SocketTimeoutError
 
     if isinstance(error, ServerException):
-        return error.code != TOO_MANY_PARTS
+        return bool(error.code != TOO_MANY_PARTS)
     return isinstance(error, (NetworkError, SocketTimeoutError, OSError, EOFError))
 
 
