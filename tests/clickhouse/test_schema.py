@@ -135,3 +135,13 @@ def test_print_with_a_server_version_needs_no_server() -> None:
     out = StringIO()
     call_command("setup_clickhouse", print_only=True, server_version="19.16", database="x", stdout=out)
     assert "CREATE TABLE IF NOT EXISTS x.events" in out.getvalue() and "DateTime('UTC')" in out.getvalue()
+
+
+def test_the_kafka_tables_read_the_topics_under_kafka_prefix() -> None:
+    from django.test import override_settings
+
+    out = StringIO()
+    with override_settings(KAFKA_PREFIX="team_a_"):
+        call_command("setup_clickhouse", print_only=True, server_version="24.8", layout="posthog", kafka_hosts="k:9092", stdout=out)
+    assert "kafka_topic_list = 'team_a_clickhouse_events_proto'" in out.getvalue()
+    assert "kafka_topic_list = 'team_a_plugin_log_entries'" in out.getvalue()

@@ -262,10 +262,11 @@ def start_writer_process(topics: Topics, database: str, group: str, *extra: str,
         "CLICKHOUSE_HOST": str(settings.CLICKHOUSE_HOST),
         "CLICKHOUSE_PORT": str(settings.CLICKHOUSE_PORT),
         "CLICKHOUSE_WRITER_DEAD_LETTER_TOPIC": "dead_letter",
+        "KAFKA_PREFIX": topics.prefix,  # the writer reads the topics the server produces to
         "LOG_LEVEL": "info",
     }
     command = [
-        sys.executable, "manage.py", "run_clickhouse_writer", "--topic-prefix", topics.prefix, "--database", database,
+        sys.executable, "manage.py", "run_clickhouse_writer", "--database", database,
         "--group", group, "--session-timeout-ms", "2000", *extra,
     ]
     output = open(log, "wb") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - the child holds it

@@ -2,7 +2,8 @@
 
 Reads ``clickhouse_events_proto``, ``clickhouse_person``,
 ``clickhouse_person_unique_id``, ``clickhouse_session_recording_events``
-and ``plugin_log_entries`` (each name after ``--topic-prefix``) in the
+and ``plugin_log_entries`` (each after ``--topic-prefix``, by default
+KAFKA_PREFIX, as the server produces them) in the
 consumer group CLICKHOUSE_WRITER_GROUP_ID and inserts them into the plain
 layout's tables (``setup_clickhouse``) in CLICKHOUSE_DATABASE. Run as many
 as there are partitions to share; each commits only what it inserted.
@@ -29,7 +30,7 @@ class Command(BaseCommand):
     help = "Consume the clickhouse_* topics and insert them into ClickHouse (commits after each insert)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--topic-prefix", default="", help="put before every topic name")
+        parser.add_argument("--topic-prefix", help="put before every topic name (default KAFKA_PREFIX)")
         parser.add_argument("--database", help="database of the tables (default CLICKHOUSE_DATABASE)")
         parser.add_argument("--group", help="consumer group (default CLICKHOUSE_WRITER_GROUP_ID)")
         parser.add_argument("--batch-size", type=int, help="messages per insert at most (default CLICKHOUSE_WRITER_BATCH_SIZE)")
@@ -40,7 +41,7 @@ class Command(BaseCommand):
         config = get_config()
         if not config.kafka_hosts:
             raise CommandError("You must set KAFKA_HOSTS to process events from Kafka!")
-        prefix = options["topic_prefix"]
+        prefix = config.kafka_prefix if options["topic_prefix"] is None else options["topic_prefix"]
         overrides: dict[str, Any] = {"client.id": "plugin-server-clickhouse-writer"}
         if options["session_timeout_ms"]:
             overrides["session.timeout.ms"] = options["session_timeout_ms"]

@@ -27,7 +27,7 @@ class Command(BaseCommand):
         parser.add_argument("--layout", choices=LAYOUTS, default="plain", help="plain (the writer fills them) or posthog (Kafka engine)")
         parser.add_argument("--database", help="database to create them in (default CLICKHOUSE_DATABASE)")
         parser.add_argument("--kafka-hosts", help="posthog layout: the brokers as ClickHouse reaches them (default KAFKA_HOSTS)")
-        parser.add_argument("--topic-prefix", default="", help="put before every topic name")
+        parser.add_argument("--topic-prefix", help="put before every topic name (default KAFKA_PREFIX)")
         parser.add_argument("--group", default="clickhouse", help="posthog layout: consumer group prefix of the Kafka tables")
         parser.add_argument("--print", action="store_true", dest="print_only", help="print the statements, run nothing")
         parser.add_argument("--server-version", help="with --print: choose types for this version instead of asking the server")
@@ -49,7 +49,7 @@ class Command(BaseCommand):
                 features,
                 database,
                 kafka_hosts=options["kafka_hosts"] or config.kafka_hosts or "",
-                topic_prefix=options["topic_prefix"],
+                topic_prefix=config.kafka_prefix if options["topic_prefix"] is None else options["topic_prefix"],
                 group=options["group"],
             )
         except SchemaError as error:
