@@ -14,6 +14,13 @@ cluster process. The rows carry ``cluster = JOBS_CLUSTER``, a name no
 django-q2 cluster has, so a ``qcluster`` started by mistake leaves them
 alone (docs/jobs.md says why django-q2's own runner is not used).
 
+Where the rows live: the ``plugin_jobs`` database when JOB_QUEUE_GRAPHILE_URL
+names one (``plugin_server.routers.JobStoreRouter``), else ``default``. The
+server checks the store at start (:func:`check_job_store`); when it cannot be
+used, enqueueing is refused with the original's ``No JobQueue available``
+(never a fallback to another database), or the server does not start at all
+with CRASH_IF_NO_PERSISTENT_JOB_QUEUE.
+
 A claim is a lease: ``next_run`` moves ``lease`` seconds ahead. A finished
 job's row is deleted; a job whose server died while running it is claimed
 again when the lease runs out (at least once, never two servers at a time).
@@ -28,7 +35,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, router, transaction
 from django_q.models import Schedule
 
 from plugin_server.plugins.meta.context import PluginContext
@@ -37,6 +44,42 @@ logger = logging.getLogger(__name__)
 
 JOB_FUNCTION = "plugin_server.jobs.execute_job"
 JOBS_CLUSTER = "plugin-server (run_plugin_server jobs role)"
+NO_JOB_QUEUE = "No JobQueue available"
+PERSISTENT_QUEUE = "graphile"
+
+
+class JobStoreUnavailable(Exception):
+    """The job store could not be used at start: jobs are refused until the server restarts."""
+
+
+_store_problem: str | None = None
+
+
+def job_store_alias() -> str:
+    """The database alias of the job store (``plugin_jobs`` with JOB_QUEUE_GRAPHILE_URL)."""
+    return router.db_for_write(Schedule) or DEFAULT_DB_ALIAS
+
+
+def check_job_store(job_queues: tuple[str, ...]) -> str | None:
+    """Why no job can be stored (None: the store answers); a query on the store's table."""
+    if PERSISTENT_QUEUE not in job_queues:
+        return f"JOB_QUEUES={','.join(job_queues) or '(empty)'} names no persistent job queue ({PERSISTENT_QUEUE!r})"
+    alias = job_store_alias()
+    try:
+        Schedule.objects.using(alias).filter(func=JOB_FUNCTION).exists()
+    except DatabaseError as error:
+        return f"the job store (database {alias!r}) cannot be used: {type(error).__name__}: {str(error).strip()}"
+    return None
+
+
+def set_job_store_problem(problem: str | None) -> None:
+    """Record the start-up check's verdict: jobs are refused while a problem is set."""
+    global _store_problem
+    _store_problem = problem
+
+
+def job_store_problem() -> str | None:
+    return _store_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +133,8 @@ def _args(job: PluginJob) -> str:
 
 def enqueue_job(ctx: PluginContext, name: str, payload: Any, run_at: datetime) -> PluginJob:
     """Store a job due at ``run_at``; raises DatabaseError if the store is away."""
+    if _store_problem is not None:
+        raise JobStoreUnavailable(f"{NO_JOB_QUEUE}: {_store_problem}")
     if run_at.tzinfo is None:
         run_at = run_at.replace(tzinfo=timezone.utc)
     job = PluginJob(
@@ -126,7 +171,7 @@ def claim_due_jobs(limit: int, lease: float, now: datetime | None = None) -> lis
     now = now or datetime.now(timezone.utc)
     claimed: list[ClaimedJob] = []
     broken: list[int] = []
-    with transaction.atomic():
+    with transaction.atomic(using=job_store_alias()):
         rows = list(
             _jobs().select_for_update(skip_locked=True).filter(next_run__lte=now).order_by("next_run", "id").values_list("id", "args")[:limit]
         )

@@ -341,6 +341,7 @@ class Server:
         """The composition: each part is built and added (started) in the start order."""
         connection.ensure_connection()
         get_redis().ping()
+        job_queues = self._check_job_store()
         if self.options.kafka_enabled:
             self.services.add(KafkaProducerService())
         pool = self.pool = self._pool_factory()
@@ -371,7 +372,7 @@ class Server:
             scheduler = self.scheduler = Scheduler.from_settings(pool)
             self.services.add(scheduler)
             reload_schedule = scheduler.load_schedule
-        if self.options.runs("jobs"):
+        if self.options.runs("jobs") and job_queues:
             from plugin_server.job_consumer import JobConsumer
 
             self.jobs = JobConsumer(pool)
@@ -387,10 +388,26 @@ class Server:
                 connection.close()  # the listener's thread: reloads are rare, hold no connection between them
 
         self.services.add(ReloadListener(reload))
-        self.services.add(StatusHeartbeat(job_queues=self.options.job_queues))
+        self.services.add(StatusHeartbeat(job_queues=job_queues))
         self._add_watches(pool)
         self._started = True
         logger.info("All systems go", extra={"source": source_name, "mode": self.options.mode})
+
+    def _check_job_store(self) -> str:
+        """The job queues that work ("graphile" or ""); CRASH_IF_NO_PERSISTENT_JOB_QUEUE decides
+        whether a job store that cannot be used stops the start (spec §11.1)."""
+        from plugin_server.jobs import PERSISTENT_QUEUE, check_job_store, set_job_store_problem
+
+        config = get_config()
+        queues = tuple(name.strip() for name in self.options.job_queues.split(",") if name.strip())
+        problem = check_job_store(queues)
+        set_job_store_problem(problem)
+        if problem is None:
+            return PERSISTENT_QUEUE
+        if config.crash_if_no_persistent_job_queue:
+            raise ImproperlyConfigured(f"CRASH_IF_NO_PERSISTENT_JOB_QUEUE is set and {problem}")
+        logger.error("no job queue: %s; plugin jobs are refused (and logged in each plugin's log) until a restart", problem)
+        return ""
 
     def _add_mmdb(self, pool: ManagedPool) -> None:
         """The GeoIP database for meta.geoip, unless DISABLE_MMDB or the operator's MMDB_PATH (spec §9.2 step 2)."""

@@ -198,10 +198,24 @@ from plugin_server.app_settings import (  # noqa: E402
     PLUGIN_FETCH_MAX_RESPONSE_BYTES as PLUGIN_FETCH_MAX_RESPONSE_BYTES,
     PLUGIN_FETCH_ALLOW_PRIVATE_NETWORKS as PLUGIN_FETCH_ALLOW_PRIVATE_NETWORKS,
     MMDB_PATH as MMDB_PATH,
+    MMDB_DOWNLOAD_URL as MMDB_DOWNLOAD_URL,
 )
 
 DATABASES["default"]["CONN_MAX_AGE"] = CONN_MAX_AGE
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
+# JOB_QUEUE_GRAPHILE_URL: the job store (django-q2's tables) in a Postgres database of its own,
+# under the alias JobStoreRouter sends django_q's models and migrations to.
+from plugin_server.routers import JOB_STORE_DB_ALIAS  # noqa: E402
+
+if JOB_QUEUE_GRAPHILE_URL:
+    DATABASES[JOB_STORE_DB_ALIAS] = {
+        **cast(dict[str, Any], dj_database_url.parse(JOB_QUEUE_GRAPHILE_URL)),
+        "CONN_MAX_AGE": CONN_MAX_AGE,
+        "CONN_HEALTH_CHECKS": True,
+    }
+    Q_CLUSTER = {**Q_CLUSTER, "orm": JOB_STORE_DB_ALIAS}
+DATABASE_ROUTERS.append("plugin_server.routers.JobStoreRouter")
 
 LOGGING = {
     "version": 1,

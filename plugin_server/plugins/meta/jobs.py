@@ -13,13 +13,19 @@ also goes to the plugin's log.
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from django.db import DatabaseError
+
 from plugin_server.exceptions import MetaCallError
-from plugin_server.jobs import PluginJob, enqueue_job
+from plugin_server.jobs import NO_JOB_QUEUE, JobStoreUnavailable, PluginJob, enqueue_job
+from plugin_server.metrics import JOBS_REFUSED, get_metrics
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.logger import LogEntry, PluginLogWriter
+
+logger = logging.getLogger(__name__)
 
 MAX_NAME_CHARS = 200
 MAX_PAYLOAD_BYTES = 1_048_576
@@ -128,4 +134,13 @@ class PluginJobs:
         if problem:
             self._log_writer.add(LogEntry.for_context(ctx, "PLUGIN", "ERROR", problem))
             raise MetaCallError(problem)
-        return enqueue_job(ctx, name, payload, due)
+        try:
+            return enqueue_job(ctx, name, payload, due)
+        except (JobStoreUnavailable, DatabaseError) as error:
+            # The job is lost (spec: plugins.md §11.2): say so where the plugin's author looks.
+            reason = str(error) if isinstance(error, JobStoreUnavailable) else f"{NO_JOB_QUEUE}: the job store failed ({type(error).__name__})"
+            refusal = f"Job {name} was not enqueued. {reason}"
+            self._log_writer.add(LogEntry.for_context(ctx, "PLUGIN", "ERROR", refusal))
+            get_metrics().incr(JOBS_REFUSED)
+            logger.error("plugin job refused: %s", refusal, extra={"plugin_config_id": ctx.plugin_config_id, "team_id": ctx.team_id})
+            raise MetaCallError(refusal) from error
