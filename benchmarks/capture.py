@@ -71,12 +71,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+GUNICORN_OPTIONS: list[str] = []  # --gunicorn-options, e.g. "--worker-class gthread --threads 4"
+
+
 def start_gunicorn(workers: int, queue: str) -> tuple[subprocess.Popen[bytes], str]:
     import requests
 
     port = free_port()
     env = {**os.environ, "PLUGINS_CELERY_QUEUE": queue, "LOG_LEVEL": "warn"}
-    command = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}", "--backlog", "2048", "settings.wsgi:application"]
+    command = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}", "--backlog", "2048", *GUNICORN_OPTIONS, "settings.wsgi:application"]
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -225,7 +228,9 @@ def main() -> None:
     parser.add_argument("--e2e-events", type=int, default=20_000)
     parser.add_argument("--distinct-ids", type=int, default=1_000)
     parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/posthog_bench_capture")
+    parser.add_argument("--gunicorn-options", default="", help='extra gunicorn arguments, e.g. "--worker-class gthread --threads 4"')
     args = parser.parse_args()
+    GUNICORN_OPTIONS.extend(args.gunicorn_options.split())
 
     setup_django(args.database_url)
     from tests.factories import create_team
