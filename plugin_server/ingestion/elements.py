@@ -57,7 +57,8 @@ def _integer(value: object) -> int | None:
         return value if -(2**31) <= value < 2**31 else None
     if isinstance(value, float) and value.is_integer():
         return _integer(int(value))
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value.strip()) <= 12:
+        # (A longer text is out of range anyway, and int() refuses texts of thousands of digits.)
         return _integer(int(value))
     return None
 
@@ -186,7 +187,7 @@ def elements_from_chain(chain: str) -> list[Element]:
             if key in _FIELDS:
                 setattr(element, _FIELDS[key], value)
             elif key in ("nth-child", "nth-of-type"):
-                setattr(element, key.replace("-", "_"), int(value) if value.lstrip("-").isdigit() else None)
+                setattr(element, key.replace("-", "_"), _integer(value))
             else:
                 element.attributes[key] = value
         elements.append(element)

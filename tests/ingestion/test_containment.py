@@ -152,3 +152,14 @@ def test_a_base64_body_that_is_a_json_bomb_of_brackets_is_contained(source: Cele
     redis_client.lpush(unique_name, json.dumps(envelope).encode())
     drain(source)
     assert DeadLetter.objects.get(queue=unique_name).reason == "too_deep"
+
+
+def test_element_integers_out_of_their_columns_range_are_left_out_and_the_event_stored(source: CelerySource, unique_name: str) -> None:
+    """nth_child 2**70 or a 5,000-digit text (int columns): stored as null, the event and its element kept."""
+    team = create_team()
+    elements = [{"tag_name": "a", "nth_child": 2**70, "nth_of_type": "9" * 5000, "attr_class": ["x"]}]
+    send(unique_name, task_args({"event": "$autocapture", "properties": {"$elements": elements}}, team_id=team.id))
+    drain(source)
+    assert not DeadLetter.objects.filter(queue=unique_name).exists()
+    [element] = Event.objects.get(team=team).elements
+    assert (element["tag_name"], element.get("nth_child"), element.get("nth_of_type")) == ("a", None, None)
