@@ -24,6 +24,7 @@ from plugin_server import json_codec
 from plugin_server.events import PluginEvent
 from plugin_server.exceptions import InvalidMessage
 from plugin_server.ingestion.decode import DEFAULT_MAX_DEPTH, team_id_of
+from plugin_server.ingestion.jsstring import js_string
 from plugin_server.ingestion.limits import json_depth_exceeds
 
 REQUIRED_FIELDS = ("data", "team_id", "now")
@@ -58,7 +59,7 @@ def decode_kafka_message(payload: bytes, max_bytes: int, max_depth: int = DEFAUL
     if not isinstance(event.get("sent_at"), str) or not event["sent_at"]:
         event["sent_at"] = None
     if event.get("distinct_id") is not None:
-        event["distinct_id"] = str(event["distinct_id"])
+        event["distinct_id"] = js_string(event["distinct_id"])  # JavaScript String(): true → "true", 3.0 → "3"
     return event
 
 

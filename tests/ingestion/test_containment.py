@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from plugin_server.ingestion.consumer import Consumer, ConsumerOptions
+from plugin_server.ingestion.decode_kafka import decode_kafka_message
 from plugin_server.ingestion.ingester import Ingester
 from plugin_server.ingestion.sources.celery import CelerySource
 from plugin_server.models import DeadLetter, Event, Person, PersonDistinctId, SessionRecordingEvent
@@ -163,3 +164,11 @@ def test_element_integers_out_of_their_columns_range_are_left_out_and_the_event_
     assert not DeadLetter.objects.filter(queue=unique_name).exists()
     [element] = Event.objects.get(team=team).elements
     assert (element["tag_name"], element.get("nth_child"), element.get("nth_of_type")) == ("a", None, None)
+
+
+@pytest.mark.parametrize(("sent", "stored"), [(True, "true"), (3.0, "3"), (1e21, "1e+21"), ("a", "a")])
+def test_the_kafka_pipeline_makes_distinct_ids_text_as_javascript_does(sent: Any, stored: str) -> None:
+    """The Kafka message's distinct_id goes through the same String() as the Celery task's."""
+    message = {"uuid": "017a0b2c-0000-4000-8000-000000000002", "distinct_id": sent, "ip": "", "site_url": "",
+               "data": json.dumps({"event": "e", "properties": {}}), "team_id": 2, "now": "2021-01-01T00:00:00Z", "sent_at": ""}
+    assert decode_kafka_message(json.dumps(message).encode(), 10**6)["distinct_id"] == stored
