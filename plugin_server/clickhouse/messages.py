@@ -231,19 +231,24 @@ def event_rows(value: bytes) -> list[Row]:
         raise BadMessage(str(error)) from None
     if not events:
         raise BadMessage("empty value: no Event message")
-    return [
-        (
-            _uuid(event.uuid, "uuid"),
-            event.event,
-            event.properties,
-            parse_timestamp(event.timestamp),
-            _int(event.team_id, "team_id"),
-            event.distinct_id,
-            event.elements_chain,
-            parse_timestamp(event.created_at or event.timestamp),
+    rows: list[Row] = []
+    for event in events:
+        timestamp = parse_timestamp(event.timestamp)
+        # created_at is the timestamp's own text at v0.21.3: read it once.
+        created_at = timestamp if event.created_at in ("", event.timestamp) else parse_timestamp(event.created_at)
+        rows.append(
+            (
+                _uuid(event.uuid, "uuid"),
+                event.event,
+                event.properties,
+                timestamp,
+                _int(event.team_id, "team_id"),
+                event.distinct_id,
+                event.elements_chain,
+                created_at,
+            )
         )
-        for event in events
-    ]
+    return rows
 
 
 def recording_rows(value: bytes) -> list[Row]:

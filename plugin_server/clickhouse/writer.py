@@ -39,7 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Final
 
 from arroyo.backends.kafka import KafkaConsumer, KafkaPayload
@@ -110,6 +110,35 @@ class WriterBatch:
     origins: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)  # (topic, partition, offset) per row
     dead_letters: list[DeadLetter] = field(default_factory=list)
     messages: int = 0
+
+
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _time_units(column_type: str) -> timedelta | None:
+    """The unit a raw integer of this column type counts (None: not a date-time column).
+
+    clickhouse-driver takes date-times as raw integers as they are, where an
+    aware ``datetime`` costs it a time-zone conversion per value (about four
+    times the whole insert's cost otherwise)."""
+    if column_type.startswith("DateTime64("):
+        return timedelta(microseconds=10 ** (6 - int(column_type[len("DateTime64(") :].split(",")[0].rstrip(")"))))
+    if column_type.startswith("DateTime"):
+        return timedelta(seconds=1)
+    return None
+
+
+def row_converter(column_types: Sequence[str]) -> Callable[[Row], Row]:
+    """Turns the date-times of a row into the raw integers of their columns' types."""
+    units = [(index, unit) for index, kind in enumerate(column_types) if (unit := _time_units(kind)) is not None]
+
+    def convert(row: Row) -> Row:
+        values = list(row)
+        for index, unit in units:
+            values[index] = (values[index] - EPOCH) // unit
+        return tuple(values)
+
+    return convert
 
 
 def _utc(moment: datetime) -> datetime:
@@ -188,6 +217,7 @@ class BatchInserter:
         self._stopping = stopping
         self._progress = progress
         self._columns = {f.table: f.columns for f in options.topics.values()}
+        self._converters: dict[str, Callable[[Row], Row]] = {}
 
     def __call__(self, message: Message[WriterBatch]) -> WriterBatch:
         batch = message.payload
@@ -200,6 +230,15 @@ class BatchInserter:
         self._progress.add(batch.messages, inserted, len(batch.dead_letters))
         return batch
 
+    def _converter(self, table: str) -> Callable[[Row], Row]:
+        """The table's row converter, from its column types as the server has them (asked once)."""
+        converter = self._converters.get(table)
+        if converter is None:
+            described = {row[0]: row[1] for row in self._client.execute(f"DESCRIBE TABLE {self._options.database}.{table}")}
+            names = [*self._columns[table], "_timestamp", "_offset"]
+            converter = self._converters[table] = row_converter([described.get(name, "") for name in names])
+        return converter
+
     def _statement(self, table: str) -> str:
         columns = ", ".join([*self._columns[table], "_timestamp", "_offset"])
         return f"INSERT INTO {self._options.database}.{table} ({columns}) VALUES"
@@ -210,7 +249,8 @@ class BatchInserter:
         while True:
             started = time.monotonic()
             try:
-                self._client.execute(self._statement(table), rows)
+                convert = self._converter(table)
+                self._client.execute(self._statement(table), [convert(row) for row in rows])
             except Exception as error:  # noqa: BLE001 - a server or network failure is retried, a data one splits
                 if _is_retriable(error):
                     if self._stopping.is_set():

@@ -406,3 +406,19 @@ def test_a_missing_table_is_waited_for_not_dead_lettered(
     client.disconnect()
     assert batch.dead_letters == []
     assert clickhouse_client.execute("SELECT uuid FROM events") == [(rows[0][0],)]
+
+
+@pytest.mark.parametrize(
+    ("column_type", "expected"),
+    [
+        ("DateTime64(6, 'UTC')", 1621245599123456),
+        ("DateTime64(3)", 1621245599123),
+        ("DateTime('UTC')", 1621245599),
+        ("DateTime", 1621245599),
+    ],
+)
+def test_date_times_go_to_the_driver_as_raw_integers_of_their_column(column_type: str, expected: int) -> None:
+    from plugin_server.clickhouse.writer import row_converter
+
+    moment = datetime(2021, 5, 17, 9, 59, 59, 123456, tzinfo=timezone.utc)
+    assert row_converter(["String", column_type, "UInt64"])(("a", moment, 5)) == ("a", expected, 5)
