@@ -22,6 +22,15 @@ held, however long the queue. Delivery is at least once: a crash before step 5
 leaves the batch unacknowledged and the source delivers it again; the event
 uuid makes the second store a no-op.
 
+Containment: whatever one message holds, the worst outcome is that message
+dead-lettered. A message handed out more than ``POISON_MAX_ATTEMPTS`` times
+(the process died holding it: :mod:`.poison`) is dead-lettered as ``poison``
+unread; a suspect (handed out before) is processed with nothing else in
+hand, its step noted before each risky one. Any error decoding one message
+is its ``decode_error``; one event the plugin workers' hand-off fails on is
+found by halves and dead-lettered as ``plugins_failed`` (the workers away
+through every retry: the batch's events as ``plugins_unavailable``).
+
 Errors, three paths: ``InvalidMessage`` → dead letter; ``RetriableError``
 (a service away) → the same work retried with exponential backoff (a
 source's poll and ack until they work or the loop is stopped); for storage, after
@@ -54,7 +63,6 @@ from typing import Any, Protocol, TypeVar
 
 from django.db import connections
 
-from plugin_server import json_codec
 from plugin_server.app_settings import app_setting
 from plugin_server.activity import ACTIVITY, Activity
 from plugin_server.events import Delivery, PluginEvent
@@ -68,6 +76,7 @@ from plugin_server.ingestion.dlq import (
     DeadLetterEntry,
     DeadLetterStore,
 )
+from plugin_server.ingestion.letters import Letters, error_text
 from plugin_server.ingestion.poison import POISON, CrashNotes, poison_error
 from plugin_server.ingestion.sources.base import Source
 from plugin_server.metrics import (
@@ -189,6 +198,7 @@ class Consumer:
         self.source = source
         self.activity = activity
         self.notes = notes or CrashNotes(source.name.value)
+        self.letters = Letters(source.name.value)
         self.ingester = ingester
         self.pool = pool
         self.dead_letters = dead_letters or DeadLetterStore()
@@ -293,7 +303,7 @@ class Consumer:
         for delivery in batch.deliveries:
             if delivery.attempts > self.options.poison_max_attempts:
                 error = poison_error(delivery, self.options.poison_max_attempts, self.notes.last(delivery))
-                batch.letters.append(self._letter(delivery, POISON, error))
+                batch.letters.append(self.letters.for_delivery(delivery, POISON, error))
             else:
                 live.append(delivery)
         suspects = [delivery for delivery in live if delivery.attempts > 1]
@@ -303,11 +313,11 @@ class Consumer:
             try:
                 event = self.source.decode(delivery, self.options.max_message_bytes, self.options.max_event_depth)
             except InvalidMessage as error:
-                batch.letters.append(self._letter(delivery, error.reason, str(error), team_id=error.team_id))
+                batch.letters.append(self.letters.for_delivery(delivery, error.reason, str(error), team_id=error.team_id))
                 continue
             except Exception as error:  # noqa: BLE001 -- whatever one message holds, only it is set aside
                 logger.exception("decoding a message failed")
-                batch.letters.append(self._letter(delivery, DECODE_ERROR, _error_text(error)))
+                batch.letters.append(self.letters.for_delivery(delivery, DECODE_ERROR, error_text(error)))
                 continue
             events.append(event)
             batch.by_uuid[str(event.get("uuid"))] = delivery
@@ -371,12 +381,12 @@ class Consumer:
             raise
         except _RetriesExhausted as error:
             # The workers stayed away: like storage, the batch is set aside, replayable.
-            batch.letters.extend(self._event_letter(event, batch.by_uuid, PLUGINS_UNAVAILABLE, str(error)) for event in events)
+            batch.letters.extend(self.letters.for_event(event, batch.by_uuid, PLUGINS_UNAVAILABLE, str(error)) for event in events)
             return []
         except Exception as error:  # noqa: BLE001 -- one event that cannot cross to the workers must not stop the loop
             if len(events) == 1:
                 logger.exception("handing an event to the plugin workers failed", extra={"event_uuid": events[0].get("uuid")})
-                batch.letters.append(self._event_letter(events[0], batch.by_uuid, PLUGINS_FAILED, _error_text(error)))
+                batch.letters.append(self.letters.for_event(events[0], batch.by_uuid, PLUGINS_FAILED, error_text(error)))
                 return []
             middle = len(events) // 2
             return self._plugins(events[:middle], batch) + self._plugins(events[middle:], batch)
@@ -386,14 +396,14 @@ class Consumer:
             result = self._retrying(lambda: self.ingester.ingest(events))
         except _RetriesExhausted as error:
             for event in events:
-                outcome.letters.append(self._event_letter(event, by_uuid, STORAGE_FAILED, str(error)))
+                outcome.letters.append(self.letters.for_event(event, by_uuid, STORAGE_FAILED, str(error)))
             return
         except (_Abandoned, InvalidMessage):
             raise
         except Exception as error:  # noqa: BLE001 -- an input that breaks the ingester must not stop the loop
             if len(events) == 1:
                 logger.exception("ingesting an event failed", extra={"event_uuid": events[0].get("uuid")})
-                outcome.letters.append(self._event_letter(events[0], by_uuid, INGEST_ERROR, _error_text(error)))
+                outcome.letters.append(self.letters.for_event(events[0], by_uuid, INGEST_ERROR, error_text(error)))
                 return
             # Find the culprit by halves: the other events are still stored,
             # in a bounded number (log2 of the batch) of extra round trips.
@@ -406,7 +416,7 @@ class Consumer:
         outcome.stored += len(result.stored)
         outcome.duplicates += len(result.duplicates)
         for event, invalid in result.invalid:
-            outcome.letters.append(self._event_letter(event, by_uuid, invalid.reason, str(invalid), invalid.team_id))
+            outcome.letters.append(self.letters.for_event(event, by_uuid, invalid.reason, str(invalid), invalid.team_id))
 
     def _retrying(self, work: Callable[[], T], forever: bool = False) -> T:
         """``work()``, retried with exponential backoff while a service is away."""
@@ -426,34 +436,6 @@ class Consumer:
                 # A dropped database connection must be replaced before the retry.
                 _recycle_connections()
 
-    # --- dead letters --------------------------------------------------------------
-    def _letter(self, delivery: Delivery, reason: str, error: str, team_id: int | None = None, event_uuid: str | None = None) -> DeadLetterEntry:
-        return DeadLetterEntry(
-            source=self.source.name.value,
-            queue=delivery.queue,
-            reason=reason,
-            error=error,
-            payload=delivery.payload,
-            team_id=team_id,
-            event_uuid=event_uuid,
-        )
-
-    def _event_letter(
-        self, event: PluginEvent, by_uuid: dict[str, Delivery], reason: str, error: str, team_id: int | None = None
-    ) -> DeadLetterEntry:
-        event_uuid = event.get("uuid")
-        delivery = by_uuid.get(str(event_uuid))
-        team = team_id if team_id is not None else _int_or_none(event.get("team_id"))
-        if delivery is not None:
-            # The raw message, so that a replay runs the whole pipeline again.
-            return self._letter(delivery, reason, error, team, str(event_uuid))
-        # A plugin changed the uuid: keep the event as it left the plugins.
-        try:
-            payload = json_codec.dumps_text(event).encode("utf-8", "replace")
-        except (ValueError, TypeError, RecursionError) as encode_error:
-            payload = f"(the event could not be encoded: {type(encode_error).__name__})".encode()
-        return DeadLetterEntry(self.source.name.value, "", reason, error, payload, team, str(event_uuid) if event_uuid else None)
-
 
 def _recycle_connections() -> None:
     """Close database connections that broke or outlived CONN_MAX_AGE.
@@ -464,16 +446,3 @@ def _recycle_connections() -> None:
     for conn in connections.all(initialized_only=True):
         if not conn.in_atomic_block:
             conn.close_if_unusable_or_obsolete()
-
-
-def _int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _error_text(error: BaseException) -> str:
-    """``Type: message`` of an error, never failing itself (a message can be huge or unprintable)."""
-    try:
-        text = str(error)
-    except Exception:  # noqa: BLE001 -- an exception whose str() raises is still an error to record
-        text = "(no message)"
-    return f"{type(error).__name__}: {text[:2000]}"
