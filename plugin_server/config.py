@@ -85,6 +85,8 @@ class ServerConfig:
     task_timeout: float
     worker_memory_limit_mb: int
     worker_max_tasks: int
+    team_workers_max: int
+    worker_losses_to_disable: int
     # Web, logs, monitoring
     disable_web: bool
     web_port: int

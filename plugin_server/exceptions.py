@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PluginServerError(Exception):
     """Base class of the server's own errors."""
@@ -53,6 +55,21 @@ RETRY_FAILURE_PREFIX = "RetryError: "
 
 class WorkerDied(PluginServerError):
     """A worker process died (memory limit, crash) while running a task."""
+
+
+class PluginsNotRun(PluginServerError):
+    """Some events' plugins could not run: their team's worker was lost, and lost again on a fresh one.
+
+    ``processed`` holds the result for every other event (as ``process_events``
+    would have returned it); ``failed`` the events whose plugins did not run,
+    each with the reason, for the dead-letter store: such an event is never
+    stored as if its plugins (a filter, a PII scrubber) had run.
+    """
+
+    def __init__(self, processed: list[Any], failed: list[tuple[Any, str]]) -> None:
+        super().__init__(f"the plugins of {len(failed)} events could not run")
+        self.processed = processed
+        self.failed = failed
 
 
 class MetaCallError(PluginError):

@@ -66,7 +66,7 @@ from django.db import connections
 from plugin_server.app_settings import app_setting
 from plugin_server.activity import ACTIVITY, Activity
 from plugin_server.events import Delivery, PluginEvent
-from plugin_server.exceptions import InvalidMessage, RetriableError, WorkerDied
+from plugin_server.exceptions import InvalidMessage, PluginsNotRun, RetriableError, WorkerDied
 from plugin_server.ingestion.dlq import (
     DECODE_ERROR,
     INGEST_ERROR,
@@ -383,6 +383,11 @@ class Consumer:
             # The workers stayed away: like storage, the batch is set aside, replayable.
             batch.letters.extend(self.letters.for_event(event, batch.by_uuid, PLUGINS_UNAVAILABLE, str(error)) for event in events)
             return []
+        except PluginsNotRun as error:
+            # A team's plugin worker was lost, twice: its events are set aside with the reason (never stored as if
+            # their plugins had run); every other event's result is here.
+            batch.letters.extend(self._event_letter(event, batch.by_uuid, PLUGINS_FAILED, reason) for event, reason in error.failed)
+            return list(error.processed)
         except Exception as error:  # noqa: BLE001 -- one event that cannot cross to the workers must not stop the loop
             if len(events) == 1:
                 logger.exception("handing an event to the plugin workers failed", extra={"event_uuid": events[0].get("uuid")})

@@ -31,6 +31,7 @@ from plugin_server.plugins.interruptible import (
     plugin_iter,
     plugin_range,
 )
+from plugin_server.plugins.safe_format import SafeFormatter
 from plugin_server.plugins.safe_modules import PLUGIN_NAMESPACE_MARKER
 
 # Attributes that lead to frames, code, globals or the class tree even though
@@ -68,6 +69,7 @@ DENIED_VALUE_TYPES: tuple[type, ...] = (
     types.FrameType,
     types.CodeType,
     types.TracebackType,
+    types.CellType,
 )
 
 # Classes ``type(x)`` refuses to hand out: with them, a plugin could build
@@ -122,10 +124,7 @@ def _check_name(obj: object, name: str) -> None:
         raise _deny(f'"{name}" is an invalid attribute name because it starts with "_"')
     if name in DENIED_ATTRIBUTES:
         raise _deny(f'"{name}" is a restricted name, that is forbidden to access in plugins')
-    if name in _FORMAT_NAMES:
-        if isinstance(obj, str) or (isinstance(obj, type) and issubclass(obj, str)):
-            raise _deny('Using the format() and format_map() methods of "str" is not allowed in plugins; use f-strings')
-    elif name == "obj":
+    if name == "obj":
         # AttributeError.obj is the object a lookup failed on, which may be one
         # deep inside the stdlib: plugins only get it from their own objects.
         if isinstance(obj, BaseException):
@@ -134,18 +133,27 @@ def _check_name(obj: object, name: str) -> None:
         _plain_names.add(name)
 
 
-def guarded_getattr(obj: object, name: str, default: object = _MISSING) -> Any:
-    """``getattr`` for plugins: no "_" names, no frame/code walks, no ``str.format``.
+def _is_str(obj: object) -> bool:
+    return isinstance(obj, str) or (isinstance(obj, type) and issubclass(obj, str))
 
-    ``str.format`` and ``format_map`` resolve ``{0.__class__}`` inside C code,
-    past every guard, so they are refused on strings and the ``str`` class.
-    ``AttributeError.obj`` (the object a failed lookup was made on, possibly
-    one inside the stdlib) is refused too. Every ``a.b`` in plugin code comes
-    here, hence the fast path for names already checked (never for those
-    whose answer depends on the object).
+
+def guarded_getattr(obj: object, name: str, default: object = _MISSING) -> Any:
+    """``getattr`` for plugins: no "_" names, no frame/code walks; ``str.format`` resolves through these guards.
+
+    ``str.format`` and ``format_map`` would resolve ``{0.__class__}`` inside C
+    code, past every guard: on a string (or the ``str`` class) they are the
+    :class:`~plugin_server.plugins.safe_format.SafeFormatter`'s, whose fields
+    come back here. ``AttributeError.obj`` (the object a failed lookup was
+    made on, possibly one inside the stdlib) is refused. Every ``a.b`` in
+    plugin code comes here, hence the fast path for names already checked
+    (never for those whose answer depends on the object).
     """
     if name not in _plain_names:
         _check_name(obj, name)
+    if name in _FORMAT_NAMES and _is_str(obj):
+        if isinstance(obj, str):
+            return FORMATTER.bound(obj, name)
+        return FORMATTER.format if name == "format" else FORMATTER.format_map
     try:
         value = getattr(obj, name)
     except AttributeError:
@@ -167,8 +175,11 @@ def guarded_hasattr(obj: object, name: str) -> bool:
 
 
 def guarded_getitem(obj: Any, index: Any) -> Any:
-    """Item access: plain, since no dangerous object is reachable by subscription."""
-    return obj[index]
+    """Item access: any key, but never a module, frame, code, traceback or cell as the value."""
+    value = obj[index]
+    if type(value) in _DENIED_EXACT_TYPES or isinstance(value, types.ModuleType):
+        raise TypeError("this item is a module, frame or code object, which plugins may not hold")
+    return value
 
 
 def guarded_type(obj: object) -> type:
@@ -177,6 +188,9 @@ def guarded_type(obj: object) -> type:
     if result in _DENIED_TYPES or issubclass(result, type):
         raise TypeError(f"type() of a {result.__name__} object is not available in plugins")
     return result
+
+
+FORMATTER = SafeFormatter(guarded_getattr, guarded_getitem)
 
 
 _INPLACE_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {

@@ -29,6 +29,9 @@ SCHEDULED_TASKS = ("run_every_minute", "run_every_hour", "run_every_day")
 SCHEDULE_KEYS = {"run_every_minute": "runEveryMinute", "run_every_hour": "runEveryHour", "run_every_day": "runEveryDay"}
 # Item index of a marker while an instance is being set up (blame = disable).
 SETUP_ITEM = -2
+# What Runtime.call keeps of a call's result: a plain-data copy (the default), nothing, or the object itself
+# (only for the sandbox's own compile step, whose result is trusted).
+PLAIN, DISCARD, RAW = "plain", "discard", "raw"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +74,14 @@ class Runtime(Protocol):
     def make_globals(self, spec: ConfigSpec) -> dict[str, object]: ...
     def compile(self, spec: ConfigSpec, injected: dict[str, object]) -> Any: ...
     def call(
-        self, spec: ConfigSpec, fn: Callable[..., Any], args: tuple[Any, ...], limit: float, item: int, what: str = ""
+        self,
+        spec: ConfigSpec,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        limit: float,
+        item: int,
+        what: str = "",
+        keep: str = PLAIN,
     ) -> Any: ...
     def error(self, spec: ConfigSpec, error: BaseException | str, event: dict[str, Any] | None) -> None: ...
     def system(self, spec: ConfigSpec, what: str, **details: Any) -> None: ...
@@ -150,10 +160,11 @@ class PluginInstance:
                 (spec, runtime.make_globals(spec)),
                 runtime.task_timeout,
                 SETUP_ITEM,
+                keep=RAW,
             )
             setup = getattr(self.exports, "setup_plugin", None)
             if setup is not None:
-                runtime.call(spec, setup, (self.meta,), runtime.task_timeout, SETUP_ITEM)
+                runtime.call(spec, setup, (self.meta,), runtime.task_timeout, SETUP_ITEM, keep=DISCARD)
         except Exception as error:
             self.state = InstanceState.FAILED
             runtime.error(spec, error, None)
@@ -175,7 +186,7 @@ class PluginInstance:
         teardown = getattr(self.exports, "teardown_plugin", None)
         if teardown is not None:
             try:
-                self._runtime.call(self.spec, teardown, (self.meta,), self._runtime.task_timeout, -1)
+                self._runtime.call(self.spec, teardown, (self.meta,), self._runtime.task_timeout, -1, keep=DISCARD)
             except Exception as error:
                 self._runtime.error(self.spec, error, None)
                 self._runtime.system(self.spec, "unload_failed")

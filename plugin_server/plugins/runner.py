@@ -17,7 +17,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from plugin_server.exceptions import RetryError
-from plugin_server.plugins.lifecycle import Instances, PluginInstance, Runtime
+from plugin_server.plugins.lifecycle import DISCARD, Instances, PluginInstance, Runtime
+from plugin_server.plugins.plain import to_plain
 
 TEAM_CHANGED = "Illegal Operation: Plugin tried to change teamID"
 NOT_AN_EVENT = "process_event must return the event (a dict) or None to drop it, not {kind}"
@@ -59,7 +60,8 @@ def run_process_event(
             failed.append(instance.spec.label)
             continue
         try:
-            result = runtime.call(instance.spec, process, (current, instance.meta), runtime.task_timeout, item, "process_event")
+            # The plugin gets a copy: if it fails, the event goes on as it was handed over, untouched.
+            result = runtime.call(instance.spec, process, (to_plain(current), instance.meta), runtime.task_timeout, item, "process_event")
         except Exception as error:
             runtime.error(instance.spec, error, current)
             failed.append(instance.spec.label)
@@ -103,7 +105,7 @@ def run_process_event_batch(
             continue
         ran = True
         try:
-            result = runtime.call(instance.spec, function, (batch, instance.meta), runtime.task_timeout, 0, "process_event_batch")
+            result = runtime.call(instance.spec, function, (to_plain(batch), instance.meta), runtime.task_timeout, 0, "process_event_batch")
         except Exception as error:
             runtime.error(instance.spec, error, batch[0])
             failed.append(instance.spec.label)
@@ -130,7 +132,7 @@ def run_on_event(
         if function is None:
             continue
         try:
-            runtime.call(instance.spec, function, (event, instance.meta), runtime.task_timeout, item, name)
+            runtime.call(instance.spec, function, (event, instance.meta), runtime.task_timeout, item, name, DISCARD)
         except Exception as error:
             runtime.error(instance.spec, error, event)
 

@@ -200,10 +200,12 @@ def _exports(namespace: dict[str, Any]) -> PluginExports:
     if jobs_value is not None:
         if not isinstance(jobs_value, dict):
             raise PluginLoadError(f'"jobs" must be a dict of job name to function, not {type(jobs_value).__name__}')
-        for job_name, handler in jobs_value.items():
+        # Read through dict's own slot, names copied as exact text: the worker
+        # later sorts and compares them outside any time limit.
+        for job_name, handler in dict.items(jobs_value):
             if not isinstance(job_name, str) or not callable(handler):
-                raise PluginLoadError(f'"jobs" entry {job_name!r} must map a name to a function')
-            jobs[job_name] = handler
+                raise PluginLoadError('"jobs" entries must map a name to a function')
+            jobs[str.__str__(job_name)] = handler
     return PluginExports(**methods, jobs=jobs)
 
 

@@ -1,11 +1,16 @@
-"""The plugin worker process: entry point, task loop and the child side of ``meta``.
+"""The team worker process: task loop and the child side of ``meta``.
 
-Started by :class:`plugin_server.workers.pool.WorkerProcess` with a fresh
-interpreter (``python -I``, scrubbed environment, no inherited fds but its
-pipes), it imports the sandbox, locks itself down
+Forked by the plugin zygote (:mod:`plugin_server.workers.zygote`) for one
+team, it finishes locking itself down
 (:mod:`plugin_server.workers.hardening`), says hello, then serves tasks one
 at a time: configure, process, process_batch, on_events, task, schedule,
-teardown, stop. It never imports Django and never sees a credential.
+teardown, stop. It only ever receives the plugin configs and events of its
+team, never imports Django and never sees a credential.
+
+Every value plugin code hands over (a return value, meta call arguments, a
+log line, an exception) is copied into plain data inside the plugin's time
+limit (:mod:`plugin_server.plugins.plain`) before this module's code uses
+it, so no plugin-defined method ever runs outside the limit.
 
 Everything a plugin does outside pure computation is a request to the main
 process: the ``meta.cache/storage/fetch/geoip/jobs`` proxies send ``meta``
@@ -16,10 +21,7 @@ so a chatty plugin costs no round trip per line. Both buffers are bounded.
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -27,8 +29,9 @@ from datetime import datetime, timezone
 from typing import Any, cast
 
 from plugin_server.exceptions import PluginError, RetryError, WorkerDied
-from plugin_server.plugins.lifecycle import SCHEDULE_KEYS, ConfigSpec, Instances
+from plugin_server.plugins.lifecycle import PLAIN, RAW, SCHEDULE_KEYS, ConfigSpec, Instances
 from plugin_server.plugins.meta.console import format_log_message
+from plugin_server.plugins.plain import PlainDataError, PluginFailure, plain_failure, to_plain, to_plain_or_none
 from plugin_server.plugins.meta.wire import FetchResponse
 from plugin_server.plugins.runner import (
     TaskNotFound,
@@ -46,18 +49,13 @@ from plugin_server.plugins.time_limit import (
 )
 from plugin_server.plugins.tracebacks import code_traceback
 from plugin_server.workers import protocol
-from plugin_server.workers.hardening import harden
+from plugin_server.workers.hardening import HardeningReport, harden_worker
 
 # Per task: more log lines or errors than this are counted, not kept.
 MAX_LOG_LINES = 10_000
 MAX_ERRORS = 1_000
 MAX_STACK_CHARS = 4_000
 LOG_TYPES = {"debug": "DEBUG", "log": "LOG", "info": "INFO", "warn": "WARN", "warning": "WARN", "error": "ERROR"}
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-safe deep copy: what an event looked like at the moment of an error."""
-    return json.loads(json.dumps(value, default=str))
 
 
 class ApiProxy:
@@ -91,7 +89,8 @@ class JobRunner:
         return self._call("run_in", (self._name, self._payload), keywords)
 
     def run_at(self, when: Any) -> Any:
-        return self._call("run_at", (self._name, self._payload, when.isoformat() if hasattr(when, "isoformat") else when), {})
+        # A datetime becomes its ISO text in the plain copy of the arguments.
+        return self._call("run_at", (self._name, self._payload, when), {})
 
     runNow = run_now  # noqa: N815  (the original's names)
     runIn = run_in  # noqa: N815
@@ -130,7 +129,7 @@ class Capture:
         self._defer = defer
 
     def capture(self, event: str, properties: dict[str, Any] | None = None) -> None:
-        self._defer("capture", (event, _plain(properties or {})), {})
+        self._defer("capture", (event, properties or {}), {})
 
 
 class PluginMeta:
@@ -202,14 +201,37 @@ class WorkerRuntime:
         return self.sandbox.compile_plugin(spec.code, injected)
 
     def call(
-        self, spec: ConfigSpec, fn: Callable[..., Any], args: tuple[Any, ...], limit: float, item: int, what: str = ""
+        self,
+        spec: ConfigSpec,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        limit: float,
+        item: int,
+        what: str = "",
+        keep: str = PLAIN,
     ) -> Any:
-        """One plugin call under its time limit; ``what`` names it for the timings (spec §14.2)."""
+        """One plugin call under its time limit; ``what`` names it for the timings (spec §14.2).
+
+        Inside the limit, the result is copied into plain data (``keep``
+        PLAIN; DISCARD drops it, RAW only for compiling, whose result is the
+        sandbox's own) and an exception into a :class:`PluginFailure`: nothing
+        of the plugin's leaves this call.
+        """
+
+        def bounded() -> Any:
+            try:
+                result = fn(*args)
+                return to_plain(result) if keep == PLAIN else result if keep == RAW else None
+            except MemoryError:
+                raise
+            except Exception as error:  # noqa: BLE001 — whatever it is, it leaves as plain text
+                raise plain_failure(error, lambda: code_traceback(error, spec.code)[-MAX_STACK_CHARS:]) from None
+
         started = time.monotonic()
         self.marker.set(started + limit, spec.plugin_config_id, item)
         failed = True
         try:
-            result = call_with_time_limit(fn, *args, seconds=limit)
+            result = call_with_time_limit(bounded, seconds=limit)
             failed = False
             return result
         except MemoryError:
@@ -219,7 +241,8 @@ class WorkerRuntime:
             raise PluginError("Plugin exceeded the worker memory limit; its worker was replaced") from None
         finally:
             ended = time.monotonic()
-            self.marker.set(ended + self.task_timeout, 0, item)
+            # The config stays named: a worker lost before the next call is blamed on the last one that ran.
+            self.marker.set(ended + self.task_timeout, spec.plugin_config_id, item)
             if what:
                 # Summed per (config, call) and sent with the result: no metric per call on the wire.
                 timing = self.timings.setdefault((spec.plugin_config_id, what), [0, 0.0, 0])
@@ -231,11 +254,15 @@ class WorkerRuntime:
         if len(self.errors) >= MAX_ERRORS:
             self.dropped += 1
             return
-        if isinstance(error, BaseException):
+        if isinstance(error, PluginFailure):
+            # Made plain inside the plugin's time limit (the plugin's own exception is gone).
+            self.errors.append([spec.plugin_config_id, error.name, error.message, error.stack, to_plain_or_none(event)])
+        elif isinstance(error, BaseException):
+            # The sandbox's own errors (time out, memory): trusted objects.
             stack = code_traceback(error, spec.code)[-MAX_STACK_CHARS:]
-            self.errors.append([spec.plugin_config_id, type(error).__name__, str(error), stack, _plain(event)])
+            self.errors.append([spec.plugin_config_id, type(error).__name__, str(error), stack, to_plain_or_none(event)])
         else:
-            self.errors.append([spec.plugin_config_id, None, error, None, _plain(event)])
+            self.errors.append([spec.plugin_config_id, None, error, None, to_plain_or_none(event)])
 
     def system(self, spec: ConfigSpec, what: str, **details: Any) -> None:
         self.system_events.append({"cfg": spec.plugin_config_id, "what": what, **details})
@@ -253,15 +280,16 @@ class WorkerRuntime:
         if len(self.deferred) >= MAX_LOG_LINES:
             self.dropped += 1
             return
-        self.deferred.append([spec.plugin_config_id, api, method, _plain(list(args)), _plain(kwargs)])
+        arguments = to_plain([list(args), kwargs])
+        self.deferred.append([spec.plugin_config_id, api, method, arguments[0], arguments[1]])
 
     def request(self, spec: ConfigSpec, api: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """One meta call to the main process; waits for its answer."""
         self._next_id += 1
         request_id = self._next_id
         try:
-            arguments = json.loads(json.dumps([list(args), kwargs]))
-        except (TypeError, ValueError) as error:
+            arguments = to_plain([list(args), kwargs])
+        except PlainDataError as error:
             refusal = f"meta.{api}.{method}(): arguments must be JSON values ({error})"
             if api == "jobs":
                 # A refused job payload is in the plugin's log even when the plugin catches the error.
@@ -339,7 +367,9 @@ class WorkerRuntime:
                 self._send_result(True)
                 return
             self.reset()
-            self.marker.set(time.monotonic() + self.task_timeout, 0, -1)
+            # Until a plugin call starts, a loss is the last config's that ran (its marker entry stays).
+            _deadline, last_config, _item = self.marker.read()
+            self.marker.set(time.monotonic() + self.task_timeout, last_config, -1)
             failure: str | None
             try:
                 value = self.handle(kind, payload)
@@ -352,7 +382,8 @@ class WorkerRuntime:
             else:
                 failure = None
             disarm_alarm()
-            self.marker.set(0.0, 0, -1)
+            _deadline, last_config, _item = self.marker.read()
+            self.marker.set(0.0, last_config, -1)
             self._send_result(value, failure)
             if self.exit_after:
                 return
@@ -377,25 +408,16 @@ class WorkerRuntime:
 register_waiting_code(WorkerRuntime.request.__code__)
 
 
-def _preload(sandbox: Any) -> None:
-    """Import now what plugins may import later: after chroot nothing can be read from disk."""
-    for name in getattr(sandbox, "PRELOAD_MODULES", ()):
-        importlib.import_module(name)
-    for name in ("encodings.idna", "encodings.latin_1", "encodings.ascii", "encodings.utf_16", "encodings.utf_32"):
-        importlib.import_module(name)
+def serve_team(fds: list[int], memory_mb: int, uid: int, inherited: HardeningReport, sandbox: Any) -> None:
+    """The team worker's life, in the child the zygote just forked: harden, hello, serve, exit.
 
-
-def main(argv: list[str]) -> None:
-    """``read_fd write_fd marker_fd memory_limit_mb empty_dir worker_index``."""
-    # A Ctrl-C in the terminal reaches the whole process group: the main
-    # process shuts its workers down in order; a worker must not die of it first.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    read_fd, write_fd, marker_fd, memory_mb = (int(value) for value in argv[:4])
-    empty_dir, index = argv[4], int(argv[5])
-    sandbox = importlib.import_module("plugin_server.plugins.sandbox")
-    _preload(sandbox)
+    ``fds`` are the worker's pipe from and to the main process and its
+    progress marker, made by the main process and passed through the zygote.
+    """
+    read_fd, write_fd, marker_fd = fds
     marker = protocol.ProgressMarker(marker_fd)
-    report = harden(memory_mb, empty_dir, (read_fd, write_fd, marker_fd), index)
+    os.close(marker_fd)  # the map holds a duplicate of its own
+    report = harden_worker(memory_mb, uid, HardeningReport(list(inherited.applied), dict(inherited.skipped)))
     protocol.send_to_main(write_fd, {"t": "hello", "pid": os.getpid(), "applied": report.applied,
                                      "skipped": report.skipped})
     runtime = WorkerRuntime(read_fd, write_fd, marker, sandbox)

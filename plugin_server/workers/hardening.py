@@ -129,20 +129,30 @@ def close_other_fds(keep: tuple[int, ...]) -> None:
                 continue
 
 
-def harden(memory_limit_mb: int, empty_dir: str, keep_fds: tuple[int, ...], index: int = 0) -> HardeningReport:
-    """Apply every layer this process can; returns what was applied and what not."""
+def harden_zygote(empty_dir: str, keep_fds: tuple[int, ...]) -> HardeningReport:
+    """The layers every team worker inherits, applied once in the zygote before it forks any.
+
+    No environment, no stray fds, no core dumps, no file writes, no network
+    and an empty root. The zygote stays root (it must hand each team worker
+    a user of its own) but never runs plugin code.
+    """
     report = HardeningReport()
     close_other_fds(keep_fds)
     os.environ.clear()
+    _step(report, "no_core_dumps", lambda: _set_limit(resource.RLIMIT_CORE, 0))
+    _step(report, "no_file_writes", lambda: _set_limit(resource.RLIMIT_FSIZE, 0))
+    _step(report, "no_network", _unshare_network)
+    _step(report, "empty_root", lambda: _enter_empty_root(empty_dir))
+    return report
+
+
+def harden_worker(memory_limit_mb: int, uid: int, report: HardeningReport) -> HardeningReport:
+    """The layers a forked team worker applies to itself before it reads a plugin."""
     if memory_limit_mb > 0:
         limit = memory_limit_mb * 1024 * 1024
         _step(report, "memory_limit", lambda: _set_limit(resource.RLIMIT_AS, limit))
-    _step(report, "no_core_dumps", lambda: _set_limit(resource.RLIMIT_CORE, 0))
-    _step(report, "no_file_writes", lambda: _set_limit(resource.RLIMIT_FSIZE, 0))
     _step(report, "few_open_files", lambda: _set_limit(resource.RLIMIT_NOFILE, MAX_OPEN_FILES))
-    _step(report, "no_network", _unshare_network)
-    _step(report, "empty_root", lambda: _enter_empty_root(empty_dir))
-    _step(report, "unprivileged_user", lambda: _drop_privileges(WORKER_UID_BASE + index))
+    _step(report, "unprivileged_user", lambda: _drop_privileges(uid))
     _step(report, "no_new_processes", _no_new_processes)
     _step(report, "no_new_privileges", _no_new_privileges)
     return report

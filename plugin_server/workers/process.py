@@ -1,12 +1,17 @@
-"""One plugin worker process, seen from the main process.
+"""The plugin zygote and one team worker, seen from the main process.
 
-:class:`WorkerProcess` starts the worker with a fresh interpreter
-(``python -I``) from a clean entry point, never by forking the main process:
-the main process holds database and Redis connections and credentials, a
-fork would hand them to plugin code. The worker gets a scrubbed environment
-(:func:`~plugin_server.workers.hardening.worker_environment`), no fds but
-its two pipes and its progress marker, and hardens itself before reading
-any plugin.
+:class:`Zygote` starts the zygote (:mod:`plugin_server.workers.zygote`) with
+a fresh interpreter (``python -I``) from a clean entry point, never by
+forking the main process: the main process holds database and Redis
+connections and credentials, a fork would hand them to plugin code. It gets
+a scrubbed environment (:func:`~plugin_server.workers.hardening.worker_environment`)
+and no fd but its control socket.
+
+:class:`WorkerProcess` is one team worker: the main process makes its pipes
+and progress marker, hands them to the zygote, which forks the worker with
+them (a few ms: the imports are done). The worker is not the main process's
+child; it is watched and killed through a pidfd, and its death is seen as
+the end of its pipe.
 
 :meth:`WorkerProcess.exchange` sends one task and waits for its result,
 serving the worker's meta requests meanwhile. It watches the progress
@@ -18,12 +23,15 @@ caller kills and replaces it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,12 +47,72 @@ logger = logging.getLogger(__name__)
 PROJECT_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 # -I: ignore PYTHON* variables and the user site; the project root is put on
 # sys.path explicitly because -I leaves the current directory out.
-BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from plugin_server.workers.child import main; main(sys.argv[2:])"
+BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from plugin_server.workers.zygote import main; main(sys.argv[2:])"
 START_TIMEOUT = 30.0
 POLL_SECONDS = 0.1
 
-# (config id, item index, api, method, args, kwargs) → JSON-able answer; raises to refuse.
+# (config id, api, method, args, kwargs) → JSON-able answer; raises to refuse.
 MetaServer = Callable[[int, str, str, list[Any], dict[str, Any]], Any]
+
+
+class Zygote:
+    """The zygote process and its control socket; :meth:`fork` makes a team worker."""
+
+    def __init__(self, empty_dir: str) -> None:
+        self._lock = threading.Lock()
+        self._control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-c", BOOTSTRAP, PROJECT_ROOT, str(theirs.fileno()), empty_dir],
+                env=worker_environment(dict(os.environ)),
+                stdin=subprocess.DEVNULL,
+                # Stray output goes to our stderr, never into a protocol pipe.
+                stdout=2,
+                close_fds=True,
+                pass_fds=(theirs.fileno(),),
+                cwd=empty_dir,
+            )
+        finally:
+            theirs.close()
+        hello = self._answer(START_TIMEOUT)
+        if hello.get("t") != "hello":
+            self.close()
+            raise WorkerDied("the plugin zygote did not start")
+        self.applied: list[str] = list(hello.get("applied") or [])
+        self.skipped: dict[str, str] = dict(hello.get("skipped") or {})
+
+    def _answer(self, timeout: float) -> dict[str, Any]:
+        ready, _, _ = select.select([self._control], [], [], timeout)
+        data = self._control.recv(4096) if ready else b""
+        if not data:
+            raise WorkerDied("the plugin zygote did not answer")
+        answer = json.loads(data)
+        if not isinstance(answer, dict):
+            raise WorkerDied("the plugin zygote answered nonsense")
+        return answer
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def fork(self, fds: tuple[int, int, int], uid: int, memory_mb: int) -> int:
+        """A new team worker holding ``fds``; returns its pid."""
+        request = json.dumps({"uid": uid, "memory_mb": memory_mb}).encode()
+        with self._lock:
+            try:
+                socket.send_fds(self._control, [request], list(fds))
+                answer = self._answer(START_TIMEOUT)
+            except OSError as error:
+                raise WorkerDied(f"the plugin zygote is gone: {error}") from None
+        pid = answer.get("pid")
+        if not isinstance(pid, int):
+            raise WorkerDied(f"the plugin zygote could not fork: {answer.get('error')}")
+        return pid
+
+    def close(self) -> None:
+        self._control.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
 
 
 class WorkerHung(WorkerDied):
@@ -62,31 +130,29 @@ class Blame:
 
 
 class WorkerProcess:
-    """A started worker: its process, pipes and progress marker."""
+    """A started team worker: its pid(fd), pipes and progress marker."""
 
-    def __init__(self, index: int, memory_limit_mb: int, empty_dir: str, grace: float) -> None:
+    def __init__(self, zygote: Zygote, index: int, uid: int, memory_limit_mb: int, grace: float) -> None:
         self.index = index
         self.grace = grace
         self.hardening: dict[str, Any] = {}
+        self.pidfd = -1
         to_child_read, self._to_child = os.pipe()
         self._from_child, from_child_write = os.pipe()
         self.marker, marker_fd = protocol.ProgressMarker.create()
         child_fds = (to_child_read, from_child_write, marker_fd)
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-I", "-c", BOOTSTRAP, PROJECT_ROOT, *map(str, child_fds), str(memory_limit_mb), empty_dir, str(index)],
-                env=worker_environment(dict(os.environ)),
-                stdin=subprocess.DEVNULL,
-                # The worker's stray output goes to our stderr, never into the protocol pipes.
-                stdout=2,
-                close_fds=True,
-                pass_fds=child_fds,
-                cwd=empty_dir,
-            )
+            self.pid = zygote.fork(child_fds, uid, memory_limit_mb)
+        except WorkerDied:
+            self._close()
+            raise
         finally:
             for fd in child_fds:
                 os.close(fd)
-        self.pid = self.process.pid
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+        except OSError:
+            pass  # already gone: the hello below fails with EOF
         self._await_hello()
 
     def _await_hello(self) -> None:
@@ -106,7 +172,10 @@ class WorkerProcess:
             )
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        if self.pidfd < 0:
+            return False
+        ready, _, _ = select.select([self.pidfd], [], [], 0)
+        return not ready
 
     def blame(self, reason: str, hung: bool) -> Blame:
         _deadline, plugin_config_id, item = self.marker.read()
@@ -126,7 +195,7 @@ class WorkerProcess:
             ready, _, _ = select.select([self._from_child], [], [], POLL_SECONDS)
             if not ready:
                 if not self.alive():
-                    raise WorkerDied(f"worker {self.index} exited with {self.process.returncode}")
+                    raise WorkerDied(f"worker {self.index} exited")
                 continue
             message = protocol.receive_from_worker(self._from_child)
             kind_of = message["t"]
@@ -156,20 +225,25 @@ class WorkerProcess:
             raise WorkerDied(f"could not answer worker {self.index}: {error}") from None
 
     def kill(self) -> None:
-        """SIGKILL and reap; safe to call twice."""
-        if self.process.poll() is None:
+        """SIGKILL and wait for the end; safe to call twice."""
+        if self.pidfd >= 0:
             try:
-                self.process.send_signal(signal.SIGKILL)
-            except ProcessLookupError:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+                select.select([self.pidfd], [], [], START_TIMEOUT)
+            except OSError:
                 pass
-        self.process.wait()
+            os.close(self.pidfd)
+            self.pidfd = -1
         self._close()
 
     def _close(self) -> None:
         for fd in (self._to_child, self._from_child):
+            if fd < 0:
+                continue
             try:
                 os.close(fd)
             except OSError:
                 continue
         self._to_child = self._from_child = -1
-        self.marker.close()
+        if not self.marker.closed:
+            self.marker.close()

@@ -28,6 +28,7 @@ from typing import Any
 
 from plugin_server import json_codec
 from plugin_server.exceptions import WorkerDied
+from plugin_server.plugins.plain import stdlib_scalar_text
 
 _HEADER = struct.Struct(">IB")
 CODEC_PICKLE = ord("P")
@@ -79,11 +80,20 @@ def receive_from_main(fd: int) -> Any:
 def send_to_main(fd: int, message: dict[str, Any]) -> None:
     """Worker side: JSON-encode ``message`` and write one frame.
 
-    Values JSON cannot hold are turned into text (``default=str``), so a
-    plugin that puts a ``datetime`` into an event does not break the pipe.
+    Everything in a message is plain data already (plugin values were copied
+    by :mod:`plugin_server.plugins.plain` inside the plugin's time limit); the
+    ``default`` hook only knows exact standard-library scalars (a date in an
+    event the main process sent), so nothing here calls into a plugin object.
     """
-    body = json.dumps(message, separators=(",", ":"), default=str).encode("utf-8")
+    body = json.dumps(message, separators=(",", ":"), default=_scalar_text).encode("utf-8")
     _write_all(fd, _HEADER.pack(len(body), CODEC_JSON) + body)
+
+
+def _scalar_text(value: Any) -> str:
+    text = stdlib_scalar_text(value)
+    if text is None:
+        raise TypeError(f"a {type(value).__name__} cannot cross to the main process")
+    return text
 
 
 def receive_from_worker(fd: int) -> dict[str, Any]:
@@ -122,7 +132,9 @@ class ProgressMarker:
     SIZE = _LAYOUT.size
 
     def __init__(self, fd: int) -> None:
-        os.ftruncate(fd, self.SIZE)
+        # Sized by its creator: a worker may not grow any file (RLIMIT_FSIZE 0).
+        if os.fstat(fd).st_size < self.SIZE:
+            os.ftruncate(fd, self.SIZE)
         self._map = mmap.mmap(fd, self.SIZE)
 
     @classmethod
@@ -137,6 +149,10 @@ class ProgressMarker:
     def read(self) -> tuple[float, int, int]:
         deadline, plugin_config_id, item = self._LAYOUT.unpack_from(self._map, 0)
         return float(deadline), int(plugin_config_id), int(item)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._map.closed)
 
     def close(self) -> None:
         self._map.close()

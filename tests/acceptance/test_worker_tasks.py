@@ -39,8 +39,8 @@ def console_lines(config: PluginConfig) -> list[str]:
 def test_hello(make_pool) -> None:  # type: ignore[no-untyped-def]
     """The worker's `hello` task with the name "world" answers "hello world!"."""
     pool = make_pool(concurrency=1)
-    # The pool has no public hello: it greets each worker itself at start; ask once more the same way.
-    assert pool._slots[0].submit("hello", {"name": "world"}, ()).result(10) == "hello world!"
+    # Asked of a team's worker (started for it).
+    assert pool.hello(create_team().id, "world") == "hello world!"
 
 
 @pytest.mark.parametrize("name", ["runEveryMinute", "runEveryHour", "runEveryDay"])

@@ -17,14 +17,15 @@ def _loaded(config: PluginConfig) -> int:
 
 
 def test_setup_is_lazy_and_once_per_worker(make_pool):
-    """It sets a plugin up on first use only, once per worker that needs it."""
+    """It sets a plugin up on first use only, once in its team's worker; another team's plugin is not set up."""
     config = install("def process_event(event, meta):\n    return event\n")
+    other = install("def process_event(event, meta):\n    return event\n")
     pool = make_pool(concurrency=2)
     assert _loaded(config) == 0
     pool.process_events([event(config.team_id, "same-person", n) for n in range(5)])
     assert _loaded(config) == 1
     pool.process_events([event(config.team_id, f"person-{n}", n) for n in range(20)])
-    assert _loaded(config) == 2
+    assert _loaded(config) == 1 and _loaded(other) == 0
 
 
 def test_syntax_error_disables_and_passes_events_on(make_pool):

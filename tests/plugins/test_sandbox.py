@@ -72,7 +72,7 @@ def test_jobs_must_be_a_dict_of_functions() -> None:
     """`jobs` that is not a dict of functions is a load error."""
     with pytest.raises(PluginLoadError, match='"jobs" must be a dict'):
         compile_source("jobs = [1]\n")
-    with pytest.raises(PluginLoadError, match='"jobs" entry'):
+    with pytest.raises(PluginLoadError, match='"jobs" entries'):
         compile_source("jobs = {'x': 1}\n")
 
 

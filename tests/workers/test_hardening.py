@@ -8,6 +8,7 @@ import resource
 import pytest
 
 from plugin_server.workers.hardening import MAX_OPEN_FILES, WORKER_UID_BASE, worker_environment
+from tests.factories import create_team
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the isolation layers need root (CAP_SYS_ADMIN)")
@@ -37,7 +38,7 @@ def test_worker_process_is_locked_down(make_pool, monkeypatch):
     an unprivileged user, no new processes, few fds and the memory limit."""
     monkeypatch.setenv("DATABASE_URL_PROBE", "postgres://user:secret@db/posthog")
     pool = make_pool(concurrency=1, memory_limit_mb=256)
-    worker = pool.workers()[0]
+    worker = pool.team_worker(create_team().id)
     assert worker is not None and not worker.hardening["skipped"]
     pid = worker.pid
     environ = _proc(pid, "environ")
@@ -55,14 +56,20 @@ def test_worker_process_is_locked_down(make_pool, monkeypatch):
     assert "manage.py" not in _proc(pid, "cmdline")
     # The main process keeps its own limits: the worker set them on itself.
     assert resource.getrlimit(resource.RLIMIT_NPROC)[0] != 0
+    # The zygote it was forked from: no secrets, empty root, no network (it stays root to give out users).
+    zygote = pool.zygote().process.pid
+    assert "secret" not in _proc(zygote, "environ") and "DATABASE" not in _proc(zygote, "environ")
+    assert os.readlink(f"/proc/{zygote}/root") == pool.empty_dir
+    assert os.readlink(f"/proc/{zygote}/ns/net") == os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    assert len(os.listdir(f"/proc/{zygote}/fd")) <= 5
 
 
 @needs_root
 def test_workers_run_as_different_users(make_pool):
-    """Each worker has a user of its own, so one cannot signal or trace another."""
+    """Each team's worker has a user of its own, so one cannot signal or trace another."""
     pool = make_pool(concurrency=2)
     uids = set()
-    for worker in pool.workers():
+    for worker in (pool.team_worker(create_team().id), pool.team_worker(create_team().id)):
         line = next(line for line in _proc(worker.pid, "status").splitlines() if line.startswith("Uid:"))
         uids.add(int(line.split()[1]))
     assert len(uids) == 2 and 0 not in uids

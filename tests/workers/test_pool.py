@@ -53,18 +53,21 @@ def test_teams_without_plugins_skip_the_workers(make_pool):
     assert out == [untouched] and out[0] is untouched and "$plugins_succeeded" not in untouched["properties"]
 
 
-def test_one_persons_events_stay_on_one_worker_in_order(make_pool):
-    """It sends all events of one (team, distinct_id) to one worker and keeps the input order."""
-    config = install(APPEND_PID)
+def test_each_team_has_a_worker_of_its_own_and_order_is_kept(make_pool):
+    """It sends all events of a team to that team's worker process, and no other team's; the input order is kept."""
+    first = install(APPEND_PID)
+    second = install(APPEND_PID)
     pool = make_pool(concurrency=2)
-    events = [event(config.team_id, f"person-{i % 7}", i) for i in range(70)]
+    events = [event(first.team_id if i % 3 else second.team_id, f"person-{i % 7}", i) for i in range(70)]
     out = pool.process_events(events)
     assert [e["properties"]["n"] for e in out] == list(range(70))
-    by_person: dict[str, set] = {}
+    by_team: dict[int, set] = {}
     for e in out:
-        by_person.setdefault(e["distinct_id"], set()).add(e["properties"]["seen_by"])
-    assert all(len(workers) == 1 for workers in by_person.values())
-    assert len({w for ws in by_person.values() for w in ws}) == 2  # both workers were used
+        by_team.setdefault(e["team_id"], set()).add(e["properties"]["seen_by"])
+    assert all(len(workers) == 1 for workers in by_team.values()) and len(by_team) == 2
+    assert len({w for ws in by_team.values() for w in ws}) == 2  # one worker (one meta.global_) per team
+    pids = {pool.team_worker(first.team_id).pid, pool.team_worker(second.team_id).pid}
+    assert len(pids) == 2 and len(pool.workers()) == 2
 
 
 def test_plugin_order_and_drop(make_pool):
@@ -159,7 +162,7 @@ def process_event(event, meta):
 
 def _lose_worker_mid_call(pool, config, team_id: int, signal_number: int) -> list:
     """Run 3 events in a thread; when the worker is inside config's call on event 1, send it a signal."""
-    worker = pool.workers()[0]
+    worker = pool.team_worker(team_id)
     result: list = []
     thread = threading.Thread(target=lambda: result.extend(pool.process_events([event(team_id, n=i) for i in range(3)])))
     thread.start()
@@ -170,7 +173,7 @@ def _lose_worker_mid_call(pool, config, team_id: int, signal_number: int) -> lis
     os.kill(worker.pid, signal_number)
     thread.join(30)
     assert not thread.is_alive()
-    assert pool.workers()[0].pid != worker.pid
+    assert pool.team_worker(team_id).pid != worker.pid
     return result
 
 
@@ -201,13 +204,12 @@ def test_memory_limit_costs_only_its_worker(make_pool):
     hog = install("def process_event(event, meta):\n    event['big'] = [0] * (200 * 1024 * 1024)\n    return event\n", team, order=1)
     fine = install(RENAME, team, order=2)
     pool = make_pool(concurrency=1, memory_limit_mb=300)
-    pid = pool.workers()[0].pid
+    pid = pool.team_worker(team.id).pid
     out = pool.process_events([event(team.id)])
     assert out[0]["event"] == "renamed" and "big" not in out[0]
     hog.refresh_from_db()
     assert "memory" in hog.error["message"]
-    replaced = pool.workers()[0]
-    assert replaced is None or replaced.pid != pid
+    assert pool.team_worker(team.id).pid != pid
     assert pool.process_events([event(team.id)])[0]["event"] == "renamed"
     assert PluginConfig.objects.get(id=fine.id).error is None
 
@@ -306,7 +308,7 @@ def test_worker_is_recycled_after_max_tasks(make_pool):
     pids = set()
     for _ in range(4):
         assert len(pool.process_events([event(config.team_id)])) == 1
-        pids.add(pool.workers()[0].pid if pool.workers()[0] else None)
+        pids.add(pool.workers()[0].pid if pool.workers() else None)
     assert len(pids - {None}) >= 1 and None in pids
     # Retiring tears the plugin down first.
     config.refresh_from_db()

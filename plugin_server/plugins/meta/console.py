@@ -4,13 +4,16 @@ Free of Django imports, so a worker may format arguments that cannot cross
 the pipe (an exception object, an instance of a plugin's class) before
 sending them. The rules are the original console's (spec: plugins.md §6.8):
 arguments joined by single spaces, a dict or list as compact JSON, an error
-as ``Name: message``.
+as ``Name: message``. Arguments go through the plain-data boundary
+(:func:`plugin_server.plugins.plain.log_text`): a plugin's object shows as
+``<Name object>``, never through a method of its own.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
+
+from plugin_server.plugins.plain import log_text
 
 # A log line longer than this is cut: one chatty plugin must not fill the
 # log table or the writer's buffer.
@@ -19,20 +22,8 @@ TRUNCATED_SUFFIX = "… (truncated)"
 
 
 def format_log_argument(value: object) -> str:
-    """One argument as the original console printed it."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, BaseException):
-        return f"{type(value).__name__}: {value}"
-    if isinstance(value, (dict, list, tuple)):
-        try:
-            return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
-        except (TypeError, ValueError):
-            # Circular or unsortable containers still deserve a line.
-            return repr(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
+    """One argument as the original console printed it, without running any method a plugin could define."""
+    return log_text(value)
 
 
 def cap_message(message: str) -> str:
