@@ -126,10 +126,10 @@ def _get(url: str) -> tuple[int, dict[str, Any]]:
 
 COMMON = {"slow operation watch", "progress"}
 EXPECTED = {
-    "ingestion": {"worker pool", "plugin-worker-0", "plugin log writer", "web", "consumer", "reload listener", "status"},
-    "scheduler": {"worker pool", "plugin-worker-0", "plugin log writer", "web", "scheduler", "lock plugin-server:locks:schedule",
+    "ingestion": {"worker pool", "plugin-lane-0", "plugin log writer", "web", "consumer", "reload listener", "status"},
+    "scheduler": {"worker pool", "plugin-lane-0", "plugin log writer", "web", "scheduler", "lock plugin-server:locks:schedule",
                   "reload listener", "status"},
-    "jobs": {"worker pool", "plugin-worker-0", "plugin log writer", "web", "job consumer",
+    "jobs": {"worker pool", "plugin-lane-0", "plugin log writer", "web", "job consumer",
              "lock plugin-server:locks:job-queue-consumer", "reload listener", "status"},
 }
 

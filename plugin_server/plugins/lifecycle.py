@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from plugin_server.plugins.plain import error_name
+
 logger = logging.getLogger(__name__)
 
 # Exports the runner looks up; tasks are the scheduled names and ``jobs``.
@@ -168,7 +170,7 @@ class PluginInstance:
         except Exception as error:
             self.state = InstanceState.FAILED
             runtime.error(spec, error, None)
-            runtime.system(spec, "setup_failed", name=type(error).__name__, message=str(error))
+            runtime.system(spec, "setup_failed", name=error_name(error), message=str(error))
             return
         self.state = InstanceState.READY
         methods = [

@@ -340,6 +340,11 @@ class PluginFailure(PluginError):
         self.stack = stack
 
 
+def error_name(error: BaseException) -> str:
+    """The class name a plugin's error is reported under (the original's, for a :class:`PluginFailure`)."""
+    return error.name if isinstance(error, PluginFailure) else type(error).__name__
+
+
 class RetryFailure(PluginFailure, RetryError):
     """A plugin job's ``RetryError`` (or a subclass), as plain text."""
 
