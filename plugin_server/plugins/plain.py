@@ -33,7 +33,7 @@ import math
 import traceback
 import types
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from plugin_server.exceptions import PluginError, RetryError
@@ -115,11 +115,11 @@ def _datetime_text(value: Any) -> str | None:
     return None
 
 
-def stdlib_scalar_text(value: Any) -> Any:
+def stdlib_scalar_text(value: Any) -> str | None:
     """Exact standard-library scalars with a text form of their own; None if not one of them."""
     kind = type(value)
     if kind is decimal.Decimal:
-        return decimal.Decimal.__str__(value)
+        return str(decimal.Decimal.__str__(value))
     if kind is uuid.UUID:
         return str(value)
     return _datetime_text(value)
@@ -134,47 +134,29 @@ def _check(budget: _Budget, depth: int, count: int) -> None:
 
 
 def _dict(value: Any, depth: int, budget: _Budget) -> dict[str, Any]:
-    """Copy of a dict (or a subclass, read with ``dict.items``), keys made text."""
+    """Copy of a dict (or a subclass, read with ``dict.keys``/``dict.values``), keys made text."""
     _check(budget, depth, dict.__len__(value))
-    out = {}
-    for key, item in dict.items(value):
-        if type(key) is str:
-            budget.chars -= len(key)
-        else:
-            key = _key(key, budget)
-        kind = type(item)
-        # The common exact types inline: this runs for every value of every event.
-        if kind is str:
-            budget.chars -= len(item)
-        elif kind is int:
-            if item.bit_length() > MAX_INT_BITS:
-                item = _int(item)
-        elif kind is bool or item is None:
-            pass
-        elif kind is float:
-            item = _float(item)
-        elif kind is dict:
-            item = _dict(item, depth + 1, budget)
-        elif kind is list:
-            item = _list(item, depth + 1, budget)
-        else:
-            item = _other_value(item, depth + 1, budget)
-        out[key] = item
-    return out
+    keys = [key if type(key) is str else _key(key, budget) for key in dict.keys(value)]
+    budget.chars -= sum(map(len, keys))
+    return dict(zip(keys, _items(dict.values(value), depth, budget)))
 
 
 def _list(value: Any, depth: int, budget: _Budget) -> list[Any]:
     """Copy of a list or tuple (or a subclass, read with the base type's iterator)."""
     if isinstance(value, list):
         _check(budget, depth, list.__len__(value))
-        items = list.__iter__(value)
-    else:
-        _check(budget, depth, tuple.__len__(value))
-        items = tuple.__iter__(value)
-    out = []
+        return _items(list.__iter__(value), depth, budget)
+    _check(budget, depth, tuple.__len__(value))
+    return _items(tuple.__iter__(value), depth, budget)
+
+
+def _items(values: Iterator[Any], depth: int, budget: _Budget) -> list[Any]:
+    """Copies of the values of one container (already counted by :func:`_check`)."""
+    out: list[Any] = []
     append = out.append
-    for item in items:
+    for item in values:
         kind = type(item)
+        # The common exact types inline: this runs for every value of every event.
         if kind is str:
             budget.chars -= len(item)
         elif kind is int:
@@ -301,7 +283,7 @@ def log_text(value: Any) -> str:
     kind = type(value)
     try:
         if kind is str:
-            return value
+            return str(value)
         if kind in _SCALARS:
             return str(value)
         if isinstance(value, str):

@@ -30,7 +30,7 @@ import gc
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import _string
+import _string  # type: ignore[import-not-found]  # CPython's format-string parser (no stubs)
 
 MAX_NESTING = 2
 
@@ -140,5 +140,5 @@ def install_safe_format(formatter: SafeFormatter) -> None:
     namespace["format"] = safe_format
     namespace["format_map"] = safe_format_map
     ctypes.pythonapi.PyType_Modified(ctypes.py_object(str))
-    if str.format is not safe_format or str.format_map is not safe_format_map:  # type: ignore[comparison-overlap]
+    if str.format is not safe_format or str.format_map is not safe_format_map:
         raise RuntimeError("could not install the plugin-safe str.format")

@@ -114,7 +114,8 @@ def warm_up_modules() -> None:
     base64.b85encode(b"x")
     random.Random(1).choice([1, 2])
     collections.Counter("aab").most_common(1)
-    collections.namedtuple("Point", "x y")(1, 2)._asdict()
+    point_class = collections.namedtuple("point_class", "x y")
+    point_class(1, 2)._asdict()
     "bücher.example".encode("idna")
 
 
