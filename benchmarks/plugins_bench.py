@@ -2,19 +2,22 @@
 
 Usage (from the repository root; needs no database):
 
-    .venv/bin/python benchmarks/plugins_bench.py [--calls N] [--events N] [--configs K]
+    .venv/bin/python benchmarks/plugins_bench.py [--calls N] [--events N] [--teams K] [--skip-sandbox]
 
-Prints three figures (recorded in benchmarks/README.md):
+Prints four figures (recorded in benchmarks/README.md):
 
 1. ``process_event`` calls per second of one small plugin: compiled as plain
    Python, compiled by the sandbox (RestrictedPython guards), and the
    sandboxed one under the per-call wall-clock limit, as the workers call
    it; the overhead ratio is sandboxed-with-limit / plain.
-2. Events per second through ``WorkerPool.process_events`` for batch sizes
-   1, 10 and 100 (all the pool's overhead: routing, pickling to the worker,
-   JSON back, validation), with WORKER_CONCURRENCY workers.
-3. Memory per set-up plugin config: one worker's RSS before and after
-   setting up K configs of the same small plugin, divided by K.
+2. Events per second through ``WorkerPool.process_events`` (batches of 100)
+   with 1, 10 and 1,000 teams having a plugin, each team in a worker of its
+   own (all the pool's overhead: routing, pickling to the worker, JSON back,
+   plain-data copies, validation; with 1,000 teams and the default
+   TEAM_WORKERS_MAX of 64, workers are forked and retired as teams come and go).
+3. Memory per live team worker (RSS, PSS and private), and the zygote's.
+4. Cold-start time of a team worker: fork + harden + configure, then its
+   first event (compile + ``setup_plugin`` + the call).
 """
 
 from __future__ import annotations
@@ -103,7 +106,8 @@ def bench_sandbox(calls: int) -> None:
     print(f"  overhead ratio (plain / sandboxed + limit as in workers): {ratio:.2f}x")
 
 
-def start_pool(configs: int, concurrency: int) -> Any:
+def start_pool(teams: int, concurrency: int, **settings: Any) -> Any:
+    """A pool with ``teams`` teams, each with one config of the plugin above (team id = config id)."""
     from plugin_server.plugins.code import PluginCode
     from plugin_server.plugins.inventory import Inventory
     from plugin_server.plugins.lifecycle import ConfigSpec
@@ -127,38 +131,39 @@ def start_pool(configs: int, concurrency: int) -> Any:
             pass
 
     inventory = Inventory()
-    for config_id in range(1, configs + 1):
+    for config_id in range(1, teams + 1):
         code = PluginCode(plugin_id=config_id, name="bench", digest="bench", main_filename="main.py", source=PLUGIN, plugin_json={}, config_schema={})
         inventory.specs[config_id] = ConfigSpec(config_id, config_id, config_id, "bench", 0, "v1", code)
         inventory.contexts[config_id] = PluginContext(config_id, config_id, config_id, "bench")
         inventory.chains[config_id] = (config_id,)
-    pool = WorkerPool(PoolSettings.from_config(concurrency=concurrency), host=None, reporter=QuietReporter(None))
+    pool = WorkerPool(PoolSettings.from_config(concurrency=concurrency, **settings), host=None, reporter=QuietReporter(None))
     pool.start(inventory)
     return pool
 
 
 def bench_pool(events: int) -> None:
-    pool = start_pool(configs=10, concurrency=0 or os.cpu_count() or 1)
-    try:
-        print(f"\nWorkerPool.process_events, {len(pool.workers())} workers, 10 teams with one plugin each:")
-        pool.process_events([make_event(team, n) for team in range(1, 11) for n in range(20)])  # set up everywhere
-        for batch_size in (1, 10, 100):
-            total = min(events, batch_size * 2000)
-            batches = [[make_event(1 + n % 10, n) for n in range(start, start + batch_size)] for start in range(0, total, batch_size)]
-            pids = [worker.pid for worker in pool.workers()]
-            cpu, workers_cpu = time.process_time(), sum(cpu_seconds(pid) for pid in pids)
+    """Events/s through process_events for 1, 10 and 1,000 teams with plugins (batches of 100, events spread over the teams)."""
+    concurrency = os.cpu_count() or 1
+    print(f"\nWorkerPool.process_events, {concurrency} lanes, batches of 100, one plugin per team:")
+    for teams, live in ((1, 64), (10, 64), (1000, 64), (1000, 250)):
+        pool = start_pool(teams, concurrency, team_workers_max=live)
+        try:
+            total = min(events, 20_000)
+            batches = [[make_event(1 + n % teams, n) for n in range(start, start + 100)] for start in range(0, total, 100)]
+            if teams <= live:
+                pool.process_events([make_event(team, 0) for team in range(1, teams + 1)])  # every worker forked and set up
+            cpu = time.process_time()
             start = time.perf_counter()
             for batch in batches:
                 pool.process_events(batch)
             elapsed = time.perf_counter() - start
             main_ms = (time.process_time() - cpu) * 1000 / total
-            workers_ms = (sum(cpu_seconds(pid) for pid in pids) - workers_cpu) * 1000 / total
             print(
-                f"  batch {batch_size:>3}: {total / elapsed:>8,.0f} events/s   CPU per event: "
-                f"main {main_ms:.3f} ms + workers {workers_ms:.3f} ms"
+                f"  {teams:>5} teams, TEAM_WORKERS_MAX {live:>4}: {total / elapsed:>8,.0f} events/s   "
+                f"main process CPU {main_ms:.3f} ms/event   live team workers at the end: {len(pool.workers())}"
             )
-    finally:
-        pool.stop()
+        finally:
+            pool.stop()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -167,23 +172,49 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+def memory_kb(pid: int) -> dict[str, int]:
+    """Rss, Pss and private (Private_Clean + Private_Dirty) of a process, from smaps_rollup."""
+    values: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if rest.strip().endswith("kB"):
+            values[name] = int(rest.split()[0])
+    return {"rss": values["Rss"], "pss": values["Pss"], "private": values["Private_Clean"] + values["Private_Dirty"]}
 
 
-def bench_memory(configs: int) -> None:
-    pool = start_pool(configs=configs, concurrency=1)
+def bench_memory(teams: int) -> None:
+    """Memory of each live team worker (one plugin set up) and of the zygote they share pages with."""
+    pool = start_pool(teams, 1, team_workers_max=teams)
     try:
-        worker = pool.workers()[0]
-        pool.process_events([make_event(1, 0)])  # the first set-up pays for shared imports
-        before = rss_kb(worker.pid)
-        pool.process_events([make_event(team, team) for team in range(2, configs + 1)])
-        after = rss_kb(worker.pid)
-        print(f"\nMemory: worker RSS {before / 1024:.1f} MB → {after / 1024:.1f} MB after setting up {configs - 1} more configs")
-        print(f"  per set-up plugin config: {(after - before) / (configs - 1):.0f} KB")
+        pool.process_events([make_event(team, team) for team in range(1, teams + 1)])
+        figures = [memory_kb(worker.pid) for worker in pool.workers()]
+        zygote = memory_kb(pool.zygote().process.pid)
+        mean = {key: sum(figure[key] for figure in figures) / len(figures) for key in ("rss", "pss", "private")}
+        print(f"\nMemory per live team worker ({len(figures)} workers, one plugin set up in each):")
+        print(f"  RSS {mean['rss'] / 1024:.1f} MB, PSS {mean['pss'] / 1024:.1f} MB, private {mean['private'] / 1024:.1f} MB")
+        print(f"  the zygote: RSS {zygote['rss'] / 1024:.1f} MB (its pages are shared, copy on write)")
+    finally:
+        pool.stop()
+
+
+def bench_cold_start(rounds: int) -> None:
+    """Time to fork, harden and configure a team worker, and to its first processed event (compile + set-up)."""
+    pool = start_pool(rounds, 1, team_workers_max=rounds)
+    try:
+        pool.process_events([make_event(rounds, 0)])  # warm the pool itself
+        forks, firsts = [], []
+        for team in range(1, rounds):
+            start = time.perf_counter()
+            pool.team_worker(team)
+            forked = time.perf_counter()
+            pool.process_events([make_event(team, 1)])
+            firsts.append(time.perf_counter() - forked)
+            forks.append(forked - start)
+        forks.sort()
+        firsts.sort()
+        print(f"\nCold start of a team worker ({rounds - 1} teams, median / 90th percentile):")
+        print(f"  fork + harden + hello + configure: {forks[len(forks) // 2] * 1000:.1f} / {forks[len(forks) * 9 // 10] * 1000:.1f} ms")
+        print(f"  then its first event (compile + setup_plugin + call): {firsts[len(firsts) // 2] * 1000:.1f} / {firsts[len(firsts) * 9 // 10] * 1000:.1f} ms")
     finally:
         pool.stop()
 
@@ -192,12 +223,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=200_000)
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--configs", type=int, default=201)
+    parser.add_argument("--teams", type=int, default=20, help="team workers for the memory and cold-start figures")
+    parser.add_argument("--skip-sandbox", action="store_true")
     options = parser.parse_args()
     django.setup()
-    bench_sandbox(options.calls)
+    if not options.skip_sandbox:
+        bench_sandbox(options.calls)
     bench_pool(options.events)
-    bench_memory(options.configs)
+    bench_memory(options.teams)
+    bench_cold_start(options.teams)
 
 
 if __name__ == "__main__":

@@ -937,3 +937,32 @@ def test_escapes_in_the_worker_pool_are_recorded_and_the_event_goes_on(case: str
     assert message in config.error["message"]
     assert PluginLogEntry.objects.filter(plugin_config_id=config.id, source="PLUGIN", type="ERROR").exists()
     assert not marker.exists()
+
+
+def test_it_denies_frames_code_cells_and_modules_by_value_whatever_the_path() -> None:
+    """Not a list of names: a frame, code object, closure cell or module is refused as a value, whether it is reached
+    by an attribute or an item, and under any name."""
+    import sys
+
+    from plugin_server.plugins.guards import guarded_getattr, guarded_getitem
+
+    def outer() -> Any:
+        captured = 1
+        return lambda: captured
+
+    frame = sys._getframe()
+    cell = outer().__closure__[0]  # type: ignore[index]
+    values = {"frame": frame, "code": outer.__code__, "cell": cell, "module": sys}
+
+    class Holder:
+        pass
+
+    holder = Holder()
+    for name, value in values.items():
+        setattr(holder, f"innocent_{name}", value)
+        with pytest.raises(AttributeError, match="module, frame or code"):
+            guarded_getattr(holder, f"innocent_{name}")
+        with pytest.raises(TypeError, match="module, frame or code"):
+            guarded_getitem(values, name)
+        with pytest.raises(TypeError, match="module, frame or code"):
+            guarded_getitem([value], 0)
