@@ -33,7 +33,7 @@ import math
 import traceback
 import types
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from plugin_server.exceptions import PluginError, RetryError
@@ -150,7 +150,7 @@ def _list(value: Any, depth: int, budget: _Budget) -> list[Any]:
     return _items(tuple.__iter__(value), depth, budget)
 
 
-def _items(values: Iterator[Any], depth: int, budget: _Budget) -> list[Any]:
+def _items(values: Iterable[Any], depth: int, budget: _Budget) -> list[Any]:
     """Copies of the values of one container (already counted by :func:`_check`)."""
     out: list[Any] = []
     append = out.append

@@ -46,3 +46,21 @@ def run_job(source: str, job: str = "run", *args: Any, seconds: float = 5.0) -> 
     """Compile ``source`` and call its ``jobs[job](*args)`` under a time limit."""
     exports = compile_source(source)
     return call_with_time_limit(exports.jobs[job], *args, seconds=seconds)
+
+
+# Plugin source: a dict subclass whose every method a copy might call never returns.
+STICKY_DICT = """
+class Sticky(dict):
+    def items(self):
+        while True:
+            pass
+    def get(self, key, default=None):
+        while True:
+            pass
+    def keys(self):
+        while True:
+            pass
+    def values(self):
+        while True:
+            pass
+"""

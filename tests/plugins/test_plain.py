@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import datetime
 import decimal
-import textwrap
 import uuid
 from typing import Any
 
@@ -28,7 +27,7 @@ from plugin_server.plugins.plain import (
     to_plain,
 )
 from plugin_server.plugins.sandbox import call_with_time_limit
-from tests.plugins.sandbox_helpers import compile_source
+from tests.plugins.sandbox_helpers import STICKY_DICT, compile_source
 
 
 class Trap(Exception):
@@ -158,24 +157,6 @@ def test_a_failing_stack_formatter_still_gives_a_stack() -> None:
 
 def test_a_plugin_object_whose_methods_never_return_is_copied_inside_the_limit() -> None:
     """Through the sandbox: a plugin's dict subclass whose items()/get() loop forever is copied at once."""
-    exports = compile_source(
-        textwrap.dedent(
-            """
-            class Sticky(dict):
-                def items(self):
-                    while True:
-                        pass
-                def get(self, key, default=None):
-                    while True:
-                        pass
-                def keys(self):
-                    while True:
-                        pass
-            def run():
-                return Sticky(a=Sticky(b=[1]))
-            jobs = {'run': run}
-            """
-        )
-    )
+    exports = compile_source(STICKY_DICT + "def run():\n    return Sticky(a=Sticky(b=[1]))\njobs = {'run': run}\n")
     result = call_with_time_limit(lambda: to_plain(exports.jobs["run"]()), seconds=2)
     assert result == {"a": {"b": [1]}} and type(result["a"]) is dict

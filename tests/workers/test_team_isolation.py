@@ -33,6 +33,7 @@ from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.host import MetaHost
 from plugin_server.workers.pool import PoolSettings, WorkerPool
 from tests.factories import create_plugin, create_plugin_config, create_team
+from tests.plugins.sandbox_helpers import STICKY_DICT
 from tests.workers.helpers import event, install
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis, pytest.mark.slow]
@@ -42,7 +43,7 @@ FAST = {"poll_timeout": 0.0, "retry_backoff": 0.0, "retry_backoff_max": 0.0, "ba
 # Uninterruptible: one C call (a square root to two million digits in libmpdec) that checks for no signal.
 HANG = "import decimal\ndef hang():\n    with decimal.localcontext(decimal.Context(prec=2000000)):\n        return decimal.Decimal(2).sqrt()\n"
 
-ATTACKER = HANG + """
+ATTACKER = HANG + STICKY_DICT + """
 import collections, functools, string, time
 
 def attempts(event, meta):
@@ -81,15 +82,7 @@ def process_event(event, meta):
     elif attack == 'exhaust':
         hog = [bytearray(2 ** 28) for _ in range(8)]
     elif attack == 'return':
-        class Sticky(dict):
-            def items(self):
-                while True:
-                    pass
-            def get(self, key, default=None):
-                while True:
-                    pass
-        sticky = Sticky(event)
-        return sticky
+        return Sticky(event)
     event['properties']['a_processed'] = True
     return event
 """
