@@ -20,6 +20,7 @@ from lzstring import LZString
 from plugin_server.models import Team
 from tests.capture.conftest import queued_events
 from tests.factories import create_team
+from tests.manage_process import wait_for
 from tests.ingestion.celery_tasks import celery_app, send_event_task, task_args
 
 pytestmark = [pytest.mark.django_db, pytest.mark.redis]
@@ -274,3 +275,54 @@ def test_a_new_team_is_seen_without_a_restart(client: Client, queue: str) -> Non
         create_team(api_token="phc_later")
         assert post_json(client, "/e/", {"event": "e", "distinct_id": "d", "api_key": "phc_later"}).status_code == 200
     views._team_cache = None
+
+
+def test_a_redis_restart_gives_503_meanwhile_and_then_accepts_again(client: Client, team: Team, queue: str, tmp_path: Any) -> None:
+    """Redis killed after use: 503 (nothing accepted); Redis back on the same port: accepted again,
+    with no restart of the endpoint. The queue holds exactly the accepted events."""
+    import socket
+    import subprocess
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def start() -> subprocess.Popen[bytes]:
+        server = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL,
+        )
+        def answers() -> bool:
+            try:
+                return bool(redis.Redis(port=port).ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_for(answers, 10, "redis-server to answer", server)
+        return server
+
+    def send(name: str) -> Any:
+        return post_json(client, "/e/", {"event": name, "distinct_id": "d", "api_key": TOKEN})
+
+    server = start()
+    try:
+        with override_settings(REDIS_URL=f"redis://127.0.0.1:{port}/0"):
+            assert send("before").status_code == 200
+            server.kill()
+            server.wait(10)
+            assert error_of(send("while away"))[:3] == (503, "server_error", "queue_unavailable")
+            server = start()
+            assert send("after").status_code == 200
+            # Redis kept nothing across the restart (no persistence here): only what came after is there.
+            assert [e["event"] for e in queued_events(redis.Redis(port=port), queue)] == ["after"]
+    finally:
+        server.kill()
+        server.wait(10)
+
+
+def test_recordings_on_s(client: Client, team: Team, queue: str, redis_client: redis.Redis) -> None:
+    """/s/ takes posthog-js' $snapshot events like any other."""
+    snapshot = {"event": "$snapshot", "properties": {"distinct_id": "d", "token": TOKEN, "$session_id": "s1", "$snapshot_data": {"type": 2}}}
+    assert client.post("/s/?compression=gzip-js", data=gzip.compress(json.dumps([snapshot]).encode()), content_type="text/plain").status_code == 200
+    [event] = queued_events(redis_client, queue)
+    assert (event["event"], event["properties"]["$session_id"]) == ("$snapshot", "s1")

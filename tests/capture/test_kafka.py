@@ -12,6 +12,7 @@ from django.test import Client, override_settings
 
 from plugin_server.capture.batch import CapturedEvent
 from plugin_server.capture.queue import partition_key
+from plugin_server.ingestion.decode_kafka import decode_kafka_message
 from plugin_server.models import Team
 
 pytestmark = [pytest.mark.django_db, pytest.mark.kafka]
@@ -53,6 +54,10 @@ def test_a_batch_becomes_one_kafka_message_per_event(
         assert (value["distinct_id"], value["team_id"], value["ip"], value["site_url"]) == (f"d{n % 2}", team.id, "127.0.0.1", "http://testserver")
         assert value["sent_at"] == "2021-05-17T10:00:00+00:00"
         assert datetime.fromisoformat(value["now"]) <= datetime.now(timezone.utc)
+    # The Kafka source's own decoder reads them as the events sent.
+    events = sorted((decode_kafka_message(message.value(), 1_000_000) for message in messages), key=lambda event: event["event"])
+    assert [(e["event"], e["distinct_id"], e["team_id"], e["properties"]["n"]) for e in events] == [(f"e{n}", f"d{n % 2}", team.id, n) for n in range(4)]
+    assert {e["sent_at"] for e in events} == {"2021-05-17T10:00:00+00:00"}
     keys = {message.key().decode(): json.loads(message.value())["distinct_id"] for message in messages}
     assert keys == {partition_key(CapturedEvent(d, None, "", {}, team.id, "", None)): d for d in ("d0", "d1")}
 
