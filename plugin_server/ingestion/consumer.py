@@ -386,7 +386,7 @@ class Consumer:
         except PluginsNotRun as error:
             # A team's plugin worker was lost, twice: its events are set aside with the reason (never stored as if
             # their plugins had run); every other event's result is here.
-            batch.letters.extend(self._event_letter(event, batch.by_uuid, PLUGINS_FAILED, reason) for event, reason in error.failed)
+            batch.letters.extend(self.letters.for_event(event, batch.by_uuid, PLUGINS_FAILED, reason) for event, reason in error.failed)
             return list(error.processed)
         except Exception as error:  # noqa: BLE001 -- one event that cannot cross to the workers must not stop the loop
             if len(events) == 1:
