@@ -208,6 +208,8 @@ def _json_object(value: bytes) -> Mapping[str, Any]:
             document = json.loads(value)  # what orjson refuses but JSON allows (lone surrogate escapes)
     except (ValueError, UnicodeDecodeError) as error:
         raise BadMessage(f"value is not JSON: {error}") from None
+    except RecursionError:
+        raise BadMessage("value is not JSON this reader takes: nested too deep") from None
     if not isinstance(document, dict):
         raise BadMessage(f"value is not a JSON object: {type(document).__name__}")
     return document

@@ -207,3 +207,9 @@ def test_compact_json_matches_json_stringify_and_survives_what_orjson_refuses() 
 def test_lone_surrogates_in_json_text_fields_become_replacement_characters() -> None:
     value = b'{"id": 1, "distinct_id": "a\\ud800b", "person_id": "' + UUID.encode() + b'", "team_id": 2}'
     assert messages.person_distinct_id_rows(value)[0][1] == "a?b"
+
+
+def test_json_nested_too_deep_for_the_reader_is_a_bad_message() -> None:
+    value = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
+    with pytest.raises(BadMessage, match="nested too deep"):
+        messages.person_rows(value)

@@ -422,3 +422,26 @@ def test_date_times_go_to_the_driver_as_raw_integers_of_their_column(column_type
 
     moment = datetime(2021, 5, 17, 9, 59, 59, 123456, tzinfo=timezone.utc)
     assert row_converter(["String", column_type, "UInt64"])(("a", moment, 5)) == ("a", expected, 5)
+
+
+def test_a_decoder_failing_on_a_message_dead_letters_it_and_goes_on() -> None:
+    from arroyo.backends.kafka import KafkaPayload
+    from arroyo.types import BrokerValue, Partition, Topic
+
+    from plugin_server.clickhouse.writer import Accumulator
+
+    def failing(value: bytes) -> list[tuple[Any, ...]]:
+        raise ZeroDivisionError("a decoder bug")
+
+    topic_format = messages.TopicFormat("t", "events", messages.EVENT_COLUMNS, failing, json=False)
+    accumulate = Accumulator({"t": topic_format, messages.EVENTS_TOPIC: messages.TOPIC_FORMATS[0]})
+    moment = datetime(2021, 5, 17, 9, 0, 0)
+    batch = WriterBatch()
+    batch = accumulate(batch, BrokerValue(KafkaPayload(b"k", b"v", []), Partition(Topic("t"), 0), 7, moment))
+    good = messages.event_value(make_event(1))
+    batch = accumulate(batch, BrokerValue(KafkaPayload(None, good, []), Partition(Topic(messages.EVENTS_TOPIC), 1), 8, moment))
+    assert [(letter.topic, letter.offset, letter.reason) for letter in batch.dead_letters] == [
+        ("t", 7, "could not decode: ZeroDivisionError: a decoder bug")
+    ]
+    assert len(batch.rows["events"]) == 1 and batch.rows["events"][0][-2:] == (moment.replace(tzinfo=timezone.utc), 8)
+    assert batch.messages == 2
