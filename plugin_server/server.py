@@ -103,6 +103,9 @@ STOP_ORDER = (
     "kafka producer",
     "status",
 )
+# Asked to stop at once with the consumer (then stopped in STOP_ORDER): they only
+# listen or poll, and each waits out its poll before it notices.
+WIND_DOWN_TOGETHER = ("reload listener", "job consumer", "scheduler")
 
 
 class ManagedPool(PluginRunner, Protocol):
@@ -458,6 +461,12 @@ class Server:
         try:
             if self.consumer_service is not None:
                 self.consumer_service.request_stop()
+            # The pool's users wind down together: each waits out a poll of up
+            # to a second, so stopping them one after the other added those up.
+            for name in WIND_DOWN_TOGETHER:
+                service = self.services.get(name)
+                if service is not None:
+                    service.request_stop()
             self.services.stop_all()
             connections.close_all()
         finally:
