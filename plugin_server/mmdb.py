@@ -248,6 +248,12 @@ class MMDBService(Service):
             reader = open_compressed(contents)
             store(file_name, content_type, contents)
             self._set_status("idle")
+        except requests.RequestException as error:
+            # The network said no (an offline laptop, a firewall, a 5xx): one line, not a traceback.
+            logger.warning("mmdb: could not download the GeoIP database from %s: %s", self.url, error)
+            self._set_status("unavailable", STATUS_TTL_SECONDS)
+            get_metrics().incr(MMDB_REFRESHED, 1, {"outcome": "failed"})
+            return None
         except Exception:  # noqa: BLE001 -- any failure: unavailable for a while, logged, never fatal
             logger.exception("mmdb: downloading the GeoIP database from %s failed", self.url)
             self._set_status("unavailable", STATUS_TTL_SECONDS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -129,10 +130,16 @@ def test_a_server_waits_for_another_ones_download(download: Download, redis_clie
     assert mmdb.current is not None and mmdb.current.file_name == "GeoLite2-City-2021-05-15.mmdb.br"
 
 
-def test_a_failed_download_makes_geoip_unavailable_for_a_while(download: Download, redis_client: redis.Redis) -> None:
+def test_a_failed_download_makes_geoip_unavailable_for_a_while(
+    download: Download, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 500 (or no network at all) leaves meta.geoip unavailable, said in one warning line without a traceback."""
     download.status = 500
     locator = GeoIPLocator()
-    service(download.url, locator).prepare()
+    with caplog.at_level(logging.WARNING, logger="plugin_server.mmdb"):
+        service(download.url, locator).prepare()
+    failed = [record for record in caplog.records if "could not download the GeoIP database" in record.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info is None and "500 Server Error" in failed[0].getMessage()
     with pytest.raises(MetaCallError, match=NOT_AVAILABLE):
         locator.locate(CTX, "89.160.20.129")
     assert json.loads(redis_client.get(STATUS_KEY)) == "unavailable"
