@@ -38,7 +38,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Final
 
@@ -48,7 +48,7 @@ from arroyo.commit import IMMEDIATE
 from arroyo.processing import StreamProcessor
 from arroyo.processing.strategies import CommitOffsets, ProcessingStrategy, ProcessingStrategyFactory, Reduce, RunTask
 from arroyo.types import BaseValue, BrokerValue, Commit, Message, Partition, Topic
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from plugin_server.clickhouse.messages import TOPIC_FORMATS, BadMessage, Row, TopicFormat, compact_json
 from plugin_server.metrics import (
@@ -67,6 +67,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL: Final = 10.0  # seconds between progress lines
+# A dead letter the broker refuses as too large goes again with its value cut to this.
+TRUNCATED_VALUE_BYTES: Final = 100_000
+TOO_LARGE_ERRORS: Final = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 RETRY_BACKOFF_MAX: Final = 30.0
 
 
@@ -100,6 +103,7 @@ class DeadLetter:
     key: bytes | None
     value: bytes
     reason: str
+    truncated_from: int | None = None  # the value's size when it had to be cut short for the dead-letter topic
 
 
 @dataclass(slots=True)
@@ -290,36 +294,68 @@ class BatchInserter:
         return self._insert(table, rows[:half], origins[:half]) + self._insert(table, rows[half:], origins[half:])
 
     def _dead_letter(self, letters: Sequence[DeadLetter]) -> None:
-        if not letters:
-            return
-        failures: list[KafkaError] = []
+        """Produce the letters and wait for the broker; one too large for it goes again, its value cut short."""
+        too_large = self._produce_letters(letters)
+        if too_large:
+            cut = [
+                replace(letter, value=letter.value[:TRUNCATED_VALUE_BYTES], truncated_from=len(letter.value))
+                for letter in too_large
+            ]
+            if self._produce_letters(cut, count=False):
+                raise RuntimeError("dead-letter topic refused even the cut-short messages as too large")
 
-        def delivered(error: KafkaError | None, _message: object) -> None:
-            if error is not None:
-                failures.append(error)
+    def _produce_letters(self, letters: Sequence[DeadLetter], count: bool = True) -> list[DeadLetter]:
+        """The letters the broker refused as too large; raises on any other failure (nothing is committed)."""
+        if not letters:
+            return []
+        failures: list[KafkaError] = []
+        too_large: list[DeadLetter] = []
+
+        def on_delivery(letter: DeadLetter) -> Callable[[KafkaError | None, object], None]:
+            def delivered(error: KafkaError | None, _message: object) -> None:
+                if error is not None and error.code() in TOO_LARGE_ERRORS:
+                    too_large.append(letter)
+                elif error is not None:
+                    failures.append(error)
+
+            return delivered
 
         for letter in letters:
-            logger.warning(
-                "clickhouse writer: dead-lettering %s[%d]@%d: %s", letter.topic, letter.partition, letter.offset, letter.reason
-            )
-            self._producer.produce(
-                self._options.dead_letter_topic,
-                value=letter.value,
-                key=letter.key,
-                headers=[
-                    ("reason", letter.reason.encode()),
-                    ("original_topic", letter.topic.encode()),
-                    ("original_partition", str(letter.partition).encode()),
-                    ("original_offset", str(letter.offset).encode()),
-                ],
-                on_delivery=delivered,
-            )
-            get_metrics().incr(CLICKHOUSE_WRITER_DEAD_LETTERS, 1, {"topic": letter.topic})
+            if count:
+                logger.warning(
+                    "clickhouse writer: dead-lettering %s[%d]@%d: %s", letter.topic, letter.partition, letter.offset, letter.reason
+                )
+                get_metrics().incr(CLICKHOUSE_WRITER_DEAD_LETTERS, 1, {"topic": letter.topic})
+            headers: list[tuple[str, str | bytes]] = [
+                ("reason", letter.reason.encode()),
+                ("original_topic", letter.topic.encode()),
+                ("original_partition", str(letter.partition).encode()),
+                ("original_offset", str(letter.offset).encode()),
+            ]
+            if letter.truncated_from is not None:
+                headers.append(("truncated_from_bytes", str(letter.truncated_from).encode()))
+            while True:
+                try:
+                    self._producer.produce(
+                        self._options.dead_letter_topic, value=letter.value, key=letter.key, headers=headers,
+                        on_delivery=on_delivery(letter),
+                    )
+                except BufferError:
+                    self._producer.poll(0.5)
+                    continue
+                except KafkaException as error:
+                    # The client's own size limit refuses it before sending.
+                    reported = error.args[0] if error.args else None
+                    if not isinstance(reported, KafkaError) or reported.code() not in TOO_LARGE_ERRORS:
+                        raise
+                    too_large.append(letter)
+                break
             self._producer.poll(0)
         remaining = self._producer.flush(60)
         if remaining or failures:
             # Not committed: the batch comes back and is dead-lettered again.
             raise RuntimeError(f"dead-letter topic did not take {remaining + len(failures)} message(s): {failures[:1]}")
+        return too_large
 
 
 class Progress:

@@ -445,3 +445,19 @@ def test_a_decoder_failing_on_a_message_dead_letters_it_and_goes_on() -> None:
     ]
     assert len(batch.rows["events"]) == 1 and batch.rows["events"][0][-2:] == (moment.replace(tzinfo=timezone.utc), 8)
     assert batch.messages == 2
+
+
+def test_a_dead_letter_too_large_for_kafka_goes_cut_short_with_its_size(topics: Topics, database: str, unique_name: str) -> None:
+    from plugin_server.clickhouse.client import make_client
+    from plugin_server.clickhouse.writer import TRUNCATED_VALUE_BYTES, DeadLetter
+
+    client = make_client(database=database)
+    inserter = BatchInserter(client, topics.producer, topics.options(database, unique_name), threading.Event(), Progress())
+    huge = b"x" * 3_000_000  # beyond the producer's 1 MB message limit
+    inserter._dead_letter([DeadLetter("t", 0, 9, b"k", huge, "value is not JSON"), DeadLetter("t", 0, 10, None, b"small", "r")])
+    client.disconnect()
+    letters = topics.read_all(topics.dead_letter, 2)
+    by_value_size = sorted(((len(message.value()), dict(message.headers())) for message in letters), key=lambda pair: pair[0])
+    assert by_value_size[0][0] == len(b"small") and "truncated_from_bytes" not in by_value_size[0][1]
+    assert by_value_size[1][0] == TRUNCATED_VALUE_BYTES
+    assert by_value_size[1][1]["truncated_from_bytes"] == b"3000000" and by_value_size[1][1]["original_offset"] == b"9"
