@@ -3,7 +3,7 @@
 One process-wide :data:`ACTIVITY`: the consumer records each batch's plugin
 run (``processEvent``), its storage (``ingestEvent``, with the event count)
 and its ``on_event`` run (``onEvent``); the server records ``serverStart``.
-These are the original's activity types (spec: plugins.md §9.2 step 10).
+These are the original's activity types.
 Recording is a lock and three assignments, once per batch.
 """
 

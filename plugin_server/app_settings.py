@@ -1,7 +1,7 @@
 """The plugin server's settings, with their defaults, owned by the app.
 
 Every setting the app reads is defined here, read from the environment with
-the original plugin server's name and default (spec: plugins.md §15), so
+the original plugin server's name and default, so
 that an existing PostHog deployment's environment works unchanged. Settings
 that the original did not have are marked "(port)". A malformed value stops
 start-up with one line naming the variable (see :mod:`plugin_server.env`).

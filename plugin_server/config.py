@@ -6,8 +6,8 @@ does not freeze the settings of the moment) and dropped whenever Django's
 ``setting_changed`` signal fires, so ``override_settings`` in tests is seen
 by the next call.
 
-Every field is the setting of the same name in upper case (spec: plugins.md
-§15; docs/configuration.md), some resolved for use: ``database_url`` is the
+Every field is the setting of the same name in upper case
+(docs/configuration.md), some resolved for use: ``database_url`` is the
 database actually connected to (``POSTHOG_DB_*`` win over ``DATABASE_URL``),
 ``redis_url`` the Redis actually used (``POSTHOG_REDIS_HOST`` wins over
 ``REDIS_URL``), ``worker_concurrency`` a real count (0 means one per core).

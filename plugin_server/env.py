@@ -1,6 +1,6 @@
 """Reading settings from the environment, with one clear line per bad value.
 
-The parsing rules are the original's (spec: plugins.md §15): booleans are true
+The parsing rules are the original's: booleans are true
 for ``y, yes, t, true, on, 1``; numbers must parse; everything else is text.
 Unlike the original, a malformed number or URL stops start-up with a message
 that names the variable and what was expected.

@@ -1,6 +1,6 @@
 """Event types passed between the parts of the pipeline.
 
-``PluginEvent`` is the plain dict a plugin sees (spec: plugins.md §3.3) and
+``PluginEvent`` is the plain dict a plugin sees and
 that the ingester stores; it stays a dict so that it crosses process
 boundaries cheaply and plugins can change it freely.
 """

@@ -1,4 +1,4 @@
-"""The job consumer: runs due plugin jobs on this server's worker pool (spec: plugins.md §4.4, §11).
+"""The job consumer: runs due plugin jobs on this server's worker pool.
 
 Only the holder of the Redis lock ``plugin-server:locks:job-queue-consumer``
 (TTL ``SCHEDULE_LOCK_TTL``) polls, every ``JOB_POLL_INTERVAL`` seconds (at
@@ -18,7 +18,7 @@ Outcomes (docs/jobs.md):
 - its plugin config was deleted or disabled meanwhile: dropped with a log
   line (server log; and the plugin's log when the config still exists);
 - the job name is not among the plugin's ``jobs``: recorded as the config's
-  error (spec §6.4) and dropped.
+  error and dropped.
 """
 
 from __future__ import annotations
@@ -255,7 +255,7 @@ class JobConsumer(Service):
             connection.close()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop polling, release the lock, let the leased jobs finish (spec §9.3)."""
+        """Stop polling, release the lock, let the leased jobs finish."""
         self._drain_timeout = timeout
         super().stop(5.0)
 

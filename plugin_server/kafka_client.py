@@ -1,4 +1,4 @@
-"""librdkafka settings shared by every Kafka client of the server (spec: ingestion.md §1.2).
+"""librdkafka settings shared by every Kafka client of the server.
 
 - Brokers: ``KAFKA_HOSTS`` (comma-separated); empty is the original's error
   "You must set KAFKA_HOSTS to process events from Kafka!".

@@ -1,4 +1,4 @@
-"""A cluster-wide lock in Redis, as the original's scheduler and job consumer used (spec: plugins.md §10).
+"""A cluster-wide lock in Redis, as the original's scheduler and job consumer used.
 
 The Redlock algorithm on one Redis: ``SET key <random token> NX PX ttl``
 takes the lock; extending and releasing only act while the stored value is

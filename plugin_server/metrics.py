@@ -1,7 +1,6 @@
 """StatsD metrics: every name in one place, a backend that is off unless STATSD_HOST is set.
 
-Every metric the server sends is named here: the original's (spec:
-plugins.md §14.2; the ``kafka_queue.*`` and ``query.kafka_send`` ones are
+Every metric the server sends is named here: the original's (the ``kafka_queue.*`` and ``query.kafka_send`` ones are
 sent by the Kafka pipeline, ``query.clickhouse`` by the ClickHouse writer)
 and the port's own (``ingestion.*``, ``dlq.*``, ``worker.*``, ``jobs.*``,
 ``scheduler.*``, ``service.*``, ``mmdb.*``, ``health.*``,
@@ -79,7 +78,7 @@ CLICKHOUSE_WRITER_DEAD_LETTERS = "clickhouse_writer.dead_letters"  # count, tag 
 CLICKHOUSE_WRITER_INSERT_RETRIES = "clickhouse_writer.insert_retries"  # count: inserts retried after a network error
 
 
-# --- The original's names (spec §14.2) ----------------------------------------------
+# --- The original's names ----------------------------------------------
 QUERY_POSTGRES = "query.postgres"  # timing, tag queryTag: one statement (+ QUERY_POSTGRES ".total" count)
 QUERY_POSTGRES_TRANSACTION = "query.postgres_transation"  # (sic) timing: one transaction (+ ".total")
 QUERY_CLICKHOUSE = "query.clickhouse"  # timing: one ClickHouse query (+ ".total")

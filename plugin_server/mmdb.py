@@ -1,4 +1,4 @@
-"""The GeoIP (MMDB) service: where ``meta.geoip`` gets its database (spec: plugins.md §12).
+"""The GeoIP (MMDB) service: where ``meta.geoip`` gets its database.
 
 The database is shared by every server through one ``posthog_pluginattachment``
 row: key ``@posthog/mmdb``, no team, no plugin config, the MaxMind DB

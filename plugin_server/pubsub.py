@@ -1,4 +1,4 @@
-"""Plugin reloads over Redis pub/sub (spec: plugins.md §9.4).
+"""Plugin reloads over Redis pub/sub.
 
 The PostHog app (and this server's admin) publishes on
 ``PLUGINS_RELOAD_PUBSUB_CHANNEL`` whenever a plugin or plugin config changes;

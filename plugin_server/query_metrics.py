@@ -1,4 +1,4 @@
-"""``query.postgres`` timings (the original's name, spec: plugins.md §14.2) for every statement.
+"""``query.postgres`` timings (the original's name) for every statement.
 
 :func:`install_postgres_metrics` adds an execute wrapper to every database
 connection of the process (those open now and those Django opens later):

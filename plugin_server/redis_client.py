@@ -9,7 +9,7 @@ from django.conf import settings
 
 
 def redis_url() -> str:
-    """REDIS_URL, unless POSTHOG_REDIS_HOST is set (spec: plugins.md §15)."""
+    """REDIS_URL, unless POSTHOG_REDIS_HOST is set."""
     if settings.POSTHOG_REDIS_HOST:
         password = f":{settings.POSTHOG_REDIS_PASSWORD}@" if settings.POSTHOG_REDIS_PASSWORD else ""
         return f"redis://{password}{settings.POSTHOG_REDIS_HOST}:{settings.POSTHOG_REDIS_PORT}"

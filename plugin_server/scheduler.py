@@ -1,4 +1,4 @@
-"""The scheduler: ``run_every_minute`` / ``_hour`` / ``_day`` of every plugin config (spec: plugins.md §10).
+"""The scheduler: ``run_every_minute`` / ``_hour`` / ``_day`` of every plugin config.
 
 Clock: a task type is due when the UTC clock crosses its boundary (cron
 ``* * * * *``, ``0 * * * *``, ``0 0 * * *``). ``SCHEDULE_TIME_SCALE``
@@ -208,7 +208,7 @@ class Scheduler(Service):
                 logger.exception("scheduler tick failed")
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop ticking, release the lock, wait for the runs in flight (spec §9.3)."""
+        """Stop ticking, release the lock, wait for the runs in flight."""
         super().stop(timeout)
 
     def cleanup(self) -> None:

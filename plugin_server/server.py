@@ -7,7 +7,7 @@ is the composition: to add a part, build it and ``self.services.add(it)``
 at its place in the start order (and name it in ``STOP_ORDER`` if it must
 stop at a given point).
 
-Start (spec: plugins.md §9.2): check Postgres and Redis → (Kafka pipeline)
+Start: check Postgres and Redis → (Kafka pipeline)
 the Kafka producer, which checks KAFKA_HOSTS → worker pool (one
 service whose children are the worker slots) → plugin log writer → web
 (unless DISABLE_WEB; with CAPTURE_ENABLED it also serves PostHog's capture
@@ -89,7 +89,7 @@ logger = logging.getLogger(__name__)
 # well under a minute unless a service is away.
 READY_STALE_AFTER = 120.0
 MODES = ("all", "ingestion", "scheduler", "jobs")
-# Services stopped in this order at shutdown (spec §9.3); the others after them, last started first.
+# Services stopped in this order at shutdown; the others after them, last started first.
 STOP_ORDER = (
     "web",
     "staleness",
@@ -168,7 +168,7 @@ def build_web_app(options: ServerOptions) -> WSGIApplication | None:
 
 
 def build_source(options: ServerOptions) -> Source:
-    """The Kafka source with KAFKA_ENABLED (raises the spec's error without KAFKA_HOSTS), else Celery."""
+    """The Kafka source with KAFKA_ENABLED (raises the original's error without KAFKA_HOSTS), else Celery."""
     if options.kafka_enabled:
         from plugin_server.ingestion.sources.kafka import KafkaSource
 
@@ -218,7 +218,7 @@ class KafkaProducerService(Service):
     def prepare(self) -> None:
         from plugin_server.kafka_client import client_settings
 
-        client_settings()  # the spec's error at start if KAFKA_HOSTS is empty
+        client_settings()  # the original's error at start if KAFKA_HOSTS is empty
 
     def cleanup(self) -> None:
         from plugin_server.sinks.kafka_producer import close_shared_producer
@@ -387,7 +387,7 @@ class Server:
             try:
                 with slow_operation("reload"):
                     pool.reload()
-                reload_schedule()  # spec §9.4: the schedule follows the reloaded plugins
+                reload_schedule()  # the schedule follows the reloaded plugins
             finally:
                 connection.close()  # the listener's thread: reloads are rare, hold no connection between them
 
@@ -399,7 +399,7 @@ class Server:
 
     def _check_job_store(self) -> str:
         """The job queues that work ("graphile" or ""); CRASH_IF_NO_PERSISTENT_JOB_QUEUE decides
-        whether a job store that cannot be used stops the start (spec §11.1)."""
+        whether a job store that cannot be used stops the start."""
         from plugin_server.jobs import PERSISTENT_QUEUE, check_job_store, set_job_store_problem
 
         config = get_config()
@@ -414,7 +414,7 @@ class Server:
         return ""
 
     def _add_mmdb(self, pool: ManagedPool) -> None:
-        """The GeoIP database for meta.geoip, unless DISABLE_MMDB or the operator's MMDB_PATH (spec §9.2 step 2)."""
+        """The GeoIP database for meta.geoip, unless DISABLE_MMDB or the operator's MMDB_PATH."""
         config = get_config()
         geoip = getattr(getattr(pool, "host", None), "geoip", None)
         if config.disable_mmdb or config.mmdb_path or not isinstance(geoip, GeoIPLocator):

@@ -1,6 +1,6 @@
 """Warnings for slow operations: "still running after N s" (log + Sentry), never an abort.
 
-(spec: ingestion.md §2, plugins.md §14.1.) Code wraps a step in
+Code wraps a step in
 ``with slow_operation("consumer.store"):``; registering is a dict insert
 under a lock, once per batch or run. :class:`SlowOperationWatch`, a
 supervised service of the server, looks at the registry every second and

@@ -1,4 +1,4 @@
-"""STALENESS_RESTART_SECONDS: restart a server that stopped ingesting (spec: plugins.md §9.2 step 10).
+"""STALENESS_RESTART_SECONDS: restart a server that stopped ingesting.
 
 When the setting is above 0 and the server's role ingests, this service
 looks at the last activity (:mod:`plugin_server.activity`: a batch's

@@ -1,4 +1,4 @@
-"""The server's liveness in Redis, as the PostHog app reads it (spec: plugins.md §9.2, §14.1).
+"""The server's liveness in Redis, as the PostHog app reads it.
 
 Every 5 s a daemon thread writes ``@posthog-plugin-server/ping`` (ISO time,
 TTL 60 s) and ``@posthog-plugin-server/version``; at start it writes

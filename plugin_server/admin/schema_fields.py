@@ -1,4 +1,4 @@
-"""Form fields generated from a plugin's config schema (spec: plugins.md §1.4).
+"""Form fields generated from a plugin's config schema.
 
 A schema field of type ``string``, ``json``, ``choice`` or ``attachment``
 becomes one Django form field named ``config__<key>``. ``required`` is

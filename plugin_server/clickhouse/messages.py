@@ -6,7 +6,7 @@ them back. :data:`TOPIC_FORMATS` says, per topic, which table a message
 fills and how its value becomes rows of that table (the decoders raise
 :class:`BadMessage` with the reason for a value they cannot read).
 
-Formats (spec: the original's v0.21.3 messages; timestamps UTC):
+Formats (the original's v0.21.3 messages; timestamps UTC):
 
 - ``clickhouse_events_proto`` (key = event uuid): length-delimited protobuf
   ``Event`` (:mod:`plugin_server.clickhouse.proto`), timestamps

@@ -1,4 +1,4 @@
-"""Deleting persons from ClickHouse, as the Kafka pipeline's person logic does after Postgres (spec §4.5).
+"""Deleting persons from ClickHouse, as the Kafka pipeline's person logic does after Postgres.
 
 The original ran, over HTTP, ``ALTER TABLE person DELETE WHERE id = '<uuid>'``
 and ``ALTER TABLE person_distinct_id DELETE WHERE person_id = '<uuid>'``

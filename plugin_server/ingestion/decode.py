@@ -9,7 +9,7 @@ Celery's own ``hybrid_to_proto2`` turns a protocol 1 body into the protocol 2
 ``(args, kwargs, embed)`` shape. Only ``application/json`` is accepted: a
 pickle body would run code of the producer's choosing.
 
-The task's 7 positional args (spec: ingestion.md §1.1) become the event
+The task's 7 positional args become the event
 ``{distinct_id, ip, site_url, team_id, now, sent_at, uuid}`` with every key of
 ``data`` laid over it. Everything that cannot become such an event raises
 :class:`~plugin_server.exceptions.InvalidMessage` with a stable ``reason``:

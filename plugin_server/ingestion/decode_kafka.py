@@ -1,4 +1,4 @@
-"""Decoding a message of ``KAFKA_CONSUMPTION_TOPIC`` into the event the capture endpoint sent (spec: ingestion.md §1.2).
+"""Decoding a message of ``KAFKA_CONSUMPTION_TOPIC`` into the event the capture endpoint sent.
 
 The value is JSON ``{uuid, distinct_id, ip, site_url, data, team_id, now,
 sent_at[, kafka_offset]}`` where ``data`` is the raw event *as JSON text*

@@ -1,4 +1,4 @@
-"""Event and property definitions, and the team's first-event flag (spec: ingestion.md §6.2).
+"""Event and property definitions, and the team's first-event flag.
 
 Each process keeps, per team, the event names and property names it knows
 exist. A batch asks only about names it has not seen: the definitions of

@@ -1,4 +1,4 @@
-"""The distinct-id cache: "is this (team, distinct id) already a person?" (spec: ingestion.md §6.3).
+"""The distinct-id cache: "is this (team, distinct id) already a person?".
 
 One per ingesting process. It remembers at most ``DISTINCT_ID_LRU_SIZE`` keys,
 each for an hour after its last hit, so that the events of known users cost no

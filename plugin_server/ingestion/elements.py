@@ -1,4 +1,4 @@
-"""Autocapture elements: from ``$elements`` to element rows, group hash and chain (spec: ingestion.md §5).
+"""Autocapture elements: from ``$elements`` to element rows, group hash and chain.
 
 The hash names an element group in ``posthog_elementgroup`` (Postgres
 pipeline); the chain is the one-string form ClickHouse stores (Kafka
@@ -158,7 +158,7 @@ def _element_chain(element: Element) -> str:
 
 
 def elements_chain(elements: list[Element]) -> str:
-    """The ``elements_chain`` text of the Kafka pipeline (§5.3), ``""`` without elements."""
+    """The ``elements_chain`` text of the Kafka pipeline, ``""`` without elements."""
     return ";".join(_element_chain(element) for element in elements)
 
 

@@ -1,4 +1,4 @@
-"""The events processor: a batch of plugin events in, stored rows out (spec: ingestion.md §3).
+"""The events processor: a batch of plugin events in, stored rows out.
 
 One :meth:`Ingester.ingest` call per batch:
 
@@ -108,7 +108,7 @@ class Ingester:
                 items = self._prepare(events, result)
                 if items:
                     regular = [item.row for item in items if isinstance(item.row, PreparedEvent)]
-                    # Definitions see the properties after $ip and before the campaign step (§3.6 step 5).
+                    # Definitions see the properties after $ip and before the campaign step.
                     self.definitions.write(self.definitions.new_definitions((row.team_id, row.event, row.properties) for row in regular))
                     for row in regular:
                         add_campaign_properties(row.properties)

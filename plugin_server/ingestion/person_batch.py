@@ -6,8 +6,7 @@ memory, and writes the result with one statement per table: new persons,
 new distinct ids, changed persons. Merges are rare and write at once
 (after flushing what is pending, so that both persons exist in the table).
 
-The rules are the original's (spec: ingestion.md §3.4, §3.6 steps 6 and 8,
-§4) with the later fixes this port takes; see docs/persons.md.
+The rules are the original's with the later fixes this port takes; see docs/persons.md.
 """
 
 from __future__ import annotations
@@ -56,7 +55,7 @@ class DistinctIdChange:
 
 @dataclass(slots=True)
 class PersonChanges:
-    """What one batch wrote, in order, for a sink that mirrors persons (the Kafka pipeline, spec §4.1–§4.5).
+    """What one batch wrote, in order, for a sink that mirrors persons (the Kafka pipeline).
 
     ``created`` persons were inserted (their final state at insert),
     ``updated`` persons were written again, ``distinct_ids`` were added or
@@ -205,7 +204,7 @@ class PersonBatch:
             person.changed = True
 
     def _alias(self, update: PersonUpdate, previous_value: Any, current: str) -> None:
-        """Make ``previous`` and ``current`` one person (spec §3.4 alias)."""
+        """Make ``previous`` and ``current`` one person."""
         if previous_value is None:
             return  # the original fails on a null distinct id and creates nothing
         previous = js_string(previous_value)
@@ -230,7 +229,7 @@ class PersonBatch:
         storable = [distinct_id for distinct_id in distinct_ids if self._check_storable(update, distinct_id)]
         if not storable:
             return
-        # The event's own person uuid (spec §3.2) for its first new person.
+        # The event's own person uuid for its first new person.
         uuid = uuidt.text() if self._person_uuid_taken else update.person_uuid
         self._person_uuid_taken = True
         person = PersonRecord(None, uuid, update.team_id, created_at, {}, is_identified)

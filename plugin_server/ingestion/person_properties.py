@@ -1,4 +1,4 @@
-"""How ``$set``, ``$set_once`` and ``$increment`` change a person's properties (spec: ingestion.md §4.6).
+"""How ``$set``, ``$set_once`` and ``$increment`` change a person's properties.
 
 Pure functions, no I/O: the person manager applies them in memory, in event
 order, to persons it holds locked, and writes the result once per batch.
@@ -78,8 +78,8 @@ def updated_properties(
 ) -> dict[str, Any]:
     """The properties after one event: ``$set`` overwrites, ``$set_once`` fills gaps, then increments.
 
-    The increments are applied on top of ``$set`` (spec §4.6 step 5 allows
-    this in place of the original's "database value wins" quirk). Unlike the
+    The increments are applied on top of ``$set`` (in place of the
+    original's "database value wins" quirk, as its own rules allow). Unlike the
     original, an increment key is used as given: ``my-prop`` increments
     ``my-prop``, not ``myprop`` (the stripping only guarded its SQL text)."""
     result = {**set_once, **properties, **set_}

@@ -4,8 +4,7 @@ Every function takes an open cursor and does one round trip, whatever the
 number of rows: keys and rows travel as one JSON document, expanded with
 ``jsonb_to_recordset``. (Arrays cost more: psycopg quotes every element of
 a text array in Python; one JSON text is encoded in C and escaped once.)
-Postgres specifics of the person side live here only (spec:
-ingestion.md §4 and §9, tables ``posthog_person``, ``posthog_persondistinctid``,
+Postgres specifics of the person side live here only (tables ``posthog_person``, ``posthog_persondistinctid``,
 ``posthog_cohortpeople``).
 
 The host's schema is followed where it differs: person ids travel as
@@ -154,7 +153,7 @@ def existing_distinct_ids(cursor: CursorWrapper, keys: Collection[DistinctIdKey]
 
 
 def fetch_person(cursor: CursorWrapper, team_id: int, distinct_id: str) -> PersonRecord | None:
-    """The person of one distinct id, both rows filtered by team (spec §4.7); no lock."""
+    """The person of one distinct id, both rows filtered by team; no lock."""
     cursor.execute(
         f"""
         SELECT {_PERSON_COLUMNS}

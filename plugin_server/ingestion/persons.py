@@ -1,4 +1,4 @@
-"""Persons and distinct ids for a batch of events (spec: ingestion.md §3.4, §3.6 steps 6 and 8, §4, §6.3).
+"""Persons and distinct ids for a batch of events.
 
 The ingester builds one :class:`PersonUpdate` per event and calls
 :meth:`PersonManager.apply` inside its transaction, before it writes the
@@ -59,9 +59,8 @@ class PersonUpdate:
 
     ``properties`` are the event's final properties, with ``$set``,
     ``$set_once``, ``$increment``, ``alias`` and ``$anon_distinct_id``;
-    ``new_person_created_at`` is sent_at if given, else now (spec §3.6 step
-    6); ``person_uuid`` is a fresh UUIDT for a person the event may create
-    (spec §3.2)."""
+    ``new_person_created_at`` is sent_at if given, else now;
+    ``person_uuid`` is a fresh UUIDT for a person the event may create."""
 
     team_id: int
     distinct_id: str
@@ -148,6 +147,6 @@ class PersonManager:
         return changes
 
     def person_for(self, team_id: int, distinct_id: str) -> PersonRecord | None:
-        """The person owning a distinct id in a team, or None (spec §4.7)."""
+        """The person owning a distinct id in a team, or None."""
         with connections[persons_db_alias(write=False)].cursor() as cursor:
             return fetch_person(cursor, team_id, distinct_id)

@@ -1,4 +1,4 @@
-"""From a plugin event to the rows to store (spec: ingestion.md §3.1–§3.6).
+"""From a plugin event to the rows to store.
 
 :func:`check_event` is the gate: it turns every kind of bad input into an
 :class:`InvalidMessage` with a stable reason (never a crash, never a silent
@@ -38,7 +38,7 @@ REPLACEMENT_CHARACTER = "\ufffd"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # An ISO date whose year has five or more digits (the year 30000): no database
 # column can hold it, and "now" would be a guess, so the event is dead-lettered
-# for an operator to look at (a merely unreadable timestamp is ignored: §3.3).
+# for an operator to look at (a merely unreadable timestamp is ignored).
 _YEAR_OUT_OF_RANGE = re.compile(r"^\s*[+-]?\d{5,}-")
 
 
@@ -140,7 +140,7 @@ def check_event(event: object, max_bytes: int) -> tuple[PluginEvent, bool]:
 
 
 def event_name(value: Any) -> str:
-    """§3.6 step 1: a non-text name as JavaScript's compact JSON.stringify, first 200 characters.
+    """A non-text name as JavaScript's compact JSON.stringify, first 200 characters.
 
     (``3.0`` → ``"3"``, ``true`` → ``"true"``, ``{"a": 1.0}`` → ``'{"a":1}'``.)"""
     if isinstance(value, str):
@@ -149,7 +149,7 @@ def event_name(value: Any) -> str:
 
 
 def add_campaign_properties(properties: dict[str, Any]) -> None:
-    """§3.6 step 7: utm keys into ``$set``, ``$initial_*`` into ``$set_once`` (only if a utm key is present)."""
+    """Utm keys into ``$set``, ``$initial_*`` into ``$set_once`` (only if a utm key is present)."""
     campaign = [key for key in CAMPAIGN_KEYS if key in properties]
     if not campaign:
         return
@@ -172,7 +172,7 @@ class PreparedItem:
 
 
 def prepare_event(index: int, event: PluginEvent, team: TeamInfo, received: datetime) -> PreparedItem:
-    """Everything §3.2–§3.6 does to one checked event without I/O.
+    """Everything preparing does to one checked event, without I/O.
 
     ``received`` is the current time, the fallback for a missing ``now``."""
     team_id = team.id

@@ -1,4 +1,4 @@
-"""Teams as ingestion reads them, cached per process (spec: ingestion.md §6.1).
+"""Teams as ingestion reads them, cached per process.
 
 A team is read at most once per ``TEAM_CACHE_SECONDS`` (30 s, as the
 original) and a whole batch's missing teams in one query. An unknown team is

@@ -1,4 +1,4 @@
-"""When an event happened: timestamp / sent_at / now / offset (spec: ingestion.md §3.3, §7).
+"""When an event happened: timestamp / sent_at / now / offset.
 
 Every datetime here is timezone-aware UTC. Texts without an offset are read
 as UTC. A timestamp that cannot be read, or that Python cannot represent
@@ -45,7 +45,7 @@ class EventTime:
 
 
 def event_time(data: dict[str, Any], now: datetime, sent_at: datetime | None) -> EventTime:
-    """The §3.3 timestamp of ``data``, truncated to milliseconds."""
+    """The timestamp of ``data``, truncated to milliseconds."""
     ignored: str | None = None
     raw_timestamp = data.get("timestamp")
     if raw_timestamp:

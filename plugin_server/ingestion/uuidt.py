@@ -1,4 +1,4 @@
-"""UUIDT: time-ordered uuids, the same algorithm as PostHog's (spec: ingestion.md §11).
+"""UUIDT: time-ordered uuids, the same algorithm as PostHog's.
 
 Sixteen bytes: six bytes of Unix time in milliseconds, two bytes of a
 per-millisecond series counter and eight random bytes, all big-endian, with

@@ -1,4 +1,4 @@
-"""Webhook tasks for stored events (spec: ingestion.md §3.7 step 3, Postgres pipeline).
+"""Webhook tasks for stored events.
 
 For an event of a team that "should send webhooks" (a Slack webhook or an
 ``action_performed`` hook, see :class:`~plugin_server.ingestion.teams.TeamManager`),

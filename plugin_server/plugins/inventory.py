@@ -1,6 +1,6 @@
 """Which plugin configs are in force, read once per (re)load in the main process.
 
-(spec: plugins.md §1.1, §1.5, §2.1.) A config is in force when it is
+A config is in force when it is
 enabled, its team's organization has ``plugins_access_level > 0`` and its
 plugin belongs to that organization or is global. :func:`load_inventory`
 reads those configs with their plugins in one query and their attachments
@@ -8,7 +8,7 @@ in one more, loads each plugin's code (cached across reloads while the
 plugin row is unchanged) and builds the per-team chains in plugin order.
 
 A plugin whose code cannot be loaded has its error recorded on each of its
-configs and is left out of the chains, but not disabled (spec §1.2).
+configs and is left out of the chains, but not disabled.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """Plugin instances inside a worker: lazy set-up, reuse, teardown.
 
-(spec: plugins.md §2.) A worker holds one :class:`PluginInstance` per plugin
+A worker holds one :class:`PluginInstance` per plugin
 config it was told about. An instance is compiled and set up lazily, the
 first time the worker needs it (an event of its team, a task, a schedule
 request), so a worker never pays for the plugins of teams it never sees.
 Set-up is time-limited; when compiling or ``setup_plugin`` fails the
 instance is "failed" (no methods, no tasks) and the main process disables
-the config (§2.2 step 5). On reconfiguration an instance whose config and
+the config. On reconfiguration an instance whose config and
 plugin are unchanged (same ``version``) is kept with its ``meta.global_``;
-a changed or removed one is torn down (§2.4).
+a changed or removed one is torn down.
 
 Runs in the worker: imports nothing from Django.
 """
@@ -99,7 +99,7 @@ class PluginInstance:
         return getattr(self.exports, name, None)
 
     def process_event_fn(self) -> Callable[..., Any] | None:
-        """``process_event``, or the one derived from ``process_event_batch`` (spec §3.2)."""
+        """``process_event``, or the one derived from ``process_event_batch``."""
         direct = self.method("process_event")
         if direct is not None:
             return direct
@@ -114,7 +114,7 @@ class PluginInstance:
         return derived
 
     def process_event_batch_fn(self) -> Callable[..., Any] | None:
-        """``process_event_batch``, or the one derived from ``process_event``: each event, falsy results dropped (spec §3.2)."""
+        """``process_event_batch``, or the one derived from ``process_event``: each event, falsy results dropped."""
         direct = self.method("process_event_batch")
         if direct is not None:
             return direct
@@ -174,7 +174,7 @@ class PluginInstance:
         runtime.system(spec, "loaded", methods=methods, tasks=self.tasks())
 
     def teardown(self) -> None:
-        """Call ``teardown_plugin`` if set up (spec §2.4); errors are recorded, not raised."""
+        """Call ``teardown_plugin`` if set up; errors are recorded, not raised."""
         if self.state is not InstanceState.READY:
             return
         self.state = InstanceState.FAILED

@@ -1,4 +1,4 @@
-"""Find and read a plugin's code (plugins.md §1.2), in the main process.
+"""Find and read a plugin's code, in the main process.
 
 Three kinds, checked in this order:
 
@@ -15,7 +15,7 @@ Three kinds, checked in this order:
    names ``main.py`` or ``plugin.json``; anything else is Python source.
 
 Anything else is a remote plugin that was never downloaded, which is an
-error. Every failure raises :class:`PluginLoadError` with the spec's message
+error. Every failure raises :class:`PluginLoadError` with the original's message
 (adapted to Python names); nothing here runs plugin code.
 """
 
@@ -51,7 +51,7 @@ PROJECT_FOLDER = str(Path(__file__).resolve().parents[2])
 
 
 def plugin_digest(plugin: Plugin) -> str:
-    """``plugin <name> ID <id> (organization ID <org id>[ - global])``, as in the spec's messages."""
+    """``plugin <name> ID <id> (organization ID <org id>[ - global])``, as in the original's messages."""
     suffix = " - global" if plugin.is_global else ""
     return f"plugin {plugin.name} ID {plugin.pk} (organization ID {plugin.organization_id}{suffix})"
 
@@ -272,7 +272,7 @@ def load_plugin_code(plugin: Plugin, base_dir: str | None = None) -> PluginCode:
     """Read ``plugin``'s code from its folder, archive or source column.
 
     ``base_dir`` (default: the ``BASE_DIR`` setting) is where ``file:`` urls
-    are resolved. Raises :class:`PluginLoadError` with the spec's message.
+    are resolved. Raises :class:`PluginLoadError` with the original's message.
     """
     digest = plugin_digest(plugin)
     if plugin.plugin_type == "inline" or (plugin.url or "").startswith("inline:"):

@@ -278,7 +278,7 @@ def exception_message(error: BaseException) -> str:
 
 
 def log_text(value: Any) -> str:
-    """One ``print`` / ``meta.logger`` argument as the console prints it (python-plugins.md):
+    """One ``print`` / ``meta.logger`` argument as the console prints it (docs/plugin-meta.md):
     text as is, a dict or list as compact JSON, an error as ``Name: message``."""
     kind = type(value)
     try:

@@ -1,6 +1,6 @@
 """Running a team's plugins on events and tasks, inside a worker.
 
-(spec: plugins.md §4.) The ``process_event`` chain runs each plugin of the
+The ``process_event`` chain runs each plugin of the
 team in plugin order on the result of the previous one; a falsy result
 drops the event; a changed ``team_id`` drops it with an error; an exception
 (or a timeout) is recorded for that plugin config and the event goes on as
@@ -41,7 +41,7 @@ def run_process_event(
     item: int,
     skip: frozenset[int] = frozenset(),
 ) -> dict[str, Any] | None:
-    """The processEvent chain of spec §4.1 for one event; None when dropped.
+    """The original's processEvent chain for one event; None when dropped.
 
     ``skip`` holds configs to count as failed without calling them: the ones
     whose call took a worker down on a previous attempt of this event.
@@ -78,7 +78,7 @@ def run_process_event(
         succeeded.append(instance.spec.label)
         current = result
     if ran:
-        # The markers go on the original input object (spec §4.1); plugins
+        # The markers go on the original input object; plugins
         # usually return that same object, so the result shows them too.
         for target in (event, current) if current is not event else (event,):
             properties = target.get("properties")
@@ -94,7 +94,7 @@ def run_process_event(
 def run_process_event_batch(
     runtime: Runtime, instances: Instances, config_ids: Iterable[int], events: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Spec §4.2 for one team's events: each plugin's batch function in turn."""
+    """One team's events through each plugin's batch function in turn."""
     batch = events
     succeeded: list[str] = []
     failed: list[str] = []
@@ -125,7 +125,7 @@ def run_process_event_batch(
 def run_on_event(
     runtime: Runtime, instances: Instances, config_ids: Iterable[int], event: dict[str, Any], item: int
 ) -> None:
-    """``on_event`` (or ``on_snapshot`` for ``$snapshot``) of every plugin of the team (spec §4.3)."""
+    """``on_event`` (or ``on_snapshot`` for ``$snapshot``) of every plugin of the team."""
     name = "on_snapshot" if event.get("event") == "$snapshot" else "on_event"
     for instance in _chain(instances, config_ids, item):
         function = instance.method(name)
@@ -142,7 +142,7 @@ class TaskNotFound(LookupError):
 
 
 def run_task(runtime: Runtime, instance: PluginInstance, kind: str, name: str, payload: Any, limit: float) -> Any:
-    """Run a scheduled task (``kind="schedule"``) or a job; errors are recorded and swallowed (spec §4.4)."""
+    """Run a scheduled task (``kind="schedule"``) or a job; errors are recorded and swallowed."""
     if kind == "schedule":
         function = instance.method(name)
         args: tuple[Any, ...] = (instance.meta,)

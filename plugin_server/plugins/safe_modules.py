@@ -1,4 +1,4 @@
-"""The import allow-list of python-plugins.md and the read-only module views plugins get.
+"""The import allow-list of docs/plugins.md and the read-only module views plugins get.
 
 A plugin never receives a real module object: ``import json`` hands it a
 :class:`SafeModule` holding only the module's public API (``__all__`` or an
@@ -121,7 +121,7 @@ class SafeModule:
 
 
 def import_error(name: str) -> ImportError:
-    """The spec's §6.7 message, adapted to Python module names."""
+    """The original's message, adapted to Python module names."""
     return ImportError(f"Cannot import '{name}'! This package is not provided by PostHog in plugins.")
 
 

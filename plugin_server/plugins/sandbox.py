@@ -216,7 +216,7 @@ def compile_plugin(
 
     ``injected_globals`` are extra names the plugin sees (the pool passes
     ``print`` and ``posthog``); ``print`` is wired through RestrictedPython's
-    print hook. ``seconds`` limits the module body's run time (plugins.md §7).
+    print hook. ``seconds`` limits the module body's run time.
     A syntax error, a forbidden construct or import, or an exception in the
     module body raises :class:`PluginLoadError`; running out of time raises
     :class:`~plugin_server.exceptions.PluginTimeout`.

@@ -15,7 +15,7 @@ never returns to the interpreter (a huge integer product) is not: the worker
 pool's hard kill is the backstop for those, and the sandbox refuses the usual
 ways to start one (``**``, ``<<``, ``pow``, ``math.factorial``...).
 
-The message follows plugins.md §7: ``Script execution timed out after
+The message is the original's: ``Script execution timed out after
 looping for 30 seconds on line 3:4`` when the plugin was inside a loop (the
 loop's position), ``... after promise waited for 30 seconds`` when it was
 waiting (``time.sleep``), ``... after running for 30 seconds on line L:C``

@@ -36,7 +36,7 @@ from plugin_server.ingestion.person_batch import PersonChanges
 
 @dataclass(slots=True)
 class PreparedEvent:
-    """A regular event ready to store (spec: ingestion.md §3.6, §3.7).
+    """A regular event ready to store.
 
     Every text in it is already safe for Postgres (no NUL characters, no
     lone surrogates, no NaN): see :func:`~plugin_server.ingestion.prepare.check_event`."""
@@ -54,7 +54,7 @@ class PreparedEvent:
 
 @dataclass(slots=True)
 class PreparedRecording:
-    """A ``$snapshot`` event ready to store as a session recording event (§3.5)."""
+    """A ``$snapshot`` event ready to store as a session recording event."""
 
     uuid: str  # lower-case 8-4-4-4-12 text
     team_id: int

@@ -1,4 +1,4 @@
-"""The Kafka pipeline's sink: the ClickHouse topics (spec: ingestion.md §3.5, §3.7, §4, §8).
+"""The Kafka pipeline's sink: the ClickHouse topics.
 
 Called right after the ingester committed a batch's uuid claims and persons
 to Postgres (it is not transactional), it queues on the process's
@@ -18,7 +18,7 @@ to Postgres (it is not transactional), it queues on the process's
 
 Persons merged away get a ``clickhouse_person`` row with ``is_deleted: 1``
 (the later versions' tombstone) and are deleted from ClickHouse right away
-(spec §4.5: ``ALTER TABLE ... DELETE`` through the ClickHouse client,
+(``ALTER TABLE ... DELETE`` through the ClickHouse client,
 :func:`plugin_server.clickhouse.persons.delete_persons`), after the Postgres
 commit. The tombstone covers the mutation's blind spot: a row of the person
 still on its way through the writer, inserted after the mutation ran. :meth:`flush` returns once the broker acknowledged every

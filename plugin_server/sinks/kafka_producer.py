@@ -1,4 +1,4 @@
-"""The Kafka producer of the Kafka pipeline: the original's batching rules over librdkafka (spec: ingestion.md §8.1).
+"""The Kafka producer of the Kafka pipeline: the original's batching rules over librdkafka.
 
 One :class:`BatchingProducer` per server process serves the Kafka sink
 (events, recordings, persons), the plugin log writer and ``posthog.capture``.
@@ -81,7 +81,7 @@ class BatchingProducer:
         self._timer: threading.Thread | None = None
         self.sends = 0
 
-    # --- buffering (spec §8.1) -------------------------------------------------------
+    # --- buffering -------------------------------------------------------
     def queue(self, topic: str, key: str | None, value: bytes | None) -> None:
         """Buffer one message, sending by the size, count and time rules."""
         message = OutgoingMessage(topic, key, value)

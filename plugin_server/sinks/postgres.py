@@ -1,4 +1,4 @@
-"""The Postgres pipeline's sink: events, element groups, session recordings (spec: ingestion.md §3.5, §3.7, §5.2).
+"""The Postgres pipeline's sink: events, element groups, session recordings.
 
 A batch costs at most four statements, whatever its size: element groups,
 their elements, events, recordings. Events and recordings are sent as one
@@ -51,7 +51,7 @@ _INSERT_ELEMENTS = (
     " %s::int[], %s::text[], %s::int[])"
     " AS new (text, tag_name, href, attr_id, nth_child, nth_of_type, attributes, position, classes, group_id)"
 )
-# created_at is the event's timestamp, as at v0.21.3 (spec: ingestion.md §12).
+# created_at is the event's timestamp, as at v0.21.3.
 _INSERT_EVENTS = (
     "INSERT INTO posthog_event (created_at, event, distinct_id, properties, team_id, timestamp, elements, elements_hash)"
     " SELECT timestamp, event, distinct_id, properties, team_id, timestamp, elements, elements_hash"

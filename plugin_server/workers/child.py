@@ -98,7 +98,7 @@ class JobRunner:
 
 
 class JobsProxy:
-    """``meta.jobs``: any attribute is a job name (checked when the job runs, spec §6.4)."""
+    """``meta.jobs``: any attribute is a job name (checked when the job runs)."""
 
     def __init__(self, call: Callable[[str, tuple[Any, ...], dict[str, Any]], Any]) -> None:
         self._call = call
@@ -133,7 +133,7 @@ class Capture:
 
 
 class PluginMeta:
-    """The ``meta`` argument of every plugin function (python-plugins.md)."""
+    """The ``meta`` argument of every plugin function (docs/plugins.md)."""
 
     def __init__(self, **parts: Any) -> None:
         self.config = parts["config"]
@@ -210,7 +210,7 @@ class WorkerRuntime:
         what: str = "",
         keep: str = PLAIN,
     ) -> Any:
-        """One plugin call under its time limit; ``what`` names it for the timings (spec §14.2).
+        """One plugin call under its time limit; ``what`` names it for the timings.
 
         Inside the limit, the result is copied into plain data (``keep``
         PLAIN; DISCARD drops it, RAW only for compiling, whose result is the

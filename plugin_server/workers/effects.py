@@ -78,7 +78,7 @@ def setup_failure(news: dict[str, Any]) -> str:
 
 
 def emit_timing(ctx: PluginContext, what: str, calls: int, total_ms: float, errors: int) -> None:
-    """The original's per-plugin metrics (spec §14.2), one per batch: the mean call time and the error count."""
+    """The original's per-plugin metrics, one per batch: the mean call time and the error count."""
     metrics = get_metrics()
     name = ctx.plugin_name
     mean = total_ms / calls
@@ -141,7 +141,7 @@ def apply_report(
         reporter.log(LogEntry.for_context(ctx, "SYSTEM", level, text(instance=SERVER_INSTANCE_ID)))  # type: ignore[arg-type]
         first = on_system(news["what"], ctx.plugin_config_id, news)
         if news["what"] == "loaded":
-            # The server's own line for each instance started (spec §2.2 step 4: "Loaded <info>").
+            # The server's own line for each instance started.
             logger.info(
                 "Loaded plugin %s ID %s (config %s)",
                 ctx.plugin_name,

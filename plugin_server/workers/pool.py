@@ -273,7 +273,7 @@ class WorkerPool:
         self._wait(futures)
 
     def stop(self) -> None:
-        """Tear every plugin down (at most 5 s, spec §2.4), then stop the workers and the zygote."""
+        """Tear every plugin down (at most 5 s), then stop the workers and the zygote."""
         with self._lock:
             teams = list(self._teams.values())
             self._teams.clear()
@@ -455,7 +455,7 @@ class WorkerPool:
         sees them. Raises :class:`PluginsNotRun` (carrying every other
         event's result) when some team's plugins could not run.
         """
-        # $snapshot events skip process_event (ingestion.md §2 step 1).
+        # $snapshot events skip process_event, as in the original.
         groups = self._route(events, ("process_event", "process_event_batch"), ())
         if not groups:
             return events
@@ -494,7 +494,7 @@ class WorkerPool:
         return survivors
 
     def process_event_batch(self, events: list[PluginEvent]) -> list[PluginEvent]:
-        """Spec §4.2: each plugin's ``process_event_batch`` on each team's events."""
+        """Each plugin's ``process_event_batch`` on each team's events."""
         groups = self._route(events, ("process_event_batch", "process_event"), ())
         routed = {index for group in groups.values() for index in group}
         passed = [event for index, event in enumerate(events) if index not in routed]

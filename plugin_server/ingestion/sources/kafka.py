@@ -1,4 +1,4 @@
-"""The Kafka source: ``KAFKA_CONSUMPTION_TOPIC`` in the consumer group ``clickhouse-ingestion`` (spec: ingestion.md §1.2).
+"""The Kafka source: ``KAFKA_CONSUMPTION_TOPIC`` in the consumer group ``clickhouse-ingestion``.
 
 A :class:`~.stream.StreamSource` over sentry-arroyo's ``KafkaConsumer``
 (confluent-kafka underneath) with the settings of

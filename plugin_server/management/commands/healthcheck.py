@@ -1,4 +1,4 @@
-"""``./manage.py healthcheck``: is a plugin server alive? (spec: plugins.md §14.1)
+"""``./manage.py healthcheck``: is a plugin server alive?
 
 Prints the last ping time and exits 0 when the ping key is in Redis;
 exits 1 otherwise.

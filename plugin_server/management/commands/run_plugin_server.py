@@ -85,7 +85,7 @@ class Command(BaseCommand):
         exit_now(Server(server_options).run())
 
     def _idle(self) -> None:
-        # PLUGIN_SERVER_IDLE (spec: plugins.md §9.1): run, do nothing, say so.
+        # PLUGIN_SERVER_IDLE: run, do nothing, say so.
         forever = threading.Event()
         while not forever.wait(IDLE_LOG_INTERVAL):
             logger.info("plugin server idle (PLUGIN_SERVER_IDLE is set)")

@@ -1,10 +1,10 @@
-"""``meta.cache``: Redis, namespaced per plugin and team (spec: plugins.md §6.2).
+"""``meta.cache``: Redis, namespaced per plugin and team.
 
 Keys are ``@plugin/<plugin id>/<team id>/<key>`` (plugin id, not config id:
 two configs of one plugin in one team share a cache; ``@all`` when the config
 has no team). Values are stored as JSON text unless ``json_serialize`` is
-false. Unlike the original, ``get`` of a missing key returns the default
-(ingestion.md §12). The list operations are the later versions' (lpush takes
+false. Unlike the original, ``get`` of a missing key returns the default.
+The list operations are the later versions' (lpush takes
 one string or at most 1000; lpop, lrem).
 """
 

@@ -1,4 +1,4 @@
-"""``posthog.capture`` from a plugin: an event sent back into ingestion (spec: plugins.md §6.6).
+"""``posthog.capture`` from a plugin: an event sent back into ingestion.
 
 Postgres pipeline: the Celery task
 ``posthog.tasks.process_event.process_event_with_plugins`` is sent with

@@ -1,8 +1,7 @@
 """``meta.config`` and ``meta.attachments``: what a plugin config is set up with.
 
-The original handed plugins ``posthog_pluginconfig.config`` exactly as stored
-(spec: plugins.md §1.4). The Python port applies the schema's defaults
-(python-plugins.md), so a plugin never has to repeat them. Fields of type
+The original handed plugins ``posthog_pluginconfig.config`` exactly as stored. The Python port applies
+the schema's defaults (docs/plugins.md), so a plugin never has to repeat them. Fields of type
 ``attachment`` never appear in ``meta.config``: their files arrive in
 ``meta.attachments`` under the attachment's key.
 """
@@ -27,7 +26,7 @@ def schema_fields(schema: object) -> list[dict[str, Any]]:
     """The fields of a config schema, in either stored form.
 
     ``config_schema`` is a list of field objects with a ``key``, or an object
-    keyed by field key (spec: plugins.md §1.4). Anything else has no fields.
+    keyed by field key. Anything else has no fields.
     """
     if isinstance(schema, Mapping):
         return [{**field, "key": key} for key, field in schema.items() if isinstance(field, Mapping)]

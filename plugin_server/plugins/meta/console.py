@@ -2,7 +2,7 @@
 
 Free of Django imports, so a worker may format arguments that cannot cross
 the pipe (an exception object, an instance of a plugin's class) before
-sending them. The rules are the original console's (spec: plugins.md §6.8):
+sending them. The rules are the original console's:
 arguments joined by single spaces, a dict or list as compact JSON, an error
 as ``Name: message``. Arguments go through the plain-data boundary
 (:func:`plugin_server.plugins.plain.log_text`): a plugin's object shows as

@@ -1,6 +1,6 @@
 """Recording a plugin's failure: on its plugin config and in its log.
 
-(spec: plugins.md §5.1, §2.2.) ``posthog_pluginconfig.error`` holds only the
+``posthog_pluginconfig.error`` holds only the
 latest error as ``{message, time, name, stack, event}``; each error also
 becomes a log entry with source PLUGIN and type ERROR. Called in the main
 process by the worker pool whenever a plugin raises or times out.
@@ -116,7 +116,7 @@ def clear_plugin_errors(plugin_config_ids: Sequence[int]) -> int:
 
 
 def disable_plugin_config(ctx: PluginContext, cause: str = "") -> int:
-    """Disable every enabled config of ``ctx``'s plugin in ``ctx``'s team (spec §2.2 step 5).
+    """Disable every enabled config of ``ctx``'s plugin in ``ctx``'s team.
 
     Returns how many rows changed. The caller writes the SYSTEM log entry;
     the server's log line names the plugin, the config and ``cause``.

@@ -1,4 +1,4 @@
-"""``meta.geoip.locate(ip)``: the GeoIP2 City record of an address (spec: plugins.md §6.5, §12).
+"""``meta.geoip.locate(ip)``: the GeoIP2 City record of an address.
 
 The record is MaxMind's, as a dict with MaxMind's snake_case keys
 (``city.names.en``, ``country.iso_code``, ``location.time_zone``, ...) plus

@@ -67,7 +67,7 @@ class _LoggerAPI:
         return write
 
 
-# The original's names for the meta calls it timed (spec §14.2): Redis commands of meta.cache and
+# The original's names for the meta calls it timed: Redis commands of meta.cache and
 # the GeoIP lookups its workers asked the main process for (here every locate is such a request).
 _CALL_METRICS = {
     **{("cache", method): name for method, name in QUERY_REDIS.items()},

@@ -1,4 +1,4 @@
-"""``meta.jobs``: a plugin enqueues its own jobs (spec: plugins.md §6.4).
+"""``meta.jobs``: a plugin enqueues its own jobs.
 
 ``meta.jobs.<name>(payload)`` in the worker gives a runner whose
 ``run_now()``, ``run_in(...)`` and ``run_at(when)`` arrive here as
@@ -137,7 +137,7 @@ class PluginJobs:
         try:
             return enqueue_job(ctx, name, payload, due)
         except (JobStoreUnavailable, DatabaseError) as error:
-            # The job is lost (spec: plugins.md §11.2): say so where the plugin's author looks.
+            # The job is lost: say so where the plugin's author looks.
             reason = str(error) if isinstance(error, JobStoreUnavailable) else f"{NO_JOB_QUEUE}: the job store failed ({type(error).__name__})"
             refusal = f"Job {name} was not enqueued. {reason}"
             self._log_writer.add(LogEntry.for_context(ctx, "PLUGIN", "ERROR", refusal))

@@ -4,7 +4,7 @@ Kafka pipeline (``KAFKA_ENABLED``): the same entries are produced to the
 ``plugin_log_entries`` topic instead (key = entry id), for ClickHouse.
 
 Every ``print``, ``meta.logger`` call, recorded error and load/unload message
-of a plugin becomes one entry (spec: plugins.md §5.2, §6.8). Entries are
+of a plugin becomes one entry. Entries are
 buffered by :class:`PluginLogWriter` and written with one multi-row INSERT
 per flush, so a plugin that logs on every event costs no round trip per
 event.
@@ -59,7 +59,7 @@ LOG_METHODS: dict[str, LogType] = {
     "error": "ERROR",
 }
 
-# One id per server start (spec: plugins.md §5.2, ``instance_id``).
+# One id per server start.
 SERVER_INSTANCE_ID = uuidt()
 
 
@@ -312,7 +312,7 @@ class PluginLogWriter(Service):
         """Write every buffered entry now; returns how many were written.
 
         Errors are logged and counted, never raised: a plugin's log must never
-        stop ingestion (spec: plugins.md §5.2). When the database is away the
+        stop ingestion. When the database is away the
         entries go back to the front of the buffer (bounded by ``max_buffer``)
         and inline flushes pause for ``flush_interval``. When the database
         refuses the batch itself, the entries are written one by one so one

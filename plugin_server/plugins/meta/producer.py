@@ -1,7 +1,7 @@
 """The Kafka producer of the meta host (Kafka pipeline only).
 
 ``posthog.capture`` produces to ``KAFKA_CONSUMPTION_TOPIC`` and the plugin
-log writer to ``plugin_log_entries`` (spec: ingestion.md §8). Both go
+log writer to ``plugin_log_entries``. Both go
 through the process's one :class:`~plugin_server.sinks.kafka_producer.BatchingProducer`
 (the original's batching rules), made on first use, so the consumer's
 flush before it commits a batch covers the captures and log entries that

@@ -1,4 +1,4 @@
-"""``meta.storage``: persistent key/value per plugin config (spec: plugins.md §6.3).
+"""``meta.storage``: persistent key/value per plugin config.
 
 Rows of ``posthog_pluginstorage``; values are JSON text. ``get`` of a stored
 ``null`` returns ``None`` (not the default); a missing key returns the
