@@ -1,4 +1,4 @@
-"""posthog-js (from the npm registry) in headless Chromium, sending to the standalone server.
+"""posthog-js (from the npm registry: today's and May 2021's) in headless Chromium, sending to the standalone server.
 
 A page on its own origin loads the pinned posthog-js bundle (installed by
 ``bin/services up`` under ``SERVICES_DIR/posthog-js``) and points it at
@@ -31,7 +31,10 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis, pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES_DIR = Path(os.environ.get("SERVICES_DIR") or ROOT / ".services")
-POSTHOG_JS = SERVICES_DIR / "posthog-js" / "node_modules" / "posthog-js"
+NODE_MODULES = SERVICES_DIR / "posthog-js" / "node_modules"
+# Today's posthog-js and the one of May 2021 (/decide/, which turns its autocapture on; gzip-js
+# bodies named in the query, form-encoded base64 for /decide/ itself).
+BUNDLES = {"today": NODE_MODULES / "posthog-js" / "dist" / "array.full.js", "2021": NODE_MODULES / "posthog-js-2021" / "dist" / "array.js"}
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Hedgehog shop</title></head>
@@ -59,12 +62,12 @@ PAGE = """<!doctype html>
 """
 
 
-@pytest.fixture
-def page_server(team: Team, standalone_server: StandaloneServer) -> Iterator[str]:
-    """A site on another origin serving the page and the posthog-js bundle."""
-    bundle = POSTHOG_JS / "dist" / "array.full.js"
+@pytest.fixture(params=sorted(BUNDLES))
+def page_server(request: pytest.FixtureRequest, team: Team, standalone_server: StandaloneServer) -> Iterator[str]:
+    """A site on another origin serving the page and a posthog-js bundle (today's, 2021's)."""
+    bundle = BUNDLES[request.param]
     if not bundle.exists():
-        pytest.fail(f"posthog-js is not installed at {POSTHOG_JS}: run bin/services up")
+        pytest.fail(f"posthog-js is not installed at {bundle}: run bin/services up")
     page = (PAGE % {"token": json.dumps(team.api_token), "api_host": json.dumps(standalone_server.url)}).encode()
     script = bundle.read_bytes()
 
@@ -126,6 +129,7 @@ def test_posthog_js_sends_a_pageview_and_an_autocapture_click_with_elements(
     pageview = Event.objects.get(team=team, event="$pageview")
     click = Event.objects.get(team=team, event="$autocapture")
     assert pageview.properties["$lib"] == "web"
+    assert pageview.properties["$lib_version"] == browser.execute_script("return posthog.LIB_VERSION || posthog.version")
     assert pageview.properties["$current_url"] == page_server
     assert click.properties["$event_type"] == "click"
     assert click.distinct_id == pageview.distinct_id
