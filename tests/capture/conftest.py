@@ -8,6 +8,7 @@ import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import redis
@@ -88,3 +89,42 @@ def standalone_server(start_server: Callable[..., subprocess.Popen[bytes]]) -> I
     yield server
     process.send_signal(signal.SIGTERM)
     assert process.wait(30) == 0
+
+
+class OwnRedis:
+    """A redis-server of the test's own (no persistence) on a free port: its statistics and
+    its death concern this test only."""
+
+    def __init__(self, directory: str) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self._directory]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+
+        def answers() -> bool:
+            try:
+                return bool(self.client().ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_for(answers, 10, "redis-server to answer", self.process)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(str(tmp_path))
+    server.start()
+    yield server
+    server.kill()
