@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.paginator import Paginator
 from django.db import connections
 from django.db.models import QuerySet
@@ -14,6 +14,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from plugin_server.admin.links import admin_url
+from plugin_server.ingestion.dlq import replay
 from plugin_server.models import DeadLetter, Organization, PluginConfig, PluginLogEntry, Team
 
 # Bytes of a dead letter's payload shown on its page.
@@ -123,7 +124,11 @@ class PluginLogEntryAdmin(ReadOnlyAdmin):
 
 
 class DeadLetterAdmin(ReadOnlyAdmin):
-    """Messages that could not be ingested; replay them with ``./manage.py dead_letters``."""
+    """Messages that could not be ingested. The actions replay them (their raw message back onto
+    the queue it came from, for the running servers to take again) or purge them, as
+    ``./manage.py dead_letters replay|purge`` does. Rows are never edited here."""
+
+    actions = ("replay_letters", "purge_letters")
 
     list_display = ("created_at", "source", "queue", "reason", "team_id", "event_uuid", "replayed_at")
     list_filter = ("source", "reason", ("replayed_at", admin.EmptyFieldListFilter))
@@ -138,6 +143,26 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         queryset = super().get_queryset(request)
         # Payloads can be large: load them only on the one letter's page.
         return queryset.defer("payload") if is_list_page(request) else queryset
+
+    def has_replay_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm(f"{DeadLetter._meta.app_label}.change_deadletter"))
+
+    def has_purge_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm(f"{DeadLetter._meta.app_label}.delete_deadletter"))
+
+    @admin.action(description="Replay the selected dead letters (back onto their queue)", permissions=["replay"])
+    def replay_letters(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        try:
+            count = replay(queryset.iterator(chunk_size=500))
+        except ValueError as error:
+            self.message_user(request, str(error), messages.ERROR)
+            return
+        self.message_user(request, f"Replayed {count} dead letter(s): the running servers take them again.", messages.SUCCESS)
+
+    @admin.action(description="Purge (delete) the selected dead letters", permissions=["purge"])
+    def purge_letters(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        count, _ = queryset.delete()
+        self.message_user(request, f"Purged {count} dead letter(s).", messages.SUCCESS)
 
     @admin.display(description="payload")
     def payload_text(self, letter: DeadLetter) -> str:
