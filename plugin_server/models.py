@@ -27,6 +27,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from django.apps import apps
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
 from plugin_server.app_settings import app_setting
@@ -191,3 +192,30 @@ class IngestedEventUuid(models.Model):
 
     class Meta:
         db_table = "plugin_server_ingestedeventuuid"
+
+
+class PluginHealth(models.Model):
+    """Calls of one plugin config's method in one period (five minutes), summed over every server.
+
+    The servers add their counts to the period's row (one upsert per server
+    and flush, never per event); the admin reads the last hour and day back.
+    ``buckets`` counts the calls by duration (``plugin_server.plugins.call_timing``)."""
+
+    plugin_config_id = models.IntegerField()
+    method = models.CharField(max_length=200, help_text="process_event, on_event, task.schedule.run_every_minute, ...")
+    period_start = models.DateTimeField()
+    calls = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    dropped = models.BigIntegerField(default=0, help_text="events the call dropped")
+    total_ms = models.FloatField(default=0.0)
+    buckets = ArrayField(models.BigIntegerField(), help_text="calls by duration bucket")
+
+    class Meta:
+        db_table = "plugin_server_pluginhealth"
+        constraints = [
+            models.UniqueConstraint(fields=["plugin_config_id", "method", "period_start"], name="plugin_server_pluginhealth_period")
+        ]
+        indexes = [models.Index(fields=["period_start"], name="plugin_server_health_period")]
+
+    def __str__(self) -> str:
+        return f"config {self.plugin_config_id} {self.method} at {self.period_start:%Y-%m-%d %H:%M}"

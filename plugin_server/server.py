@@ -64,6 +64,7 @@ from plugin_server.config import get_config
 from plugin_server.ingestion.consumer import Consumer, EventIngester, PluginRunner
 from plugin_server.ingestion.dlq import DeadLetterStore
 from plugin_server.ingestion.sources.base import Source
+from plugin_server.plugin_health import PluginHealthWriter
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.geoip import GeoIPLocator
 from plugin_server.redis_client import get_redis
@@ -99,6 +100,7 @@ STOP_ORDER = (
     "scheduler",
     "mmdb",
     "worker pool",
+    "plugin health",
     "plugin log writer",
     "kafka producer",
     "status",
@@ -428,6 +430,7 @@ class Server:
         config = get_config()
         slots: Callable[[], list[Any]] = getattr(pool, "slots", list)
         self.services.add(SlowOperationWatch(config.task_timeout))
+        self.services.add(PluginHealthWriter())
         self.services.add(ProgressReporter(queue_depth=self._queue_depth, slots=slots))
         if config.staleness_restart_seconds > 0 and self.options.runs("ingestion"):
             self.services.add(

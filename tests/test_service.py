@@ -124,7 +124,7 @@ def _get(url: str) -> tuple[int, dict[str, Any]]:
         return error.code, json.loads(error.read())
 
 
-COMMON = {"slow operation watch", "progress"}
+COMMON = {"slow operation watch", "progress", "plugin health"}
 EXPECTED = {
     "ingestion": {"worker pool", "plugin-lane-0", "plugin log writer", "web", "consumer", "reload listener", "status"},
     "scheduler": {"worker pool", "plugin-lane-0", "plugin log writer", "web", "scheduler", "lock plugin-server:locks:schedule",

@@ -31,6 +31,7 @@ from plugin_server.admin.records import is_list_page
 from plugin_server.admin.schema_fields import SchemaFields, markdown_notes, schema_rows
 from plugin_server.exceptions import PluginLoadError
 from plugin_server.models import Plugin, PluginAttachment, PluginConfig, PluginLogEntry, has_model
+from plugin_server.plugin_health import summarize
 from plugin_server.plugins.loader import load_plugin_code
 from plugin_server.pubsub import publish_reload
 
@@ -205,7 +206,7 @@ class PluginConfigAdmin(ReloadOnChangeMixin, admin.ModelAdmin):  # type: ignore[
         return queryset.defer("plugin__archive", "plugin__source") if is_list_page(request) else queryset
 
     def get_readonly_fields(self, request: HttpRequest, obj: PluginConfig | None = None) -> tuple[str, ...]:
-        fields = ("last_error", "latest_logs", "created_at", "updated_at")
+        fields = ("last_error", "health", "latest_logs", "created_at", "updated_at")
         # The schema and the attachments belong to one plugin and one team.
         return ("team", "plugin", *fields) if obj is not None else fields
 
@@ -228,6 +229,7 @@ class PluginConfigAdmin(ReloadOnChangeMixin, admin.ModelAdmin):  # type: ignore[
         fieldsets.append((None, {"fields": ["team", "plugin", "enabled", "order"]}))
         fieldsets.append(("Settings", {"fields": settings_fields, "description": description}))
         if obj is not None:
+            fieldsets.append(("Health", {"fields": ["health"]}))
             fieldsets.append(("Latest log entries", {"fields": ["latest_logs"]}))
             fieldsets.append(("Dates", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}))
         return fieldsets
@@ -262,6 +264,26 @@ class PluginConfigAdmin(ReloadOnChangeMixin, admin.ModelAdmin):  # type: ignore[
             error.get("time", "?"),
             _pre(error["stack"]) if error.get("stack") else "",
             event,
+        )
+
+    @admin.display(description="calls")
+    def health(self, config: PluginConfig) -> str:
+        summaries = summarize(config.pk)
+        if not summaries:
+            return "No calls in the last day (the servers write what they saw every minute)."
+
+        def ms(value: float | None) -> str:
+            return "" if value is None else f"{value:,.1f} ms"
+
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((s.method, s.window, f"{s.calls:,}", f"{s.dropped:,}", f"{s.errors:,}", ms(s.mean_ms), ms(s.p95_ms)) for s in summaries),
+        )
+        return format_html(
+            "<table><tr><th>call</th><th>window</th><th>processed</th><th>dropped</th><th>failed</th>"
+            "<th>mean per call</th><th>p95 per call</th></tr>{}</table>",
+            rows,
         )
 
     @admin.display(description="latest log entries")

@@ -67,6 +67,7 @@ def run_process_event(
             failed.append(instance.spec.label)
             continue
         if not result:
+            runtime.drop_events(instance.spec, "process_event")
             return None
         if not isinstance(result, dict):
             runtime.error(instance.spec, NOT_AN_EVENT.format(kind=type(result).__name__), current)
@@ -74,6 +75,7 @@ def run_process_event(
             continue
         if result.get("team_id") != team_id:
             runtime.error(instance.spec, TEAM_CHANGED, None)
+            runtime.drop_events(instance.spec, "process_event")
             return None
         succeeded.append(instance.spec.label)
         current = result
@@ -110,7 +112,10 @@ def run_process_event_batch(
             runtime.error(instance.spec, error, batch[0])
             failed.append(instance.spec.label)
             continue
-        batch = [item for item in result if item] if isinstance(result, list) else []
+        kept = [item for item in result if item] if isinstance(result, list) else []
+        if len(kept) < len(batch):
+            runtime.drop_events(instance.spec, "process_event_batch", len(batch) - len(kept))
+        batch = kept
         succeeded.append(instance.spec.label)
     if ran:
         for event in batch:

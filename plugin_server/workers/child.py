@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from typing import Any, cast
 
 from plugin_server.exceptions import PluginError, RetryError, WorkerDied
+from plugin_server.plugins import call_timing
 from plugin_server.plugins.lifecycle import PLAIN, RAW, SCHEDULE_KEYS, ConfigSpec, Instances
 from plugin_server.plugins.meta.console import format_log_message
 from plugin_server.plugins.plain import PlainDataError, PluginFailure, plain_failure, to_plain, to_plain_or_none
@@ -245,10 +246,19 @@ class WorkerRuntime:
             self.marker.set(ended + self.task_timeout, spec.plugin_config_id, item)
             if what:
                 # Summed per (config, call) and sent with the result: no metric per call on the wire.
-                timing = self.timings.setdefault((spec.plugin_config_id, what), [0, 0.0, 0])
+                timing = self._timing(spec, what)
                 timing[0] += 1
                 timing[1] += (ended - started) * 1000
                 timing[2] += failed
+                timing[4][call_timing.bucket((ended - started) * 1000)] += 1
+
+    def _timing(self, spec: ConfigSpec, what: str) -> list[Any]:
+        """[calls, total ms, errors, dropped events, time buckets] of one (config, call) in this task."""
+        return self.timings.setdefault((spec.plugin_config_id, what), [0, 0.0, 0, 0, call_timing.empty()])
+
+    def drop_events(self, spec: ConfigSpec, what: str, count: int = 1) -> None:
+        """``count`` events dropped by this config's ``what`` (plugin health)."""
+        self._timing(spec, what)[3] += count
 
     def error(self, spec: ConfigSpec, error: BaseException | str, event: dict[str, Any] | None) -> None:
         if len(self.errors) >= MAX_ERRORS:

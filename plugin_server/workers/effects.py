@@ -30,6 +30,8 @@ from plugin_server.metrics import (
     WORKER_REPORT_DROPPED,
     get_metrics,
 )
+from plugin_server.plugin_health import HEALTH
+from plugin_server.plugins import call_timing
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.errors import PluginErrorRecord, clear_plugin_errors, disable_plugin_config, record_plugin_errors
 from plugin_server.plugins.meta.logger import SERVER_INSTANCE_ID, LogEntry
@@ -184,9 +186,15 @@ def apply_report(
         except Exception:  # noqa: BLE001 — fire-and-forget: the plugin is gone, log it
             logger.exception("deferred meta.%s.%s failed", api, method, extra={"plugin_config_id": ctx.plugin_config_id})
     for entry in result.get("timings") or []:
-        check_reply(isinstance(entry, list) and len(entry) == 5 and isinstance(entry[1], str), "timing")
-        check_reply(all(isinstance(number, (int, float)) for number in entry[2:]) and entry[2] > 0, "timing numbers")
-        emit_timing(context(entry[0]), entry[1], int(entry[2]), float(entry[3]), int(entry[4]))
+        # [config id, call, calls, total ms, errors, dropped events, time buckets]
+        check_reply(isinstance(entry, list) and len(entry) == 7 and isinstance(entry[1], str), "timing")
+        check_reply(all(isinstance(number, (int, float)) for number in entry[2:6]) and entry[2] > 0, "timing numbers")
+        buckets = entry[6]
+        check_reply(isinstance(buckets, list) and len(buckets) == call_timing.BUCKETS
+                    and all(isinstance(count, int) and count >= 0 for count in buckets), "timing buckets")
+        ctx = context(entry[0])
+        emit_timing(ctx, entry[1], int(entry[2]), float(entry[3]), int(entry[4]))
+        HEALTH.record(ctx.plugin_config_id, entry[1], int(entry[2]), float(entry[3]), int(entry[4]), int(entry[5]), buckets)
     dropped = result.get("dropped")
     if isinstance(dropped, int) and dropped > 0:
         get_metrics().incr(WORKER_REPORT_DROPPED, dropped)
