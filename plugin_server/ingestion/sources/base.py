@@ -33,13 +33,15 @@ come back after every restart and kill it again, blocking the queue for
 good. Every source therefore honours four rules, so that the consumer can
 recognise such a message and dead-letter it as ``poison`` instead:
 
-1. **Count.** ``Delivery.attempts`` is how many times ``poll`` has handed
-   this message out, this time included (1 on the first delivery). The count
-   lives in the source's own durable store (the Celery source: a Redis hash
-   of the queue, updated by the same atomic script that moves the message
-   into the in-flight store; Kafka: per partition and offset), so it survives
-   the death of the process. A message is counted only when it is handed
-   out, never while it merely waits in a buffer of the source.
+1. **Count.** ``Delivery.attempts`` is how many times this message has been
+   handed out, this time included (1 on the first delivery). The count of
+   earlier hand-outs lives in the source's own durable store, so it survives
+   the death of the process, and is up to date before the message is handed
+   out again. A source may count each hand-out as it happens (Kafka: per
+   partition and offset, at poll) or learn of it when a dead consumer's
+   messages are recovered (Celery: the script that puts them back counts
+   them, in a Redis hash of the queue; the take script reads it). A message
+   is never counted while it merely waits in a buffer of the source.
 2. **Suspects alone.** A message with ``attempts > 1`` was in hand when a
    process died. ``poll`` hands it out alone (a batch of one); messages it
    would have handed out after it wait, uncounted, for the next poll. So a
@@ -47,12 +49,13 @@ recognise such a message and dead-letter it as ``poison`` instead:
    reaches the limit because of someone else.
 3. **Forget on ack.** ``ack`` forgets the count of the messages it
    acknowledges (a message published again later starts from 1).
-4. **Not a crash.** ``close`` gives unacknowledged messages back *and takes
-   back their count* for this delivery: a graceful stop is not a crash.
+4. **Not a crash.** ``close`` gives unacknowledged messages back without
+   counting this hand-out: a graceful stop is not a crash.
 
 ``Delivery.key`` is the message's identity, the same on every delivery
-(Celery: the hash of its bytes; Kafka: ``topic/partition/offset``). The
-consumer uses it to note durably which stage a suspect was in (decode,
+(Celery: the SHA-1 of its bytes; Kafka: ``topic/partition/offset``); a
+source may leave it empty on a first delivery (``attempts == 1``), for which
+the consumer notes nothing. The consumer uses it to note durably which stage a suspect was in (decode,
 plugins, store) before each risky step, so that the dead letter of a
 ``poison`` message says where the process died.
 

@@ -17,22 +17,24 @@ whatever it held. This source takes them in bulk and reliably instead:
   list into a one-element landing list of this consumer, so an idle server
   neither spins nor sleeps (a message arriving on a priority list while it
   waits is taken when the wait ends: at most ``INGESTION_POLL_TIMEOUT``).
-- The same script counts every hand-out of a message in the queue's
-  ``attempts`` hash (keyed by the SHA-1 of the message), and hands out a
-  message counted before (its consumer died with it) alone: the poison-pill
-  contract of :mod:`.base`. ``Delivery.attempts`` is that count,
-  ``Delivery.key`` the SHA-1.
-- ``ack`` deletes the batch's entries from the in-flight hash and their
-  counts (one ``MULTI``/``EXEC``).
+- The poison-pill contract of :mod:`.base`: when a dead consumer's
+  in-flight messages are put back, the same script counts, in the queue's
+  ``attempts`` hash (keyed by the SHA-1 of the message), that each was
+  handed out once more without being finished. The take script reads that
+  count (``Delivery.attempts`` = count + 1, ``Delivery.key`` = the SHA-1)
+  and hands a message counted before out alone. While the hash is empty (no
+  crash pending: the normal case) it reads and hashes nothing.
+- ``ack`` deletes the batch's entries from the in-flight hash (one
+  ``HDEL``), and the counts of its suspects with them (one ``MULTI``).
 - Every consumer has a random id, is listed in a set, and keeps a heartbeat
   key alive (a thread refreshes it every third of
   ``CELERY_CONSUMER_HEARTBEAT_TTL``). At start and then once per TTL, any
   listed consumer whose heartbeat is gone has its in-flight and landing
   messages pushed back onto the plain list, oldest first to be taken again,
-  their counts kept. So a SIGKILLed server's batch is delivered again; the
+  each counted. So a SIGKILLed server's batch is delivered again; the
   event uuid makes that harmless downstream.
-- ``close`` puts this consumer's own unacknowledged messages back at once
-  and takes back their count (a graceful stop is not a crash).
+- ``close`` puts this consumer's own unacknowledged messages back at once,
+  uncounted (a graceful stop is not a crash).
 
 Redis 5.0 and 6.0 are enough: no command newer than 5.0 is used
 (:mod:`.celery_scripts`); before 6.0 the blocking wait is rounded up to
@@ -62,7 +64,7 @@ from plugin_server.app_settings import app_setting
 from plugin_server.events import Delivery, PluginEvent, SourceName
 from plugin_server.exceptions import RetriableError
 from plugin_server.ingestion.decode import DEFAULT_MAX_DEPTH, decode
-from plugin_server.ingestion.sources.celery_scripts import REQUEUE, TAKE
+from plugin_server.ingestion.sources.celery_scripts import ATTEMPTS_TTL_SECONDS, REQUEUE, TAKE
 from plugin_server.metrics import INGESTION_MESSAGES_POLLED, INGESTION_SOURCE_RECOVERED, get_metrics
 from plugin_server.redis_client import get_redis
 
@@ -174,9 +176,9 @@ class CelerySource:
                 continue
             # The script is atomic: two consumers recovering the same dead one
             # at once requeue its messages once.
-            # Their counts stay: the consumer died with them.
+            # Counted: the consumer died holding them.
             keys = [self.lists[0], self._key("landing", consumer_id), self._key("inflight", consumer_id), self._attempts_key]
-            count = int(self._requeue(keys=keys, args=[0]))
+            count = int(self._requeue(keys=keys, args=[1, ATTEMPTS_TTL_SECONDS]))
             self._redis.srem(self._consumers_key, consumer_id)
             if count:
                 logger.warning(
@@ -230,11 +232,17 @@ class CelerySource:
         ]
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        if deliveries:
-            with _redis_away_is_retriable(), self._redis.pipeline(transaction=True) as pipe:
+        if not deliveries:
+            return
+        suspects = {delivery.key for delivery in deliveries if delivery.attempts > 1}
+        with _redis_away_is_retriable():
+            if not suspects:
+                self._redis.hdel(self._inflight_key, *[delivery.token for delivery in deliveries])
+                return
+            with self._redis.pipeline(transaction=True) as pipe:
                 # One MULTI: the message and its count are forgotten together.
                 pipe.hdel(self._inflight_key, *[delivery.token for delivery in deliveries])
-                pipe.hdel(self._attempts_key, *{delivery.key for delivery in deliveries})
+                pipe.hdel(self._attempts_key, *suspects)
                 pipe.execute()
 
     def queue_depth(self) -> int:
@@ -266,8 +274,9 @@ class CelerySource:
         self._stopped.set()
         if self._heartbeat_thread is not None:
             self._heartbeat_thread.join(timeout=5)
-        # A graceful stop is not a crash: the counts of what we give back are taken back.
-        returned = int(self._requeue(keys=[self.lists[0], self._landing_key, self._inflight_key, self._attempts_key], args=[1]))
+        # A graceful stop is not a crash: what we give back is not counted.
+        keys = [self.lists[0], self._landing_key, self._inflight_key, self._attempts_key]
+        returned = int(self._requeue(keys=keys, args=[0, ATTEMPTS_TTL_SECONDS]))
         self._redis.srem(self._consumers_key, self.consumer_id)
         self._redis.delete(self._alive_key)
         if returned:
