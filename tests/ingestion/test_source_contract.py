@@ -104,13 +104,15 @@ def test_poll_hands_out_in_order_and_decode_gives_the_event(under_test: SourceUn
     batch = take(source, 3)
     assert distinct_ids(source, batch) == ["a", "b", "c"]
     assert [delivery.attempts for delivery in batch] == [1, 1, 1]
-    assert len({delivery.key for delivery in batch}) == 3
+    # A first delivery's key may be left empty (the contract); those given are distinct.
+    keys = [delivery.key for delivery in batch if delivery.key]
+    assert len(set(keys)) == len(keys)
     event = source.decode(batch[0], MAX_BYTES)
     assert event["team_id"] == 2 and event["ip"] == "127.0.0.1" and event["uuid"]
 
 
 def test_acknowledged_messages_are_gone_and_the_rest_come_back_after_close(under_test: SourceUnderTest) -> None:
-    """ack forgets; close gives back what was taken and not acknowledged, its count taken back (not a crash)."""
+    """ack forgets; close gives back what was taken and not acknowledged, this hand-out not counted (not a crash)."""
     under_test.put(["a", "b", "c", "d"])
     first = under_test.new()
     batch = take(first, 4)
