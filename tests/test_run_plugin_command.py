@@ -202,4 +202,6 @@ def test_a_syntax_error_names_the_plugins_file_and_is_the_last_line(tmp_path):
     assert result.returncode == 1
     assert '  File "main.py", line 2\n    return event +\n' in result.stdout
     assert "plugin-None" not in result.stdout + result.stderr
+    # A dry run disables nothing, and says so.
+    assert "[SYSTEM ERROR] Plugin failed to load (a server would disable it)" in result.stdout
     assert result.stderr.strip().splitlines()[-1] == "CommandError: the plugin failed: SyntaxError: invalid syntax"

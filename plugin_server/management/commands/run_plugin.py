@@ -76,9 +76,13 @@ class PrintingReporter(Reporter):
         return found[0] if found else None
 
     def log(self, entry: LogEntry) -> None:
-        self.lines.append(f"[{entry.source} {entry.type}] {entry.message}")
+        message = entry.message
+        if entry.source == "SYSTEM":
+            # A dry run disables nothing: say what the server would do.
+            message = message.replace("and was disabled", "(a server would disable it)")
+        self.lines.append(f"[{entry.source} {entry.type}] {message}")
         if entry.source == "SYSTEM" and entry.type == "ERROR":
-            self.system_failures.append(entry.message)
+            self.system_failures.append(message)
 
     def loaded(self, ctx: PluginContext) -> None:
         pass
