@@ -76,7 +76,7 @@ def main() -> None:
         for run in range(args.runs):
             if name == "demo":
                 # A Redis of the demo's own on a free port: it starts it, and must stop it on the way out.
-                environment = {**base, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+                environment = {**base, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "WEB_PORT": str(free_port()),
                                "SERVICES_DIR": tempfile.mkdtemp(prefix="bench-shutdown-")}
             times.append(one_run(command, environment, settle=1.0 + 0.37 * run))
         print(f"{name}: SIGINT to exit over {len(times)} runs: min {min(times):.2f} s, median "

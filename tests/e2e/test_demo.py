@@ -56,6 +56,7 @@ def test_bin_demo_runs_only_what_it_needs_takes_a_first_event_and_stops_what_it_
         KAFKA_ENABLED="false",
         KAFKA_HOSTS="127.0.0.1:1",  # nothing there: touching it would fail or start a broker
         WORKER_CONCURRENCY="1",
+        WEB_PORT=str(_free_port()),  # bin/demo serves the capture API; never on a port another run holds
     )
     environment.pop("SECRET_KEY", None)
     demo = subprocess.Popen(
