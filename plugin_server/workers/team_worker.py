@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# How long a retiring worker gets to tear its plugins down (spec §2.4: 5 s).
+# How long a retiring worker gets to tear its plugins down (5 s, as in the original).
 TEARDOWN_SECONDS = 5.0
 
 
