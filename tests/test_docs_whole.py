@@ -12,8 +12,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # A link into ../shared, a "spec §N" or any "§" section sign, a reference to spec/<file>.md.
 CITATION = re.compile(r"shared/spec|§|\bspec/\w+\.md|\bspec:\s*\w+\.md|python-plugins\.md")
 # What a reader of the repository reads: README, docs, the demo plugin, scripts, benchmarks,
-# and the code with its docstrings and comments (settings, the app, the stand-ins).
-READ = ["README.md", "docs", "plugins", "bin", "benchmarks", "plugin_server", "settings", "posthog_standin", "manage.py"]
+# the code with its docstrings and comments (settings, the app, the stand-ins), and the
+# acceptance indexes the README links.
+READ = ["README.md", "docs", "plugins", "bin", "benchmarks", "plugin_server", "settings", "posthog_standin", "manage.py",
+        "tests/acceptance_index.md", "tests/acceptance_index_plugins.md"]
 
 
 def _files(*roots: str) -> list[Path]:
