@@ -89,3 +89,35 @@ def check_django_q_order(app_configs: Any, **kwargs: Any) -> list[Warning]:
             )
         ]
     return []
+
+
+@register()
+def check_capture_settings(app_configs: Any, **kwargs: Any) -> list[Error | Warning]:
+    """The capture endpoint's settings (docs/capture.md): proxies that parse, a switch that does something."""
+    import ipaddress
+
+    from plugin_server.app_settings import app_setting
+
+    problems: list[Error | Warning] = []
+    for entry in (app_setting("CAPTURE_TRUSTED_PROXIES") or "").split(","):
+        if not entry.strip():
+            continue
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            problems.append(
+                Error(
+                    f"CAPTURE_TRUSTED_PROXIES: {entry.strip()!r} is not an address or a network.",
+                    hint="Comma-separated addresses or CIDR networks, e.g. 10.0.0.0/8,192.168.1.7.",
+                    id="plugin_server.E005",
+                )
+            )
+    if app_setting("CAPTURE_ENABLED") and app_setting("DISABLE_WEB"):
+        problems.append(
+            Warning(
+                "CAPTURE_ENABLED is true but DISABLE_WEB is too: run_plugin_server serves no web, so no capture endpoint.",
+                hint="Set DISABLE_WEB=false (the capture API is then on WEB_HOSTNAME:WEB_PORT), or serve settings.wsgi with a WSGI server.",
+                id="plugin_server.W003",
+            )
+        )
+    return problems
