@@ -471,6 +471,9 @@ class Server:
                 if service is not None:
                     service.request_stop()
             self.services.stop_all()
+            from plugin_server.jobs import set_job_store_problem
+
+            set_job_store_problem(None)  # the verdict was this server's: nothing of it outlives the server
             connections.close_all()
         finally:
             watchdog.cancel()
