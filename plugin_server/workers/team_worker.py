@@ -158,10 +158,15 @@ class TeamWorker:
     def retire(self, reason: str = "recycle") -> None:
         """Tear the plugins down (at most TEARDOWN_SECONDS), then stop the worker."""
         if self.worker is not None and self.worker.alive():
+            worker = self.worker
             try:
-                self._report(self.worker.exchange("stop", None, TEARDOWN_SECONDS, self._meta_server()))
-            except (WorkerDied, DatabaseError):
-                logger.warning("the worker of team %s did not stop cleanly", self.team_id)
+                self._report(worker.exchange("stop", None, TEARDOWN_SECONDS, self._meta_server()))
+            except WorkerDied as death:
+                # A teardown_plugin that hung or killed the worker is that config's, like any other call.
+                logger.warning("the worker of team %s did not stop cleanly: %s", self.team_id, death)
+                self.pool.blame(worker.blame(str(death), hung=isinstance(death, WorkerHung)), Task("stop", {}), self.team_id)
+            except DatabaseError:
+                logger.warning("the worker of team %s stopped but its report could not be written", self.team_id)
         self.replace(reason)
 
     def _meta_server(self) -> MetaServer:

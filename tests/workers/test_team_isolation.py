@@ -289,3 +289,16 @@ def test_events_whose_plugins_could_not_run_become_dead_letters_not_stored_event
     assert len(letters) == 2 and {letter.reason for letter in letters} == {"plugins_failed"}
     assert all(re.search(rf"plugins of team {team_a.id} could not run", letter.error) for letter in letters)
     assert all(letter.event_uuid and bytes(letter.payload) for letter in letters)
+
+
+def test_a_teardown_that_hangs_its_worker_is_blamed_on_its_config(make_pool) -> None:  # type: ignore[no-untyped-def]
+    """teardown_plugin running an uninterruptible call when the pool stops: the worker is killed and the hang is
+    recorded on that config, like any other call's."""
+    config = install(HANG + "def teardown_plugin(meta):\n    hang()\ndef process_event(event, meta):\n    return event\n")
+    pool = make_pool(concurrency=1, task_timeout=0.5, grace=0.5)
+    assert pool.process_events([event(config.team_id)])[0]["event"] == "e0"
+    started = time.monotonic()
+    pool.stop()
+    assert time.monotonic() - started < 15
+    config.refresh_from_db()
+    assert config.error["message"].startswith("Script execution timed out") and "its worker was stopped" in config.error["message"]

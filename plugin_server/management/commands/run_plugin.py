@@ -34,7 +34,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from plugin_server.exceptions import PluginError, PluginLoadError
+from plugin_server.exceptions import PluginError, PluginLoadError, PluginsNotRun
 from plugin_server.models import Plugin, PluginConfig
 from plugin_server.plugins.inventory import Inventory
 from plugin_server.plugins.lifecycle import SCHEDULE_KEYS, ConfigSpec
@@ -316,7 +316,12 @@ class Command(BaseCommand):
         results: list[dict[str, Any] | None] = []
         for event in events:
             # One at a time, so a dropped event is reported in its place.
-            kept = pool.process_events([json.loads(json.dumps(event))])
+            try:
+                kept = pool.process_events([json.loads(json.dumps(event))])
+            except PluginsNotRun as error:
+                # Its worker was lost twice (recorded on the config): the server would dead-letter it.
+                self.stderr.write(f"event {len(results) + 1}: {error.failed[0][1]}")
+                kept = []
             results.append(kept[0] if kept else None)
         survivors = [result for result in results if result is not None]
         if survivors:
