@@ -149,17 +149,34 @@ def start_pool(teams: int, concurrency: int, **settings: Any) -> Any:
     return pool
 
 
+def round_robin(teams: int) -> Any:
+    return lambda n: 1 + n % teams
+
+
+def skewed(teams: int) -> Any:
+    """90% of the events from 10 teams, the rest spread over all of them (a few big teams, a long tail)."""
+    return lambda n: 1 + n % 10 if n % 10 else 1 + (n // 10) % teams
+
+
 def bench_pool(events: int) -> None:
-    """Events/s through process_events for 1, 10 and 1,000 teams with plugins (batches of 100, events spread over the teams)."""
+    """Events/s through process_events for 1, 10 and 1,000 teams with plugins (batches of 100)."""
     concurrency = os.cpu_count() or 1
     print(f"\nWorkerPool.process_events, {concurrency} lanes, batches of 100, one plugin per team:")
-    for teams, live in ((1, 64), (10, 64), (1000, 64), (1000, 250)):
+    cases = (
+        (1, 64, "round robin", round_robin(1), events),
+        (10, 64, "round robin", round_robin(10), events),
+        (1000, 64, "skewed: 90% from 10 teams", skewed(1000), events),
+        (1000, 64, "round robin (every event a new team for the LRU)", round_robin(1000), min(events, 2000)),
+        (1000, 1000, "round robin, all 1,000 workers live", round_robin(1000), events),
+    )
+    for teams, live, shape, team_of, count in cases:
         pool = start_pool(teams, concurrency, team_workers_max=live)
         try:
-            total = min(events, 20_000)
-            batches = [[make_event(1 + n % teams, n) for n in range(start, start + 100)] for start in range(0, total, 100)]
+            total = min(count, 20_000)
+            batches = [[make_event(team_of(n), n) for n in range(start, start + 100)] for start in range(0, total, 100)]
             if teams <= live:
-                pool.process_events([make_event(team, 0) for team in range(1, teams + 1)])  # every worker forked and set up
+                for start in range(1, teams + 1, 100):  # every worker forked and set up first
+                    pool.process_events([make_event(team, 0) for team in range(start, min(start + 100, teams + 1))])
             cpu = time.process_time()
             start = time.perf_counter()
             for batch in batches:
@@ -167,8 +184,8 @@ def bench_pool(events: int) -> None:
             elapsed = time.perf_counter() - start
             main_ms = (time.process_time() - cpu) * 1000 / total
             print(
-                f"  {teams:>5} teams, TEAM_WORKERS_MAX {live:>4}: {total / elapsed:>8,.0f} events/s   "
-                f"main process CPU {main_ms:.3f} ms/event   live team workers at the end: {len(pool.workers())}"
+                f"  {teams:>5} teams, TEAM_WORKERS_MAX {live:>4}, {shape}: {total / elapsed:,.0f} events/s, "
+                f"main process CPU {main_ms:.3f} ms/event, {len(pool.workers())} live team workers at the end"
             )
         finally:
             pool.stop()
