@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import json
+import marshal
 import math
 import traceback
 import types
@@ -214,6 +215,23 @@ def to_plain(value: Any) -> Any:
     if budget.nodes < 0 or budget.chars < 0:
         raise _too_big()
     return copy
+
+
+def snapshot(value: Any) -> Any:
+    """What trusted plain data looks like now, to go back to with :func:`restore` (e.g. an event a plugin failed on).
+
+    marshal's C copy of exact built-in types when it can (a fraction of
+    :func:`to_plain`'s cost), else a plain copy.
+    """
+    try:
+        return marshal.dumps(value)
+    except ValueError:
+        return to_plain(value)
+
+
+def restore(frozen: Any) -> Any:
+    """The value a :func:`snapshot` was taken of, as a fresh object."""
+    return marshal.loads(frozen) if type(frozen) is bytes else to_plain(frozen)
 
 
 def to_plain_or_none(value: Any) -> Any:

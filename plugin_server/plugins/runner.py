@@ -18,7 +18,7 @@ from typing import Any
 
 from plugin_server.exceptions import RetryError
 from plugin_server.plugins.lifecycle import DISCARD, Instances, PluginInstance, Runtime
-from plugin_server.plugins.plain import to_plain
+from plugin_server.plugins.plain import restore, snapshot
 
 TEAM_CHANGED = "Illegal Operation: Plugin tried to change teamID"
 NOT_AN_EVENT = "process_event must return the event (a dict) or None to drop it, not {kind}"
@@ -59,10 +59,12 @@ def run_process_event(
         if instance.spec.plugin_config_id in skip:
             failed.append(instance.spec.label)
             continue
+        # If the plugin fails, the event goes on as it was handed over, whatever the plugin did to it meanwhile.
+        before = snapshot(current)
         try:
-            # The plugin gets a copy: if it fails, the event goes on as it was handed over, untouched.
-            result = runtime.call(instance.spec, process, (to_plain(current), instance.meta), runtime.task_timeout, item, "process_event")
+            result = runtime.call(instance.spec, process, (current, instance.meta), runtime.task_timeout, item, "process_event")
         except Exception as error:
+            current = restore(before)
             runtime.error(instance.spec, error, current)
             failed.append(instance.spec.label)
             continue
@@ -106,9 +108,11 @@ def run_process_event_batch(
         if function is None or not batch:
             continue
         ran = True
+        before = snapshot(batch)
         try:
-            result = runtime.call(instance.spec, function, (to_plain(batch), instance.meta), runtime.task_timeout, 0, "process_event_batch")
+            result = runtime.call(instance.spec, function, (batch, instance.meta), runtime.task_timeout, 0, "process_event_batch")
         except Exception as error:
+            batch = restore(before)
             runtime.error(instance.spec, error, batch[0])
             failed.append(instance.spec.label)
             continue

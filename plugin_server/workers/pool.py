@@ -46,6 +46,7 @@ import concurrent.futures
 import logging
 import os
 import queue
+import resource
 import shutil
 import tempfile
 import threading
@@ -77,6 +78,20 @@ _TASK_NAMES = {**{camel: snake for snake, camel in SCHEDULE_KEYS.items()}, **{sn
 # config whose source holds none of them needs no worker to say it has none.
 _SCHEDULE_NAMES = tuple(SCHEDULE_KEYS) + tuple(SCHEDULE_KEYS.values())
 DISABLED_AFTER_LOSSES = "Plugin was disabled: its calls hung or killed its worker {losses} times (instance ID {instance})."
+
+
+# Open files the main process holds per live team worker: two pipes, a pidfd, the progress marker's map.
+FDS_PER_TEAM_WORKER = 4
+
+
+def _allow_open_files(needed: int) -> None:
+    """Raise this process's soft RLIMIT_NOFILE towards ``needed`` (up to the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < needed:
+            logger.warning("RLIMIT_NOFILE %d is too low for TEAM_WORKERS_MAX (needs %d open files)", hard, needed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +253,7 @@ class WorkerPool:
 
         ``inventory`` replaces reading the database (``run_plugin`` runs a
         plugin that is not installed)."""
+        _allow_open_files(FDS_PER_TEAM_WORKER * max(self.settings.team_workers_max, self.settings.concurrency) + 256)
         self.empty_dir = tempfile.mkdtemp(prefix="plugin-worker-root-")
         os.chmod(self.empty_dir, 0o555)
         self._set_inventory(inventory if inventory is not None else load_inventory(self._code_cache))

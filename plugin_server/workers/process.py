@@ -55,6 +55,13 @@ POLL_SECONDS = 0.1
 MetaServer = Callable[[int, str, str, list[Any], dict[str, Any]], Any]
 
 
+def readable(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` is readable (or closed) within ``timeout`` s; poll(), as a pool may hold thousands of fds."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0, int(timeout * 1000))))
+
+
 class Zygote:
     """The zygote process and its control socket; :meth:`fork` makes a team worker."""
 
@@ -82,8 +89,7 @@ class Zygote:
         self.skipped: dict[str, str] = dict(hello.get("skipped") or {})
 
     def _answer(self, timeout: float) -> dict[str, Any]:
-        ready, _, _ = select.select([self._control], [], [], timeout)
-        data = self._control.recv(4096) if ready else b""
+        data = self._control.recv(4096) if readable(self._control.fileno(), timeout) else b""
         if not data:
             raise WorkerDied("the plugin zygote did not answer")
         answer = json.loads(data)
@@ -156,8 +162,7 @@ class WorkerProcess:
         self._await_hello()
 
     def _await_hello(self) -> None:
-        ready, _, _ = select.select([self._from_child], [], [], START_TIMEOUT)
-        if not ready:
+        if not readable(self._from_child, START_TIMEOUT):
             self.kill()
             raise WorkerDied(f"worker {self.index} did not start within {START_TIMEOUT:.0f}s")
         hello = protocol.receive_from_worker(self._from_child)
@@ -174,8 +179,7 @@ class WorkerProcess:
     def alive(self) -> bool:
         if self.pidfd < 0:
             return False
-        ready, _, _ = select.select([self.pidfd], [], [], 0)
-        return not ready
+        return not readable(self.pidfd, 0)
 
     def blame(self, reason: str, hung: bool) -> Blame:
         _deadline, plugin_config_id, item = self.marker.read()
@@ -192,8 +196,7 @@ class WorkerProcess:
             deadline, plugin_config_id, _item = self.marker.read()
             if time.monotonic() > max(deadline, floor) + self.grace:
                 raise WorkerHung(f"worker {self.index} gave no answer in time (plugin config {plugin_config_id})")
-            ready, _, _ = select.select([self._from_child], [], [], POLL_SECONDS)
-            if not ready:
+            if not readable(self._from_child, POLL_SECONDS):
                 if not self.alive():
                     raise WorkerDied(f"worker {self.index} exited")
                 continue
@@ -229,7 +232,7 @@ class WorkerProcess:
         if self.pidfd >= 0:
             try:
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-                select.select([self.pidfd], [], [], START_TIMEOUT)
+                readable(self.pidfd, START_TIMEOUT)
             except OSError:
                 pass
             os.close(self.pidfd)
