@@ -80,7 +80,7 @@ def process_event(event, meta):
     elif attack == 'hang':
         hang()
     elif attack == 'exhaust':
-        hog = [bytearray(2 ** 28) for _ in range(8)]
+        hog = [bytearray(2 ** 30) for _ in range(4)]
     elif attack == 'return':
         return Sticky(event)
     event['properties']['a_processed'] = True
