@@ -21,7 +21,8 @@ import pytest
 import redis
 
 from tests.factories import create_team
-from tests.manage_process import ROOT, manage_environment
+from plugin_server.models import Event
+from tests.manage_process import ROOT, manage_environment, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -45,7 +46,8 @@ def _answers(port: int) -> bool:
 def test_bin_demo_runs_only_what_it_needs_takes_a_first_event_and_stops_what_it_started_on_ctrl_c(
     tmp_path: Path, unique_name: str
 ) -> None:
-    """Only Postgres and Redis; an event sent with bin/shell is stored; Ctrl-C: exit 0, its Redis stopped, Postgres kept."""
+    """Only Postgres and Redis; an event sent with bin/shell is stored, and one sent with PostHog's SDK to its
+    capture API; Ctrl-C: exit 0, its Redis stopped, Postgres kept."""
     create_team()  # a team already there: setup_demo adds the demo team beside it
     port = _free_port()
     environment = manage_environment(
@@ -81,6 +83,11 @@ def test_bin_demo_runs_only_what_it_needs_takes_a_first_event_and_stops_what_it_
         assert "Stored: $pageview for test-user" in sent.stdout and '"greeting": "Hello from the demo plugin"' in sent.stdout
         # No built-in development key in a demo: no W001 warning.
         assert "plugin_server.W001" not in sent.stderr
+        # PostHog's SDK to the capture API bin/demo serves (the README's first event).
+        sdk = f"from posthog import Posthog\nPosthog('phc_demo_plugin_server_token', host='http://127.0.0.1:{environment['WEB_PORT']}', sync_mode=True, max_retries=0).capture('first event', distinct_id='newcomer')"
+        sdk_run = subprocess.run([str(ROOT / "bin" / "shell"), "python", "-c", sdk], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120)
+        assert sdk_run.returncode == 0 and "Error" not in sdk_run.stderr, sdk_run.stdout + sdk_run.stderr
+        wait_for(lambda: Event.objects.filter(event="first event", distinct_id="newcomer").exists(), 60, "the SDK's first event", demo)
 
         interrupted = time.monotonic()
         os.killpg(demo.pid, signal.SIGINT)
