@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -51,6 +53,15 @@ def team_cache() -> TeamCache:
             if _team_cache is None:
                 _team_cache = TeamCache(get_config().capture_token_cache_ttl)
     return _team_cache
+
+
+@receiver(setting_changed)
+def _drop_team_cache(setting: str, **kwargs: Any) -> None:
+    # A new TTL (override_settings in tests) takes a new cache.
+    global _team_cache
+    if setting == "CAPTURE_TOKEN_CACHE_TTL":
+        with _team_cache_lock:
+            _team_cache = None
 
 
 def with_cors(request: HttpRequest, response: HttpResponse) -> HttpResponse:
