@@ -13,8 +13,8 @@ Prints four figures (recorded in benchmarks/README.md):
 2. Events per second through ``WorkerPool.process_events`` (batches of 100)
    with 1, 10 and 1,000 teams having a plugin, each team in a worker of its
    own (all the pool's overhead: routing, pickling to the worker, JSON back,
-   plain-data copies, validation; with 1,000 teams and the default
-   TEAM_WORKERS_MAX of 64, workers are forked and retired as teams come and go).
+   plain-data copies, validation; with 1,000 teams and TEAM_WORKERS_MAX 64,
+   workers are forked and retired as teams come and go; with 1,000, all live).
 3. Memory per live team worker (RSS, PSS and private), and the zygote's.
 4. Cold-start time of a team worker: fork + harden + configure, then its
    first event (compile + ``setup_plugin`` + the call).

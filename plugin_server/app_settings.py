@@ -103,7 +103,7 @@ WORKER_MEMORY_LIMIT_MB = env_int("WORKER_MEMORY_LIMIT_MB", 1024)
 # (port) a worker is replaced after this many tasks (0 = never), to bound leaks.
 WORKER_MAX_TASKS = env_int("WORKER_MAX_TASKS", 0)
 # (port) team workers (one team's plugins each, forked from the zygote) kept alive at once, least recently used first out.
-TEAM_WORKERS_MAX = env_int("TEAM_WORKERS_MAX", 64, minimum=1)
+TEAM_WORKERS_MAX = env_int("TEAM_WORKERS_MAX", 256, minimum=1)
 # (port) a plugin config whose calls hang or kill its worker this many times is disabled.
 WORKER_LOSSES_TO_DISABLE = env_int("WORKER_LOSSES_TO_DISABLE", 3, minimum=1)
 

@@ -104,7 +104,7 @@ class PoolSettings:
     memory_limit_mb: int
     max_tasks: int
     base_dir: str
-    team_workers_max: int = 64
+    team_workers_max: int = 256
     losses_to_disable: int = 3
     grace: float = 2.0
 
@@ -351,8 +351,10 @@ class WorkerPool:
     def _over_capacity(self) -> list[TeamWorker]:
         """Idle team workers to retire, least recently used first, to get back under TEAM_WORKERS_MAX (lock held)."""
         limit = max(self.settings.team_workers_max, self.settings.concurrency, 1)
-        victims = []
+        victims: list[TeamWorker] = []
         excess = len(self._teams) - limit
+        if excess <= 0:
+            return victims
         for team_id, team in list(self._teams.items()):
             if excess <= 0:
                 break
