@@ -176,13 +176,13 @@ def bench_pool(events: int) -> None:
             total = min(count, 20_000)
             batches = [[make_event(team_of(n), n) for n in range(start, start + 100)] for start in range(0, total, 100)]
             if teams <= live:
-                for start in range(1, teams + 1, 100):  # every worker forked and set up first
-                    pool.process_events([make_event(team, 0) for team in range(start, min(start + 100, teams + 1))])
+                for first in range(1, teams + 1, 100):  # every worker forked and set up first
+                    pool.process_events([make_event(team, 0) for team in range(first, min(first + 100, teams + 1))])
             cpu = time.process_time()
-            start = time.perf_counter()
+            began = time.perf_counter()
             for batch in batches:
                 pool.process_events(batch)
-            elapsed = time.perf_counter() - start
+            elapsed = time.perf_counter() - began
             main_ms = (time.process_time() - cpu) * 1000 / total
             print(
                 f"  {teams:>5} teams, TEAM_WORKERS_MAX {live:>4}, {shape}: {total / elapsed:,.0f} events/s, "
