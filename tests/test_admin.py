@@ -517,3 +517,17 @@ def test_the_help_of_a_schema_field_shows_its_default_as_it_would_be_typed(admin
     assert form.fields["config__greeting"].help_text == "what to say — Default: hi there"
     assert form.fields["config__extra"].help_text == 'Default: {"a": 1, "on": true}'
     assert form.fields["config__verbose"].help_text == "Default: false"
+
+
+def test_a_blank_field_shows_the_default_it_stands_for(admin_client: Client) -> None:
+    """On a config whose value is missing, the empty text box shows the default greyed, the blank choice names it."""
+    schema = [
+        {"key": "property", "type": "string", "default": "greeting"},
+        {"key": "style", "type": "choice", "choices": ["plain", "shout"], "default": "plain"},
+        {"key": "note", "type": "string"},
+    ]
+    config = create_plugin_config(plugin=create_plugin(source=SOURCE, config_schema=schema), config={})
+    page = admin_client.get(url("pluginconfig_change", config.pk)).content.decode()
+    assert 'name="config__property" placeholder="greeting"' in page
+    assert '<option value="" selected>(default: plain)</option>' in page
+    assert 'name="config__note" id=' in page  # no default: no placeholder

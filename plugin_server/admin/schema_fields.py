@@ -73,14 +73,27 @@ def markdown_notes(schema: object) -> str:
     return str(format_html_join("", "<p>{}</p>", notes))
 
 
+def _shown_default(field: Mapping[str, Any]) -> str | None:
+    """The default as it would be typed into the field (text as is, anything else as JSON), or None."""
+    default = field.get("default")
+    if default in (None, "") or field.get("secret"):
+        return None
+    return default if isinstance(default, str) else json.dumps(default)
+
+
 def _help(field: Mapping[str, Any], *extra: str) -> str:
     parts = [str(field["hint"])] if field.get("hint") else []
-    default = field.get("default")
-    if default not in (None, "") and not field.get("secret"):
-        # As it would be typed into the field: text as is, anything else as JSON (true, {"a": 1}).
-        parts.append(f"Default: {default if isinstance(default, str) else json.dumps(default)}")
+    default = _shown_default(field)
+    if default is not None:
+        parts.append(f"Default: {default}")
     parts.extend(extra)
     return " — ".join(parts)
+
+
+def _empty_shows_default(field: Mapping[str, Any]) -> dict[str, str]:
+    """A blank field shows the default it stands for (grey), so the form and its help say the same."""
+    default = _shown_default(field)
+    return {"placeholder": default} if default is not None else {}
 
 
 def build_field(field: Mapping[str, Any], stored: Mapping[str, Any], attachment_name: str | None, is_new: bool) -> forms.Field:
@@ -100,13 +113,20 @@ def build_field(field: Mapping[str, Any], stored: Mapping[str, Any], attachment_
     initial = stored.get(key, field.get("default") if is_new else None)
     if field_type == "choice":
         choices = [(str(choice), str(choice)) for choice in field.get("choices") or []]
-        return forms.ChoiceField(label=label, required=required, choices=[("", "---------"), *choices], initial=initial, help_text=_help(field))
+        # Left blank, the default applies when the plugin runs: the blank choice says which.
+        default = _shown_default(field)
+        blank = f"(default: {default})" if default is not None else "---------"
+        return forms.ChoiceField(label=label, required=required, choices=[("", blank), *choices], initial=initial, help_text=_help(field))
     if field_type == "json":
         if initial is not None and not isinstance(initial, str):
             initial = json.dumps(initial, indent=2)
-        return forms.CharField(label=label, required=required, widget=forms.Textarea(attrs={"rows": 4}), initial=initial, help_text=_help(field))
+        widget = forms.Textarea(attrs={"rows": 4, **_empty_shows_default(field)})
+        return forms.CharField(label=label, required=required, widget=widget, initial=initial, help_text=_help(field))
     unknown = [] if field_type in FIELD_TYPES else [f'type "{field_type}" unknown: edited as text']
-    return forms.CharField(label=label, required=required, initial=initial, help_text=_help(field, *unknown))
+    return forms.CharField(
+        label=label, required=required, widget=forms.TextInput(attrs=_empty_shows_default(field)), initial=initial,
+        help_text=_help(field, *unknown),
+    )
 
 
 class SchemaFields:
