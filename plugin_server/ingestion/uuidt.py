@@ -16,6 +16,8 @@ import uuid
 import weakref
 from collections.abc import Callable
 
+from plugin_server.ingestion.jsstring import js_string
+
 # Random bytes are read from the OS this many ids at a time: one os.urandom
 # call per id was a system call per event (the person uuid every event carries)
 # and a sixth of the ingester's CPU on a VM where system calls are slow.
@@ -83,9 +85,6 @@ def is_valid_uuid(value: object) -> bool:
 
 
 def render_for_error(value: object) -> str:
-    """The value as the original's error message shows it (``null``, ``undefined``, text)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+    """The value as the original's error message shows it: JavaScript's ``String()``
+    (``null``, ``true``, ``3`` for 3.0, ``[object Object]``)."""
+    return js_string(value)

@@ -56,7 +56,9 @@ def test_invalid_uuid_texts(text: object) -> None:
 
 def test_render_for_error() -> None:
     """Values are shown in errors as the original rendered them."""
-    assert [render_for_error(value) for value in (None, True, "x", 5)] == ["null", "true", "x", "5"]
+    assert [render_for_error(value) for value in (None, True, "x", 5, 3.0, {"a": 1}, [1, None])] == [
+        "null", "true", "x", "5", "3", "[object Object]", "1,"
+    ]
 
 
 def test_random_parts_differ_across_blocks_and_after_fork() -> None:
