@@ -41,7 +41,7 @@ from plugin_server.models import PluginConfig
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.errors import record_plugin_error
 from plugin_server.plugins.meta.logger import LogEntry, LogSource, LogType, store_log_entries
-from plugin_server.service import Service
+from plugin_server.service import Service, ServiceState
 from plugin_server.slow import slow_operation
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,8 @@ class JobConsumer(Service):
         self._queue: queue.Queue[tuple[ClaimedJob, _ConfigState | None] | None] = queue.Queue()
         self._in_flight = 0
         self._changed = threading.Condition()
-        self._workers: list[threading.Thread] = []
+        # The job threads: supervised services too (a crash restarts them), started on the first lease.
+        self._runners = [_JobRunner(self, index) for index in range(self.settings.concurrency)]
         self._drain_timeout = 30.0
 
     # --- one step ----------------------------------------------------------------------
@@ -139,20 +140,17 @@ class JobConsumer(Service):
         if not claimed:
             return 0
         states = _config_states(job.job.plugin_config_id for job in claimed)
-        if not self._workers:
-            self._workers = [
-                threading.Thread(target=self._work, name=f"plugin-job-{index}", daemon=True)
-                for index in range(self.settings.concurrency)
-            ]
-            for worker in self._workers:
-                worker.start()
+        for runner in self._runners:
+            if runner.state is ServiceState.NEW:
+                runner.start()
         with self._changed:
             self._in_flight += len(claimed)
         for job in claimed:
             self._queue.put((job, states.get(job.job.plugin_config_id)))
         return len(claimed)
 
-    def _work(self) -> None:
+    def work(self) -> None:
+        """One job thread: run leased jobs until the queue hands it None."""
         try:
             while (item := self._queue.get()) is not None:
                 try:
@@ -233,8 +231,9 @@ class JobConsumer(Service):
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    def children(self) -> tuple[LockKeeper]:
-        return (self.keeper,)
+    def children(self) -> tuple[Service, ...]:
+        # The runners are not started with the consumer: only once a job is leased.
+        return (self.keeper, *(runner for runner in self._runners if runner.state is not ServiceState.NEW))
 
     def run(self) -> None:
         try:
@@ -263,8 +262,20 @@ class JobConsumer(Service):
         self.keeper.stop()
         if not self.wait(self._drain_timeout):
             logger.warning("plugin jobs still running at shutdown; they run again after their lease")
-        for _worker in self._workers:
+        running = [runner for runner in self._runners if runner.is_alive()]
+        for runner in running:
+            runner.request_stop()
             self._queue.put(None)
-        for worker in self._workers:
-            worker.join(1.0)
-        self._workers = []
+        for runner in running:
+            runner.stop(1.0)
+
+
+class _JobRunner(Service):
+    """One of the job consumer's ``JOBS_WORKERS`` threads."""
+
+    def __init__(self, consumer: JobConsumer, index: int) -> None:
+        super().__init__(f"plugin-job-{index}")
+        self._consumer = consumer
+
+    def run(self) -> None:
+        self._consumer.work()
