@@ -56,7 +56,11 @@ def _last_line(error: BaseException, compiled_filename: str, display_filename: s
             error.msg, (display_filename, error.lineno, error.offset, error.text, error.end_lineno, error.end_offset)
         )
         return [line.replace(compiled_filename, display_filename) for line in traceback.format_exception_only(shown)]
-    return [line.replace(compiled_filename, display_filename) for line in traceback.format_exception_only(error)]
+    # The class's own name, never its module: "PluginTimeout: ...", not
+    # "plugin_server.exceptions.PluginTimeout: ..." (nor a plugin's internal module name).
+    text = str(error).replace(compiled_filename, display_filename)
+    name = type(error).__qualname__
+    return [f"{name}: {text}\n" if text else f"{name}\n"]
 
 
 def _chain(error: BaseException) -> list[tuple[BaseException, str]]:

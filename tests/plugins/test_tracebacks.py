@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from plugin_server.exceptions import PluginLoadError
+from plugin_server.exceptions import PluginLoadError, PluginTimeout
 from plugin_server.models import PluginLogEntry
 from plugin_server.plugins.sandbox import compile_plugin
 from plugin_server.plugins.tracebacks import code_traceback
@@ -84,6 +84,27 @@ def test_an_error_raised_while_handling_another_shows_both_in_order() -> None:
     lines = text.splitlines()
     assert lines.index("KeyError: 'nope'") < lines.index("The above exception was the direct cause of the following exception:")
     assert lines[-1] == "ValueError: no nope"
+
+
+def test_an_exception_of_the_server_or_the_plugin_is_named_without_its_module() -> None:
+    """The last line names the class only: no server module (plugin_server.exceptions.X), no plugin-<id> module."""
+    code = plugin_code(
+        """\
+        class QuotaExceeded(Exception):
+            pass
+
+
+        def process_event(event, meta):
+            raise QuotaExceeded("over the quota")
+        """
+    )
+    exports = compile_plugin(code, {})
+    with pytest.raises(Exception) as caught:
+        assert exports.process_event is not None
+        exports.process_event({}, None)
+    assert code_traceback(caught.value, code).splitlines()[-1] == "QuotaExceeded: over the quota"
+    timeout = PluginTimeout("Script execution timed out after looping for 1 second on line 3:4")
+    assert code_traceback(timeout, code) == "PluginTimeout: Script execution timed out after looping for 1 second on line 3:4"
 
 
 @pytest.mark.django_db(transaction=True)
