@@ -99,7 +99,7 @@ def assert_each_event_once_and_persons_exact(pipeline: KafkaPipeline, team: Team
 def test_after_a_sigkill_mid_stream_every_event_reaches_clickhouse_once(
     team: Team, kafka_pipeline: KafkaPipeline, start_server: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
-    total = 6000
+    total = 4000
     send(kafka_pipeline, team, 0, total)
     first = start_server()
     wait_for(lambda: in_clickhouse(kafka_pipeline, team) > 0, 90, "the first events in ClickHouse", first)

@@ -111,7 +111,7 @@ def test_a_batch_not_finished_in_time_goes_to_the_new_owner_and_its_late_ack_is_
 def test_a_message_in_hand_when_its_consumer_died_comes_back_counted_and_alone(kafka_bootstrap: str, topic: str) -> None:
     """The poison-pill contract: a crash (no close, no ack) counts; the suspect is handed out alone, the rest follow uncounted."""
     produce(kafka_bootstrap, topic, [capture_message(2, "same-person", properties={"n": index}) for index in range(3)])
-    dying = KafkaSource(topic, group=topic)
+    dying = KafkaSource(topic, group=topic, revoke_wait=0.1)
     taken = take(dying, 3)
     assert [delivery.attempts for delivery in taken] == [1, 1, 1]
     # The process dies: the consumer leaves without committing or giving anything back.
