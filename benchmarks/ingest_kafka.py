@@ -100,6 +100,7 @@ def run(servers: int, args: argparse.Namespace) -> Result:
     from confluent_kafka.admin import AdminClient, NewTopic
 
     from plugin_server.clickhouse.client import make_client, server_features
+    from plugin_server.clickhouse.messages import TOPIC_FORMATS
     from plugin_server.clickhouse.schema import create_database_sql, layout_statements
     from tests.factories import create_plugin, create_plugin_config, create_team
 
@@ -108,7 +109,10 @@ def run(servers: int, args: argparse.Namespace) -> Result:
     name = f"bench{uuid.uuid4().hex[:8]}"
     topic, prefix, database = f"{name}_ingestion", f"{name}_", f"bench_{name}"
     admin = AdminClient({"bootstrap.servers": args.kafka_hosts})
-    admin.create_topics([NewTopic(topic, args.partitions, 1)])[topic].result(30)
+    # The consumption topic, and the produced ones (the writer subscribes to those by name).
+    names = [topic] + [prefix + topic_format.topic for topic_format in TOPIC_FORMATS]
+    for future in admin.create_topics([NewTopic(name, args.partitions, 1) for name in names]).values():
+        future.result(30)
     client = make_client(database="default")
     client.execute(create_database_sql(database))
     for statement in layout_statements("plain", server_features(client), database):

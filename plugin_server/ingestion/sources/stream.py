@@ -38,7 +38,7 @@ from typing import Any
 
 from arroyo.backends.abstract import Consumer as ArroyoConsumer
 from arroyo.backends.kafka import KafkaPayload
-from arroyo.errors import EndOfPartition
+from arroyo.errors import ConsumerError, EndOfPartition, TransportError
 from arroyo.types import BrokerValue, Partition, Topic
 
 from plugin_server.events import Delivery, PluginEvent, SourceName
@@ -74,12 +74,13 @@ class StreamSource:
         self._revoke_wait = revoke_wait
         self._consumer: ArroyoConsumer[KafkaPayload] | None = None
         self._lock = threading.Condition()
-        self._assigned: set[Partition] = set()
-        self._in_hand: dict[Partition, set[int]] = {}  # handed out, not acknowledged
-        self._acked: dict[Partition, int] = {}  # next offset to commit
+        # By partition index (one topic): plain ints are cheap to hash on the hot path.
+        self._partitions: dict[int, Partition] = {}  # assigned
+        self._in_hand: dict[int, set[int]] = {}  # offsets handed out, not acknowledged
+        self._acked: dict[int, int] = {}  # next offset to commit
         self._last_commit = 0.0
         self._closing = False
-        self.committed: dict[Partition, int] = {}  # what this source committed last (tests, status)
+        self.committed: dict[int, int] = {}  # what this source committed last, by partition (tests, status)
 
     # --- life ------------------------------------------------------------------------
     def start(self) -> None:
@@ -88,41 +89,42 @@ class StreamSource:
             self._consumer.subscribe([Topic(self.topic)], on_assign=self._on_assign, on_revoke=self._on_revoke)
 
     @property
-    def assigned(self) -> set[Partition]:
+    def assigned(self) -> set[int]:
+        """The indexes of the partitions this source owns now."""
         with self._lock:
-            return set(self._assigned)
+            return set(self._partitions)
 
     def _on_assign(self, offsets: Any) -> None:
         with self._lock:
-            self._assigned.update(offsets)
             for partition in offsets:
-                self._in_hand.setdefault(partition, set())
+                self._partitions[partition.index] = partition
+                self._in_hand.setdefault(partition.index, set())
         logger.info("%s source: assigned %s", self.name.value, sorted(f"{p.topic.name}/{p.index}" for p in offsets))
 
     def _on_revoke(self, partitions: Sequence[Partition]) -> None:
-        revoked = set(partitions)
+        revoked = {partition.index for partition in partitions}
         deadline = time.monotonic() + self._revoke_wait
         with self._lock:
             # Let the batches in hand from these partitions finish (the loop's
             # other thread is storing them), so that their offsets are committed
             # here and the next owner does not process them again.
-            while not self._closing and any(self._in_hand.get(p) for p in revoked):
+            while not self._closing and any(self._in_hand.get(index) for index in revoked):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._lock.wait(min(remaining, 0.5))
-            unfinished = sum(len(self._in_hand.get(p, ())) for p in revoked)
-            offsets = {p: self._acked.pop(p) for p in revoked if p in self._acked}
+            unfinished = sum(len(self._in_hand.get(index, ())) for index in revoked)
+            offsets = {index: self._acked.pop(index) for index in revoked if index in self._acked}
         self._commit(offsets)
         with self._lock:
-            for partition in revoked:
-                self._assigned.discard(partition)
-                self._in_hand.pop(partition, None)
+            for index in revoked:
+                self._partitions.pop(index, None)
+                self._in_hand.pop(index, None)
         get_metrics().incr(KAFKA_PARTITIONS_REVOKED, len(revoked))
         logger.info(
             "%s source: partitions revoked %s (%d messages in hand left to the next owner)",
             self.name.value,
-            sorted(f"{p.topic.name}/{p.index}" for p in revoked),
+            sorted(revoked),
             unfinished,
         )
 
@@ -144,15 +146,13 @@ class StreamSource:
                         break
                     continue
                 polled.append(value)
-        except RetriableError:
-            raise
-        except Exception as error:  # noqa: BLE001 -- arroyo's transport errors: the broker is away
-            if type(error).__name__ in ("TransportError", "ConsumerError"):
-                raise RetriableError(f"{self.name.value}: {error}") from error
-            raise
+        except (TransportError, ConsumerError) as error:
+            # The broker is away (or refused the fetch): the loop retries with backoff.
+            raise RetriableError(f"{self.name.value}: {error}") from error
         with self._lock:
             # A revocation during this poll: what came from the lost partitions is the next owner's.
-            polled = [value for value in polled if value.partition in self._assigned]
+            owned = self._partitions
+            polled = [value for value in polled if value.partition.index in owned]
         deliveries = self._hand_out(consumer, polled)
         if deliveries:
             get_metrics().incr(INGESTION_MESSAGES_POLLED, len(deliveries), tags={"source": self.name.value})
@@ -161,8 +161,8 @@ class StreamSource:
     def _hand_out(self, consumer: ArroyoConsumer[KafkaPayload], polled: list[BrokerValue[KafkaPayload]]) -> list[Delivery]:
         if not polled:
             return []
-        ids: list[MessageId] = [(value.partition.topic.name, value.partition.index, value.offset) for value in polled]
-        counts = self._attempts.count(ids)
+        topic = self.topic
+        counts = self._attempts.count([(topic, value.partition.index, value.offset) for value in polled])
         handed, rest = polled[: len(counts)], polled[len(counts) :]
         if rest:
             # After a suspect: rewind so that these come again, uncounted, next time.
@@ -173,15 +173,10 @@ class StreamSource:
         deliveries = []
         with self._lock:
             for value, attempts in zip(handed, counts):
-                self._in_hand.setdefault(value.partition, set()).add(value.offset)
+                index, offset = value.partition.index, value.offset
+                self._in_hand.setdefault(index, set()).add(offset)
                 deliveries.append(
-                    Delivery(
-                        payload=value.payload.value,
-                        token=(value.partition, value.offset),
-                        queue=value.partition.topic.name,
-                        attempts=attempts,
-                        key=f"{value.partition.topic.name}/{value.partition.index}/{value.offset}",
-                    )
+                    Delivery(payload=value.payload.value, token=(index, offset), queue=topic, attempts=attempts, key=f"{topic}/{index}/{offset}")
                 )
         return deliveries
 
@@ -192,17 +187,18 @@ class StreamSource:
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         acked: list[MessageId] = []
         stale = 0
+        topic = self.topic
         with self._lock:
             for delivery in deliveries:
-                partition, offset = delivery.token
-                in_hand = self._in_hand.get(partition)
-                if partition not in self._assigned or in_hand is None or offset not in in_hand:
+                index, offset = delivery.token
+                in_hand = self._in_hand.get(index)
+                if in_hand is None or offset not in in_hand or index not in self._partitions:
                     stale += 1
                     continue
                 in_hand.discard(offset)
-                if offset + 1 > self._acked.get(partition, -1):
-                    self._acked[partition] = offset + 1
-                acked.append((partition.topic.name, partition.index, offset))
+                if offset + 1 > self._acked.get(index, -1):
+                    self._acked[index] = offset + 1
+                acked.append((topic, index, offset))
             self._lock.notify_all()
         if stale:
             get_metrics().incr(KAFKA_STALE_DELIVERIES, stale)
@@ -215,13 +211,16 @@ class StreamSource:
                 offsets, self._acked = dict(self._acked), {}
             self._commit(offsets)
 
-    def _commit(self, offsets: dict[Partition, int]) -> None:
+    def _commit(self, offsets: dict[int, int]) -> None:
         self._last_commit = time.monotonic()
         if not offsets or self._consumer is None:
             return
-        self._consumer.stage_offsets(offsets)
-        self._consumer.commit_offsets()
-        self.committed.update(offsets)
+        with self._lock:
+            staged = {self._partitions[index]: offset for index, offset in offsets.items() if index in self._partitions}
+        if staged:
+            self._consumer.stage_offsets(staged)
+            self._consumer.commit_offsets()
+            self.committed.update({partition.index: offset for partition, offset in staged.items()})
 
     def _require_consumer(self) -> ArroyoConsumer[KafkaPayload]:
         if self._consumer is None:
@@ -238,7 +237,7 @@ class StreamSource:
         with self._lock:
             self._closing = True
             offsets, self._acked = dict(self._acked), {}
-            given_back = [(p.topic.name, p.index, offset) for p, offsets_in_hand in self._in_hand.items() for offset in offsets_in_hand]
+            given_back = [(self.topic, index, offset) for index, offsets_in_hand in self._in_hand.items() for offset in offsets_in_hand]
             self._in_hand = {p: set() for p in self._in_hand}
         try:
             self._commit(offsets)
