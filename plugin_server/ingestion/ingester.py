@@ -41,8 +41,10 @@ from plugin_server.config import get_config
 from plugin_server.events import PluginEvent
 from plugin_server.exceptions import InvalidMessage, RetriableError
 from plugin_server.ingestion.definitions import DefinitionsManager
+from plugin_server.ingestion.elements import elements_chain
 from plugin_server.ingestion.persons import PersonManager
 from plugin_server.ingestion.prepare import PreparedItem, Reason, add_campaign_properties, check_event, invalid, prepare_event
+from plugin_server.ingestion.timestamps import format_iso
 from plugin_server.ingestion.teams import TeamInfo, TeamManager, Telemetry
 from plugin_server.ingestion.webhooks import CeleryWebhooks
 from plugin_server.metrics import get_metrics
@@ -226,9 +228,28 @@ class Ingester:
     def _send_webhooks(self, stored: list[PreparedEvent]) -> None:
         # The answer per team is cached 30 s: most batches ask no query here.
         wanted = {team_id for team_id in {row.team_id for row in stored} if self.teams.should_send_webhooks(team_id)}
-        calls = [(row.row_id, row.site_url) for row in stored if row.team_id in wanted and row.row_id is not None]
-        if calls:
-            self.webhooks.send(calls)
+        hooked = [row for row in stored if row.team_id in wanted]
+        if not hooked:
+            return
+        if self.sink.transactional:  # rows with ids (posthog_event)
+            self.webhooks.send([(row.row_id, row.site_url) for row in hooked if row.row_id is not None])
+            return
+        self.webhooks.send_ee(
+            [
+                (
+                    {
+                        "event": row.event,
+                        "properties": row.properties,
+                        "distinct_id": row.distinct_id,
+                        "timestamp": format_iso(row.timestamp),
+                        "elements_chain": elements_chain(row.elements),
+                    },
+                    row.team_id,
+                    row.site_url,
+                )
+                for row in hooked
+            ]
+        )
 
     def _claim(self, items: list[PreparedItem]) -> tuple[list[PreparedItem], list[PreparedItem]]:
         """The items whose uuid was not stored before, and those whose uuid was."""

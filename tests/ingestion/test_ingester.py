@@ -244,6 +244,40 @@ def test_webhook_tasks_are_sent_for_teams_with_hooks(ingester: Ingester, redis_c
     assert [(Event.objects.get(id=event_id).event, site_url) for event_id, site_url in calls] == [("one", "https://app"), ("two", "https://app")]
 
 
+def test_kafka_pipeline_webhook_tasks_carry_the_event_itself(redis_client, unique_name: str) -> None:  # type: ignore[no-untyped-def]
+    """With a sink outside Postgres (no event row ids) the task is ee.tasks.webhooks_ee.post_event_to_webhook_ee with
+    [{event, properties, distinct_id, timestamp (ISO), elements_chain}, team_id, site_url] (spec: ingestion.md §3.7)."""
+    from django.conf import settings
+
+    from plugin_server.ingestion.webhooks import CeleryWebhooks
+    from plugin_server.sinks.memory import MemorySink
+
+    hooked = create_team(slack_incoming_webhook="https://hooks.slack.com/x")
+    ingester = Ingester(sink=MemorySink(), persons=PersonManager(lru_size=100), clock=lambda: NOW, max_event_bytes=10_000)
+    ingester.webhooks = CeleryWebhooks(broker_url=settings.REDIS_URL, queue=unique_name)
+    elements = [{"tag_name": "a", "nth_child": 1, "nth_of_type": 2, "attr__class": "btn"}]
+    event = event_of(hooked, event="clicked", site_url="https://app", properties={"$elements": elements, "a": 1})
+    event["timestamp"] = "2021-05-17T09:59:59.500Z"
+    try:
+        assert len(ingester.ingest([event]).stored) == 1
+        [message] = [json.loads(raw) for raw in redis_client.lrange(unique_name, 0, -1)]
+    finally:
+        redis_client.delete(unique_name)
+    assert message["headers"]["task"] == "ee.tasks.webhooks_ee.post_event_to_webhook_ee"
+    args = json.loads(base64.b64decode(message["body"]))[0]
+    assert args == [
+        {
+            "event": "clicked",
+            "properties": {"a": 1},
+            "distinct_id": "user",
+            "timestamp": "2021-05-17T09:59:59.500Z",
+            "elements_chain": 'a.btn:attr__class="btn"nth-child="1"nth-of-type="2"',
+        },
+        hooked.id,
+        "https://app",
+    ]
+
+
 def test_an_unreachable_broker_loses_no_event(ingester: Ingester, recording_metrics: RecordingMetrics) -> None:
     """If the webhook broker is down the events stay stored and the failure is counted, not raised."""
     from plugin_server.ingestion.webhooks import CeleryWebhooks
