@@ -53,3 +53,21 @@ def wait_for(predicate: Callable[[], bool], seconds: float, what: str, process: 
             raise AssertionError(f"the process exited with {process.returncode} while waiting for {what}")
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class ServerProcesses:
+    """``run_plugin_server`` subprocesses of one test; any still running at the end is killed."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, environment: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+        server = subprocess.Popen([sys.executable, "manage.py", "run_plugin_server", *args], cwd=ROOT, env=environment)
+        self.started.append(server)
+        return server
+
+    def kill_all(self) -> None:
+        for server in self.started:
+            if server.poll() is None:
+                server.kill()
+                server.wait(10)

@@ -21,11 +21,8 @@ from plugin_server.ingestion.dlq import DeadLetterStore
 from plugin_server.ingestion.dlq_topic import DeadLetterTopic
 from plugin_server.ingestion.ingester import Ingester
 from plugin_server.ingestion.sources.kafka import KafkaSource
-from plugin_server.plugins.meta.host import MetaHost
 from plugin_server.sinks.kafka import KafkaSink
-from plugin_server.workers.pool import PoolSettings, WorkerPool
-from tests.acceptance.test_e2e_postgres import E2E_PLUGIN, Pipeline
-from tests.factories import create_plugin, create_plugin_config, create_team
+from tests.acceptance.test_e2e_postgres import E2E_PLUGIN, Pipeline, plugin_with_pool
 from tests.kafka_pipeline import KafkaPipeline, kafka_pipeline  # noqa: F401 -- the fixture
 from tests.manage_process import wait_for
 
@@ -46,14 +43,7 @@ class KafkaChain(Pipeline):
 
 @pytest.fixture
 def chain(kafka_pipeline: KafkaPipeline, redis_client: redis.Redis) -> Iterator[KafkaChain]:
-    team = create_team(ingested_event=True)
-    config = create_plugin_config(team=team, plugin=create_plugin(organization=team.organization, source=E2E_PLUGIN))
-    stale = list(redis_client.scan_iter(match=f"@plugin/{config.plugin_id}/*", count=1000))
-    if stale:
-        redis_client.delete(*stale)
-    host = MetaHost()
-    pool = WorkerPool(PoolSettings.from_config(concurrency=1, task_timeout=10.0, memory_limit_mb=512), host=host)
-    pool.start()
+    config, host, pool = plugin_with_pool(E2E_PLUGIN, redis_client)
     source = KafkaSource(kafka_pipeline.consumption_topic, group=f"{kafka_pipeline.prefix}ingestion")
     source.start()
     consumer = Consumer(

@@ -97,6 +97,20 @@ class Pipeline:
         return [json.loads(entry) for entry in reversed(entries)]
 
 
+def plugin_with_pool(source: str, redis_client: redis.Redis) -> tuple[PluginConfig, MetaHost, WorkerPool]:
+    """A team with the plugin ``source`` installed, a meta host and a started pool of one worker."""
+    team = create_team(ingested_event=True)
+    config = create_plugin_config(team=team, plugin=create_plugin(organization=team.organization, source=source))
+    # Ids restart with each test database, Redis keys do not: start clean.
+    stale = list(redis_client.scan_iter(match=f"@plugin/{config.plugin_id}/*", count=1000))
+    if stale:
+        redis_client.delete(*stale)
+    host = MetaHost()
+    pool = WorkerPool(PoolSettings.from_config(concurrency=1, task_timeout=10.0, memory_limit_mb=512), host=host)
+    pool.start()
+    return config, host, pool
+
+
 @pytest.fixture
 def pipeline(unique_name: str, redis_client: redis.Redis) -> Iterator[Callable[[str], Pipeline]]:
     """Builds the chain around a plugin source; stops everything at the end."""
@@ -105,15 +119,7 @@ def pipeline(unique_name: str, redis_client: redis.Redis) -> Iterator[Callable[[
     settings.enable()
 
     def build(source: str) -> Pipeline:
-        team = create_team(ingested_event=True)
-        config = create_plugin_config(team=team, plugin=create_plugin(organization=team.organization, source=source))
-        # Ids restart with each test database, Redis keys do not: start clean.
-        stale = list(redis_client.scan_iter(match=f"@plugin/{config.plugin_id}/*", count=1000))
-        if stale:
-            redis_client.delete(*stale)
-        host = MetaHost()
-        pool = WorkerPool(PoolSettings.from_config(concurrency=1, task_timeout=10.0, memory_limit_mb=512), host=host)
-        pool.start()
+        config, host, pool = plugin_with_pool(source, redis_client)
         celery = CelerySource(queue=unique_name)
         celery.start()
         stops.extend([host.close, pool.stop, celery.close])

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -22,7 +20,7 @@ from plugin_server.models import Person, Team
 from tests.factories import create_plugin, create_plugin_config, create_team
 from tests.kafka_helpers import capture_message, produce
 from tests.kafka_pipeline import KafkaPipeline, kafka_pipeline  # noqa: F401 -- the fixture
-from tests.manage_process import wait_for
+from tests.manage_process import ServerProcesses, wait_for
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -32,7 +30,6 @@ pytestmark = [
     pytest.mark.slow,
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = """
 def process_event(event, meta):
     event["properties"]["processed"] = "hell yes"
@@ -50,20 +47,13 @@ def team() -> Team:
 
 @pytest.fixture
 def start_server(kafka_pipeline: KafkaPipeline) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
+    servers = ServerProcesses()
 
     def start(**env: str) -> subprocess.Popen[bytes]:
-        server = subprocess.Popen(
-            [sys.executable, "manage.py", "run_plugin_server", "--mode", "ingestion"], cwd=ROOT, env=kafka_pipeline.server_environment(**env)
-        )
-        started.append(server)
-        return server
+        return servers.start(kafka_pipeline.server_environment(**env), "--mode", "ingestion")
 
     yield start
-    for server in started:
-        if server.poll() is None:
-            server.kill()
-            server.wait(10)
+    servers.kill_all()
 
 
 def send(pipeline: KafkaPipeline, team: Team, first: int, count: int) -> None:

@@ -23,7 +23,7 @@ from django.db import connection
 from plugin_server.models import DeadLetter, Event, Team
 from tests.factories import create_plugin, create_plugin_config, create_team
 from tests.ingestion.celery_tasks import celery_app, send_event_task, task_args
-from tests.manage_process import wait_for
+from tests.manage_process import ServerProcesses, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis, pytest.mark.slow]
 
@@ -45,7 +45,7 @@ def team() -> Team:
 @pytest.fixture
 def start_server(unique_name: str) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     """Starts servers on the test database and this test's queue; kills leftovers at the end."""
-    started: list[subprocess.Popen[bytes]] = []
+    servers = ServerProcesses()
     db = connection.settings_dict
 
     def start(**env: str) -> subprocess.Popen[bytes]:
@@ -64,15 +64,10 @@ def start_server(unique_name: str) -> Iterator[Callable[..., subprocess.Popen[by
             "LOG_LEVEL": "warn",
             **env,
         }
-        server = subprocess.Popen([sys.executable, "manage.py", "run_plugin_server"], cwd=ROOT, env=environment)
-        started.append(server)
-        return server
+        return servers.start(environment)
 
     yield start
-    for server in started:
-        if server.poll() is None:
-            server.kill()
-            server.wait(10)
+    servers.kill_all()
 
 
 def send_events(queue: str, team: Team, count: int, prefix: str = "user") -> None:
