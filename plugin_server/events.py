@@ -44,20 +44,3 @@ class Delivery:
     queue: str
     attempts: int = 1
     key: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class DecodedEvent:
-    """A delivery decoded into the event the capture endpoint sent."""
-
-    event: PluginEvent
-    delivery: Delivery
-
-    @property
-    def team_id(self) -> int:
-        return int(self.event["team_id"])
-
-    @property
-    def route_key(self) -> tuple[int, str]:
-        """Events with the same key are processed in order, by one worker."""
-        return (int(self.event["team_id"]), str(self.event.get("distinct_id")))

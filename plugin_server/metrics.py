@@ -62,7 +62,6 @@ WORKER_REPORT_DROPPED = "worker.report_dropped"  # count: log lines or errors ov
 LOGS_ENTRIES_CREATED = "logs.entries_created"  # count, tags source, team_id, plugin_id (the original's)
 LOGS_ENTRIES_DROPPED = "logs.entries_dropped"  # count (port): plugin log entries lost (buffer full, refused row)
 LOGS_FLUSH_FAILED = "logs.flush_failed"  # count (port): a plugin log batch could not be written
-META_KAFKA_DELIVERY_FAILED = "meta.kafka_delivery_failed"  # count (port): a capture or log entry lost by Kafka
 
 # --- Metric names of the capture endpoint (port) ------------------------------------
 CAPTURE_EVENTS_QUEUED = "capture.events_queued"  # count, tag pipeline (celery, kafka)
