@@ -359,8 +359,10 @@ class Consumer:
     def _store(self, batch: _Batch) -> None:
         outcome = _Outcome()
         suspects = batch.suspects
+        # A poison letter keeps the step its message was last seen in: only live suspects are noted.
+        noted = [delivery for delivery in suspects if delivery.attempts <= self.options.poison_max_attempts]
         if batch.events:
-            self.notes.note(suspects, "store")
+            self.notes.note(noted, "store")
             started = time.perf_counter()
             self._ingest(batch.events, batch.by_uuid, outcome)
             _per_event(KAFKA_QUEUE_SINGLE_INGESTION, started, len(batch.events))
@@ -369,7 +371,7 @@ class Consumer:
         metrics.incr(INGESTION_EVENTS_STORED, outcome.stored)
         metrics.incr(INGESTION_EVENTS_DUPLICATE, outcome.duplicates)
         if letters:
-            self.notes.note(suspects, "dead_letter")
+            self.notes.note(noted, "dead_letter")
             self._retrying(lambda: self.dead_letters.write(letters), forever=True)
         self._retrying(lambda: self.source.ack(batch.deliveries), forever=True)
         self.notes.forget(suspects)
