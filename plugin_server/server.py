@@ -274,6 +274,11 @@ class ConsumerService(Service):
     def cleanup(self) -> None:
         self.consumer.source.close()
 
+    def children(self) -> tuple[Service, ...]:
+        # The source's own threads (the Celery heartbeat): started with the source, shown here.
+        services: Callable[[], tuple[Service, ...]] | None = getattr(self.consumer.source, "services", None)
+        return services() if services is not None else ()
+
     def problem(self) -> str | None:
         idle = time.monotonic() - self.consumer.last_iteration
         if idle > self._stale_after:

@@ -4,7 +4,8 @@ A :class:`Service` runs its :meth:`~Service.run` loop on a daemon thread of
 its own until :meth:`~Service.stop`. What every service gets from the base:
 
 - **start / stop the same way.** ``start()`` starts the service's children
-  (the lock keeper of the scheduler, ...) then runs :meth:`prepare` on the
+  (the lock keeper of the scheduler, ...; those already running are left so)
+  then runs :meth:`prepare` on the
   caller's thread (a failure there fails the start) and the thread.
   ``stop()`` sets the stop flag, calls :meth:`interrupt` (to break a blocking
   wait), joins the thread, calls :meth:`cleanup`, then stops the children.
@@ -116,7 +117,8 @@ class Service:
         if self._thread is not None:
             raise RuntimeError(f"service {self.name} already started")
         for child in self.children():
-            child.start()
+            if not child.is_alive():  # a child its owner started already is left running
+                child.start()
         self._stopping.clear()
         self._state = ServiceState.STARTING
         self.prepare()

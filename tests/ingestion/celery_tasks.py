@@ -53,5 +53,5 @@ def send_event_task(app: Celery, queue: str, args: list[Any], name: str = CELERY
 
 def die(source: CelerySource) -> None:
     """What a SIGKILL amounts to for a consumer: its heartbeat stops and its key is gone; nothing is closed or acknowledged."""
-    source._stopped.set()
+    source.heartbeat.stop()
     source._redis.delete(source._alive_key)

@@ -30,7 +30,7 @@ def sources() -> Iterator[list[CelerySource]]:
     made: list[CelerySource] = []
     yield made
     for source in made:
-        if not source._stopped.is_set():
+        if not source.heartbeat.stopping:
             source.close()
 
 

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -67,6 +66,7 @@ from plugin_server.ingestion.decode import DEFAULT_MAX_DEPTH, decode
 from plugin_server.ingestion.sources.celery_scripts import ATTEMPTS_TTL_SECONDS, REQUEUE, TAKE
 from plugin_server.metrics import INGESTION_MESSAGES_POLLED, INGESTION_SOURCE_RECOVERED, get_metrics
 from plugin_server.redis_client import get_redis
+from plugin_server.service import Service, ServiceState
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +128,7 @@ class CelerySource:
         self._whole_second_waits = False  # Redis < 6.0: blocking timeouts are whole seconds
         self._next_seq = 0
         self._last_recovery = 0.0
-        self._stopped = threading.Event()
-        self._heartbeat_thread: threading.Thread | None = None
+        self.heartbeat = _Heartbeat(self)
         self._closed = False
 
     def _key(self, kind: str, consumer_id: str) -> str:
@@ -141,19 +140,20 @@ class CelerySource:
         self._beat()
         self._redis.sadd(self._consumers_key, self.consumer_id)
         self.recover()
-        if self._heartbeat_thread is None:
-            self._heartbeat_thread = threading.Thread(
-                target=self._heartbeat_loop, name=f"celery-heartbeat-{self.consumer_id[:8]}", daemon=True
-            )
-            self._heartbeat_thread.start()
+        if self.heartbeat.state is ServiceState.NEW:
+            self.heartbeat.start()
+
+    def services(self) -> tuple[Service, ...]:
+        """The source's own threads, as supervised services (shown with the consumer in /_ready)."""
+        return (self.heartbeat,)
 
     def _beat(self) -> None:
         self._redis.set(self._alive_key, "1", px=int(self._ttl * 1000))
 
-    def _heartbeat_loop(self) -> None:
+    def _heartbeat_loop(self, heartbeat: Service) -> None:
         # A thread, not the loop, keeps us alive: a batch that takes long (slow
         # plugins, a database retried with backoff) must not look like a death.
-        while not self._stopped.wait(self._ttl / 3):
+        while not heartbeat.sleep(self._ttl / 3):
             try:
                 self._beat()
             except redis.RedisError:
@@ -271,9 +271,7 @@ class CelerySource:
         if self._closed:
             return
         self._closed = True
-        self._stopped.set()
-        if self._heartbeat_thread is not None:
-            self._heartbeat_thread.join(timeout=5)
+        self.heartbeat.stop()
         # A graceful stop is not a crash: what we give back is not counted.
         keys = [self.lists[0], self._landing_key, self._inflight_key, self._attempts_key]
         returned = int(self._requeue(keys=keys, args=[0, ATTEMPTS_TTL_SECONDS]))
@@ -290,3 +288,14 @@ def _redis_major_version(client: redis.Redis) -> int:
         return int(str(info.get("redis_version", "0")).split(".")[0])
     except ValueError:
         return 0
+
+
+class _Heartbeat(Service):
+    """The source's liveness key in Redis, refreshed every third of its TTL (a supervised service)."""
+
+    def __init__(self, source: CelerySource) -> None:
+        super().__init__("celery heartbeat")
+        self._source = source
+
+    def run(self) -> None:
+        self._source._heartbeat_loop(self)
