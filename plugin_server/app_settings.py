@@ -142,6 +142,24 @@ INTERNAL_MMDB_SERVER_PORT = env_int("INTERNAL_MMDB_SERVER_PORT", 0)
 DISTINCT_ID_LRU_SIZE = env_int("DISTINCT_ID_LRU_SIZE", 10_000)
 PLUGIN_SERVER_IDLE = env_bool("PLUGIN_SERVER_IDLE", False)
 
+# --- Export lane (port: on_event / on_snapshot after storing, plugin_server/export_lane.py)
+# Stored events waiting for one plugin config's exports, at most (count, bytes); beyond, its waiting events are shed.
+EXPORT_BACKLOG_EVENTS = env_int("EXPORT_BACKLOG_EVENTS", 10_000, minimum=1)
+EXPORT_BACKLOG_BYTES = env_int("EXPORT_BACKLOG_BYTES", 16 * 1024 * 1024, minimum=1)
+# All configs' waiting events together, bytes; beyond, the largest backlog is shed.
+EXPORT_LANE_BYTES = env_int("EXPORT_LANE_BYTES", 256 * 1024 * 1024, minimum=1)
+# Export threads (0 = WORKER_CONCURRENCY) and on_event calls of one config at once (0 = TASKS_PER_WORKER).
+EXPORT_CONCURRENCY = env_int("EXPORT_CONCURRENCY", 0)
+EXPORT_CONFIG_CONCURRENCY = env_int("EXPORT_CONFIG_CONCURRENCY", 0)
+# Export calls of one config timed out in a row before it is slowed, then disabled.
+EXPORT_TIMEOUTS_TO_SLOW = env_int("EXPORT_TIMEOUTS_TO_SLOW", 3, minimum=1)
+EXPORT_TIMEOUTS_TO_DISABLE = env_int("EXPORT_TIMEOUTS_TO_DISABLE", 20, minimum=1)
+# Waiting exports journaled in Redis until done (at least once across crashes); a dead server's journal is
+# taken over after EXPORT_ORPHAN_SECONDS without its heartbeat; a stop waits EXPORT_DRAIN_SECONDS for the backlog.
+EXPORT_JOURNAL = env_bool("EXPORT_JOURNAL", True)
+EXPORT_ORPHAN_SECONDS = env_float("EXPORT_ORPHAN_SECONDS", 30.0, minimum=0.1)
+EXPORT_DRAIN_SECONDS = env_float("EXPORT_DRAIN_SECONDS", 5.0)
+
 # --- Ingestion consumer (port) ------------------------------------------------
 # Messages taken off the queue per batch (one poll, one ingest, one ack).
 INGESTION_BATCH_SIZE = env_int("INGESTION_BATCH_SIZE", 500, minimum=1)

@@ -121,6 +121,17 @@ class ServerConfig:
     plugin_fetch_allow_private_networks: bool
     distinct_id_lru_size: int
     plugin_server_idle: bool
+    # Export lane
+    export_backlog_events: int
+    export_backlog_bytes: int
+    export_lane_bytes: int
+    export_concurrency: int
+    export_config_concurrency: int
+    export_timeouts_to_slow: int
+    export_timeouts_to_disable: int
+    export_journal: bool
+    export_orphan_seconds: float
+    export_drain_seconds: float
     ingestion_batch_size: int
     ingestion_poll_timeout: float
     ingestion_max_message_bytes: int

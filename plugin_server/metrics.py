@@ -58,6 +58,20 @@ WORKER_REPLACED = "worker.replaced"  # count, tag reason: died, hung, exit, recy
 WORKER_RETRY = "worker.retry"  # count: a task retried on a new worker after losing one
 WORKER_REPORT_DROPPED = "worker.report_dropped"  # count: log lines or errors over a task's bound
 
+# --- Metric names of the export lane (port; plugin_server/export_lane.py) ---------------
+EXPORTS_EVENTS_QUEUED = "exports.events_queued"  # count: stored events queued for a config's on_event/on_snapshot
+EXPORTS_EVENTS_EXPORTED = "exports.events_exported"  # count: events whose export call returned
+EXPORTS_EVENTS_FAILED = "exports.events_failed"  # count: events whose export task failed (worker lost twice)
+EXPORTS_EVENTS_SHED = "exports.events_shed"  # count, tag reason (backlog_full, lane_full, disabled)
+EXPORTS_EVENTS_LEFT = "exports.events_left"  # count: waiting at a stop, journaled, exported after the restart
+EXPORTS_EVENTS_LOST = "exports.events_lost"  # count: waiting at a stop and not journaled (Redis away)
+EXPORTS_EVENTS_RECOVERED = "exports.events_recovered"  # count: adopted from a stopped or crashed server's journal
+EXPORTS_JOURNAL_FAILED = "exports.journal_failed"  # count: chunks that could not be journaled in Redis
+EXPORTS_CONFIG_SLOWED = "exports.config_slowed"  # count: a config slowed after calls in a row timed out
+EXPORTS_CONFIG_DISABLED = "exports.config_disabled"  # count: a config disabled after calls in a row timed out
+EXPORTS_BACKLOG_EVENTS = "exports.backlog_events"  # gauge: events waiting for exports
+EXPORTS_BACKLOG_BYTES = "exports.backlog_bytes"  # gauge: their size
+
 # --- Metric names of the plugin meta host -----------------------------------------
 LOGS_ENTRIES_CREATED = "logs.entries_created"  # count, tags source, team_id, plugin_id (the original's)
 LOGS_ENTRIES_DROPPED = "logs.entries_dropped"  # count (port): plugin log entries lost (buffer full, refused row)

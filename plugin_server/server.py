@@ -11,7 +11,9 @@ Start: check Postgres and Redis → (Kafka pipeline)
 the Kafka producer, which checks KAFKA_HOSTS → worker pool (one
 service whose children are the worker slots) → plugin log writer → web
 (unless DISABLE_WEB; with CAPTURE_ENABLED it also serves PostHog's capture
-API, docs/capture.md) → consumer (its source built here) → scheduler (with
+API, docs/capture.md) → export lane (on_event / on_snapshot after storing,
+its export threads; it adopts the export journals of stopped servers) →
+consumer (its source built here) → scheduler (with
 its lock keeper) → job consumer (with its lock keeper) → reload listener
 (PLUGINS_RELOAD_PUBSUB_CHANNEL; a reload also reloads the schedule) → status
 heartbeat → "All systems go". The main thread then waits for a signal. A
@@ -29,7 +31,8 @@ Shutdown (warm, then cold, like a Celery worker):
   finishes the batch in hand (stores it, writes its dead letters,
   acknowledges it) and returns; then the services stop in ``STOP_ORDER``:
   web, consumer (its source: whatever it took but did not acknowledge goes
-  back to the queue), reload listener, job consumer and scheduler (each
+  back to the queue), export lane (waits EXPORT_DRAIN_SECONDS for waiting
+  exports; what is left stays journaled for the next start), reload listener, job consumer and scheduler (each
   releases its lock and waits for the runs in flight), worker pool
   (teardown_plugin everywhere), log writer, Kafka producer (what is left
   is delivered), status, database connections;
@@ -54,13 +57,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, connections
 
 from plugin_server import __version__
 from plugin_server.config import get_config
+from plugin_server.export_lane import ExportLane, ExportRunner
 from plugin_server.ingestion.consumer import Consumer, EventIngester, PluginRunner
 from plugin_server.ingestion.dlq import DeadLetterStore
 from plugin_server.ingestion.sources.base import Source
@@ -95,6 +99,7 @@ STOP_ORDER = (
     "web",
     "staleness",
     "consumer",
+    "export lane",
     "reload listener",
     "job consumer",
     "scheduler",
@@ -305,6 +310,7 @@ class Server:
         self.consumer_service: ConsumerService | None = None
         self.scheduler: Scheduler | None = None
         self.jobs: JobConsumer | None = None
+        self.export_lane: ExportLane | None = None
         self.web: HealthServer | None = None
         self.exit_code = 0
         self._started = False
@@ -368,8 +374,12 @@ class Server:
         if self.options.runs("ingestion"):
             ingester = self._ingester_factory()
 
+            exports = self._add_export_lane(pool)
+
             def make_consumer() -> Consumer:
-                return Consumer(self._source_factory(self.options), ingester, pool, dead_letters=build_dead_letters(self.options))
+                return Consumer(
+                    self._source_factory(self.options), ingester, pool, dead_letters=build_dead_letters(self.options), exports=exports
+                )
 
             self.consumer_service = ConsumerService(make_consumer)
             source_name = self.consumer_service.consumer.source.name.value
@@ -419,6 +429,21 @@ class Server:
             raise ImproperlyConfigured(f"CRASH_IF_NO_PERSISTENT_JOB_QUEUE is set and {problem}")
         logger.error("no job queue: %s; plugin jobs are refused (and logged in each plugin's log) until a restart", problem)
         return ""
+
+    def _add_export_lane(self, pool: ManagedPool) -> ExportLane | None:
+        """on_event / on_snapshot off the consumer's path (a pool without ``export`` runs them inline)."""
+        if not hasattr(pool, "export"):
+            return None
+        host = getattr(pool, "host", None)
+        write_log = getattr(host, "write_log", None)
+
+        def plugin_log(ctx: PluginContext, level: str, message: str) -> None:
+            if write_log is not None:
+                write_log(ctx, "SYSTEM", level, message)
+
+        lane = self.export_lane = ExportLane(cast(ExportRunner, pool), plugin_log=plugin_log)
+        self.services.add(lane)
+        return lane
 
     def _add_mmdb(self, pool: ManagedPool) -> None:
         """The GeoIP database for meta.geoip, unless DISABLE_MMDB or the operator's MMDB_PATH."""

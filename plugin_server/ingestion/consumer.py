@@ -13,7 +13,10 @@ One batch at a time, whichever :class:`~.sources.base.Source` it is given:
 5. Dead letters are written (one INSERT), then the whole batch is
    acknowledged: every message is now stored, dropped on purpose, or kept as
    a dead letter.
-6. ``WorkerPool.on_events`` runs ``on_event``/``on_snapshot``.
+6. The stored events go to the export lane (``ExportLane.submit``, which
+   never waits for an export: ``on_event``/``on_snapshot`` run there, see
+   plugin_server/export_lane.py); without a lane, ``WorkerPool.on_events``
+   runs them here.
 
 Back-pressure is structural: ``run`` takes batch k+1 (steps 1-3, on a helper
 thread) while batch k is stored (steps 4-6), and polls again only when both
@@ -117,6 +120,12 @@ class EventIngester(Protocol):
     def ingest(self, events: Sequence[PluginEvent]) -> IngestOutcome: ...
 
 
+class ExportSink(Protocol):
+    """Where stored events go for their exports (``plugin_server.export_lane.ExportLane``)."""
+
+    def submit(self, events: Sequence[PluginEvent]) -> None: ...
+
+
 class PluginRunner(Protocol):
     """The part of ``WorkerPool`` the loop uses."""
 
@@ -202,8 +211,10 @@ class Consumer:
         clock: Callable[[], float] = time.monotonic,
         notes: CrashNotes | None = None,
         activity: Activity = ACTIVITY,
+        exports: ExportSink | None = None,
     ) -> None:
         self.source = source
+        self.exports = exports
         self.activity = activity
         self.notes = notes or CrashNotes(source.name.value)
         self.letters = Letters(source.name.value)
@@ -376,14 +387,18 @@ class Consumer:
         self._retrying(lambda: self.source.ack(batch.deliveries), forever=True)
         self.notes.forget(suspects)
         self.activity.record("ingestEvent", len(batch.deliveries))
-        if outcome.kept and self.pool is not None:
+        if outcome.kept and (self.exports is not None or self.pool is not None):
             # After the ack: a plugin's on_event never holds up the queue, and
             # an event whose storage is not durable never reaches it.
             try:
-                started = time.perf_counter()
-                self.pool.on_events(outcome.kept)
+                if self.exports is not None:
+                    # The lane times the exports themselves (kafka_queue.single_on_event).
+                    self.exports.submit(outcome.kept)
+                elif self.pool is not None:
+                    started = time.perf_counter()
+                    self.pool.on_events(outcome.kept)
+                    _per_event(KAFKA_QUEUE_SINGLE_ON_EVENT, started, len(outcome.kept))
                 self.activity.record("onEvent")
-                _per_event(KAFKA_QUEUE_SINGLE_ON_EVENT, started, len(outcome.kept))
             except Exception:  # noqa: BLE001 -- the events are stored; an export failure must not stop ingestion
                 logger.exception("on_event hand-off failed for %d stored events", len(outcome.kept))
 

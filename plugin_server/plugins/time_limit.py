@@ -151,6 +151,31 @@ def timeout_deferred() -> Iterator[None]:
             raise _Deadline()
 
 
+def park() -> _State:
+    """Set the running call's time limit aside while it waits, so that another call may run meanwhile.
+
+    Used by the worker's concurrent calls (plugin_server/workers/concurrent_calls.py):
+    only the call that runs is watched; :func:`unpark` puts this one back."""
+    global _state
+    parked = _state
+    _state = _State()
+    _state.kept_handler, _state.ticking = parked.kept_handler, parked.ticking
+    return parked
+
+
+def unpark(parked: _State, credit: float = 0.0) -> None:
+    """Make a parked call the running one again, its deadline ``credit`` s later (time it was ready
+    but another call ran); a deadline passed while it waited is raised when its wait ends."""
+    global _state
+    parked.kept_handler, parked.ticking = _state.kept_handler, _state.ticking
+    parked.deadline += credit
+    _state = parked
+    if parked.active and not parked.expired and time.monotonic() >= parked.deadline:
+        parked.expired = True
+        parked.message = f"Script execution timed out after promise waited for {_plural(parked.seconds)}"
+        parked.pending = True
+
+
 def keep_alarm_handler() -> None:
     """Install the SIGALRM handler for good, for a process that times many calls in a row.
 

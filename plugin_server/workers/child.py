@@ -21,6 +21,7 @@ so a chatty plugin costs no round trip per line. Both buffers are bounded.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, cast
 
-from plugin_server.exceptions import PluginError, RetryError, WorkerDied
+from plugin_server.exceptions import PluginError, PluginTimeout, RetryError, WorkerDied
 from plugin_server.plugins import call_timing
 from plugin_server.plugins.lifecycle import PLAIN, RAW, SCHEDULE_KEYS, ConfigSpec, Instances
 from plugin_server.plugins.meta.console import format_log_message
@@ -50,12 +51,14 @@ from plugin_server.plugins.time_limit import (
 )
 from plugin_server.plugins.tracebacks import code_traceback
 from plugin_server.workers import protocol
+from plugin_server.workers.concurrent_calls import ConcurrentCalls
 from plugin_server.workers.hardening import HardeningReport, harden_worker
 
 # Per task: more log lines or errors than this are counted, not kept.
 MAX_LOG_LINES = 10_000
 MAX_ERRORS = 1_000
 MAX_STACK_CHARS = 4_000
+EXPORT_METHODS = ("on_event", "on_snapshot")
 LOG_TYPES = {"debug": "DEBUG", "log": "LOG", "info": "INFO", "warn": "WARN", "warning": "WARN", "error": "ERROR"}
 
 
@@ -159,6 +162,7 @@ class WorkerRuntime:
         self.task_timeout = 30.0
         self.allowed_calls: dict[str, frozenset[str]] = {}
         self.instances = Instances(self)
+        self.calls = ConcurrentCalls(read_fd, marker)
         self._next_id = 0
         self.reset()
 
@@ -310,10 +314,7 @@ class WorkerRuntime:
         # A deadline passing meanwhile is raised after the answer: a frame is never cut in half.
         with timeout_deferred():
             protocol.send_to_main(self.write_fd, message)
-            while True:
-                kind, reply = protocol.receive_from_main(self.read_fd)
-                if kind == "meta_reply" and reply["id"] == request_id:
-                    break
+            reply = self.calls.wait_reply(request_id)
         if "error" in reply:
             raise PluginError(reply["error"])
         return reply["value"]
@@ -345,10 +346,7 @@ class WorkerRuntime:
             return [kept for team, events in by_team.items()
                     for kept in run_process_event_batch(self, instances, payload["chains"].get(team, ()), events)]
         if kind == "on_events":
-            chains = payload["chains"]
-            for index, event in enumerate(payload["events"]):
-                run_on_event(self, instances, chains.get(event.get("team_id"), ()), event, index)
-            return None
+            return self.on_events(payload["chains"], payload["events"], int(payload.get("concurrency", 1)))
         if kind == "task":
             instance = instances.get(payload["cfg"])
             if instance is None:
@@ -367,6 +365,18 @@ class WorkerRuntime:
         if kind == "hello":
             return f"hello {payload.get('name', '')}!"
         raise ValueError(f'Worker task "{kind}" not found')
+
+    def on_events(self, chains: dict[Any, Any], events: list[dict[str, Any]], concurrency: int) -> dict[str, int]:
+        """``on_event``/``on_snapshot`` of each event, up to ``concurrency`` calls at once; calls and timeouts."""
+        errors_before = len(self.errors)
+        self.calls.run(
+            [functools.partial(run_on_event, self, self.instances, chains.get(event.get("team_id"), ()), event, index)
+             for index, event in enumerate(events)],
+            concurrency,
+        )
+        calls = sum(numbers[0] for (_config, what), numbers in self.timings.items() if what in EXPORT_METHODS)
+        timeouts = sum(1 for entry in self.errors[errors_before:] if entry[1] == PluginTimeout.__name__)
+        return {"calls": calls, "timeouts": timeouts}
 
     def serve(self) -> None:
         while True:

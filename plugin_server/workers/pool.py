@@ -63,6 +63,7 @@ from plugin_server.plugins.lifecycle import SCHEDULE_KEYS, SETUP_ITEM, ConfigSpe
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.errors import PluginErrorRecord
 from plugin_server.plugins.meta.logger import SERVER_INSTANCE_ID, LogEntry
+from plugin_server.workers import exports
 from plugin_server.workers.effects import Reporter
 from plugin_server.workers.hardening import WORKER_UID_BASE
 from plugin_server.workers.process import Blame, WorkerProcess, Zygote
@@ -158,6 +159,8 @@ class WorkerPool:
         self._lanes: list[Lane] = []
         self._queue: queue.Queue[tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None] = queue.Queue()
         self._retiring: list[threading.Thread] = []
+        # Serves the meta requests of export tasks, whose calls wait on them concurrently (threads start on demand).
+        self.meta_executor = exports.meta_executor(self.settings.concurrency, self.settings.tasks_per_worker)
 
     # --- state --------------------------------------------------------------------------
 
@@ -308,6 +311,7 @@ class WorkerPool:
             lane.stop(TEARDOWN_SECONDS)
         self._lanes = []
         self.reporter.flush()
+        self.meta_executor.shutdown(wait=False)
         if self._zygote is not None:
             self._zygote.close()
             self._zygote = None
@@ -539,6 +543,32 @@ class WorkerPool:
             except (PluginError, WorkerDied):
                 logger.exception("on_event could not run on some events")
         self.reporter.flush()
+
+    # --- the export lane's side (plugin_server/export_lane.py) -----------------------------
+
+    def exporters(self, team_id: Any, snapshot: bool) -> tuple[int, ...]:
+        """The team's configs that export ``on_event`` (``on_snapshot`` when ``snapshot``)."""
+        return exports.exporters(self, team_id, snapshot)
+
+    def export(self, config_id: int, events: list[PluginEvent], concurrency: int) -> dict[str, int]:
+        """One config's ``on_event``/``on_snapshot`` on stored events, up to ``concurrency`` calls at once; waits.
+
+        Runs on the caller's thread (an export thread of the lane), not on a
+        lane of the pool: exports never queue ahead of process_event work.
+        Returns ``{"calls": n, "timeouts": n}``. Raises WorkerDied when the
+        worker was lost twice."""
+        spec = self.inventory.specs.get(config_id)
+        if spec is None or config_id not in (self.inventory.chains.get(spec.team_id) or ()):  # type: ignore[arg-type]
+            return exports.export_stats(None)
+        team = self._pin(spec.team_id)
+        try:
+            return exports.export_stats(team.run("on_events", exports.export_payload(spec.team_id, config_id, events, concurrency)))
+        finally:
+            self._unpin(team)
+            self.reporter.flush()
+
+    def disable_config(self, config_id: int, reason: str) -> None:
+        exports.disable_config(self, config_id, reason)
 
     def _task(self, config_id: int, kind: str, name: str, payload: Any) -> Any:
         spec = self.inventory.specs.get(config_id)

@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -121,6 +122,29 @@ class Zygote:
         self.process.wait()
 
 
+# (request id, config id, api, method, args, kwargs) of one meta request, checked.
+MetaCall = tuple[int, int, str, str, list[Any], dict[str, Any]]
+
+
+class _Serving:
+    """Meta requests of one task being served on other threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+        self.last = 0.0  # when the last one was answered: the worker's step starts again from there
+        self.failed: str | None = None
+
+    def begin(self) -> None:
+        with self._lock:
+            self.count += 1
+
+    def end(self) -> None:
+        with self._lock:
+            self.count -= 1
+            self.last = time.monotonic()
+
+
 class WorkerHung(WorkerDied):
     """The worker ran past its step's deadline plus the grace period."""
 
@@ -143,6 +167,8 @@ class WorkerProcess:
         self.grace = grace
         self.hardening: dict[str, Any] = {}
         self.pidfd = -1
+        # Replies may be written from meta-serving threads; closing takes the same lock.
+        self._write_lock = threading.Lock()
         to_child_read, self._to_child = os.pipe()
         self._from_child, from_child_write = os.pipe()
         self.marker, marker_fd = protocol.ProgressMarker.create()
@@ -185,17 +211,27 @@ class WorkerProcess:
         _deadline, plugin_config_id, item = self.marker.read()
         return Blame(plugin_config_id=plugin_config_id, item=item, hung=hung, reason=reason)
 
-    def exchange(self, kind: str, payload: Any, task_timeout: float, serve_meta: MetaServer) -> dict[str, Any]:
-        """Run one task; returns the worker's ``result`` message."""
+    def exchange(
+        self, kind: str, payload: Any, task_timeout: float, serve_meta: MetaServer, meta_executor: Executor | None = None
+    ) -> dict[str, Any]:
+        """Run one task; returns the worker's ``result`` message.
+
+        With ``meta_executor``, meta requests are served on its threads and
+        answered as each is done (the worker runs several calls at once while
+        they wait: plugin_server/workers/concurrent_calls.py); while any is
+        being served the worker is waiting on us, so it is not hung."""
         try:
             protocol.send_to_worker(self._to_child, (kind, payload))
         except OSError as error:
             raise WorkerDied(f"could not send to worker {self.index}: {error}") from None
         floor = time.monotonic() + task_timeout
+        serving = _Serving()
         while True:
             deadline, plugin_config_id, _item = self.marker.read()
-            if time.monotonic() > max(deadline, floor) + self.grace:
+            if not serving.count and time.monotonic() > max(deadline, floor, serving.last) + self.grace:
                 raise WorkerHung(f"worker {self.index} gave no answer in time (plugin config {plugin_config_id})")
+            if serving.failed:
+                raise WorkerDied(f"could not answer worker {self.index}: {serving.failed}")
             if not readable(self._from_child, POLL_SECONDS):
                 if not self.alive():
                     raise WorkerDied(f"worker {self.index} exited")
@@ -205,27 +241,52 @@ class WorkerProcess:
             if kind_of == "result":
                 return message
             protocol.check_reply(kind_of == "meta", f"unexpected {kind_of!r}")
-            self._answer_meta(message, serve_meta)
+            call = self._meta_call(message)
+            if meta_executor is None:
+                self._reply(self._serve(call, serve_meta))
+            else:
+                serving.begin()
+                meta_executor.submit(self._serve_later, call, serve_meta, serving)
 
-    def _answer_meta(self, message: dict[str, Any], serve_meta: MetaServer) -> None:
+    def _meta_call(self, message: dict[str, Any]) -> MetaCall:
         request_id = message.get("id")
         protocol.check_reply(isinstance(request_id, int), "meta id")
         config_id, api, method = message.get("cfg"), message.get("api"), message.get("method")
         args, kwargs = message.get("args"), message.get("kwargs")
         protocol.check_reply(isinstance(config_id, int) and isinstance(api, str) and isinstance(method, str), "meta call")
         protocol.check_reply(isinstance(args, list) and isinstance(kwargs, dict), "meta arguments")
+        # The check_reply calls above have vetted each type; mypy cannot see through them.
+        return (
+            cast(int, request_id), cast(int, config_id), cast(str, api), cast(str, method),
+            cast(list[Any], args), cast(dict[str, Any], kwargs),
+        )
+
+    @staticmethod
+    def _serve(call: MetaCall, serve_meta: MetaServer) -> dict[str, Any]:
+        request_id, config_id, api, method, args, kwargs = call
+        # "at": when the answer was ready (CLOCK_MONOTONIC, the same in every process); a call that
+        # then waits for another call to yield the worker is not charged that time.
         try:
-            # The check_reply calls above have vetted each type; mypy cannot see through them.
-            value = serve_meta(
-                cast(int, config_id), cast(str, api), cast(str, method), cast(list[Any], args), cast(dict[str, Any], kwargs)
-            )
-            reply = {"id": request_id, "value": value}
+            return {"id": request_id, "value": serve_meta(config_id, api, method, args, kwargs), "at": time.monotonic()}
         except Exception as error:  # noqa: BLE001 — any failure is the plugin's answer, not ours
-            reply = {"id": request_id, "error": str(error) or type(error).__name__}
+            return {"id": request_id, "error": str(error) or type(error).__name__, "at": time.monotonic()}
+
+    def _serve_later(self, call: MetaCall, serve_meta: MetaServer, serving: _Serving) -> None:
         try:
-            protocol.send_to_worker(self._to_child, ("meta_reply", reply))
-        except OSError as error:
-            raise WorkerDied(f"could not answer worker {self.index}: {error}") from None
+            self._reply(self._serve(call, serve_meta))
+        except WorkerDied as error:
+            serving.failed = str(error)
+        finally:
+            serving.end()
+
+    def _reply(self, reply: dict[str, Any]) -> None:
+        with self._write_lock:
+            if self._to_child < 0:
+                raise WorkerDied(f"worker {self.index} is gone")
+            try:
+                protocol.send_to_worker(self._to_child, ("meta_reply", reply))
+            except OSError as error:
+                raise WorkerDied(f"could not answer worker {self.index}: {error}") from None
 
     def kill(self) -> None:
         """SIGKILL and wait for the end; safe to call twice."""
@@ -240,13 +301,14 @@ class WorkerProcess:
         self._close()
 
     def _close(self) -> None:
-        for fd in (self._to_child, self._from_child):
-            if fd < 0:
-                continue
-            try:
-                os.close(fd)
-            except OSError:
-                continue
-        self._to_child = self._from_child = -1
+        with self._write_lock:
+            for fd in (self._to_child, self._from_child):
+                if fd < 0:
+                    continue
+                try:
+                    os.close(fd)
+                except OSError:
+                    continue
+            self._to_child = self._from_child = -1
         if not self.marker.closed:
             self.marker.close()

@@ -198,7 +198,9 @@ class TeamWorker:
         for attempt in (1, 2):
             try:
                 worker = self._ensure()
-                result = worker.exchange(task.kind, task.payload, settings.task_timeout, self._meta_server())
+                # An export task's calls wait on meta concurrently: serve them concurrently too.
+                executor = self.pool.meta_executor if task.kind == "on_events" else None
+                result = worker.exchange(task.kind, task.payload, settings.task_timeout, self._meta_server(), executor)
                 # A malformed report (ProtocolError, a WorkerDied) costs the worker, like a crash.
                 self._report_or_log(result)
             except WorkerDied as death:

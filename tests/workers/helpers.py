@@ -18,3 +18,9 @@ def install(source: str, team: Team | None = None, plugin_fields: dict[str, Any]
 def event(team_id: int, distinct_id: str = "a", n: int = 0, **fields: Any) -> dict[str, Any]:
     """A captured event of ``team_id``; ``n`` lands in its name and properties."""
     return {"event": f"e{n}", "distinct_id": distinct_id, "team_id": team_id, "properties": {"n": n}, **fields}
+
+
+def team_of(config: PluginConfig) -> int:
+    """The team id of a team's (not a global) plugin config."""
+    assert config.team_id is not None
+    return config.team_id
