@@ -64,7 +64,7 @@ from django.db import connection, connections
 
 from plugin_server import __version__
 from plugin_server.config import get_config
-from plugin_server.export_lane import ExportLane, ExportRunner
+from plugin_server.export_lane import ExportLane, ExportOptions, ExportRunner
 from plugin_server.ingestion.consumer import Consumer, EventIngester, PluginRunner
 from plugin_server.ingestion.dlq import DeadLetterStore
 from plugin_server.ingestion.sources.base import Source
@@ -441,7 +441,13 @@ class Server:
             if write_log is not None:
                 write_log(ctx, "SYSTEM", level, message)
 
-        lane = self.export_lane = ExportLane(cast(ExportRunner, pool), plugin_log=plugin_log)
+        overrides: dict[str, Any] = {}
+        pool_settings = getattr(pool, "settings", None)
+        if not get_config().export_concurrency and pool_settings is not None:
+            # As many export threads as the pool runs tasks at once (WORKER_CONCURRENCY as the pool resolved it).
+            overrides["concurrency"] = pool_settings.concurrency
+        options = ExportOptions.from_settings(**overrides)
+        lane = self.export_lane = ExportLane(cast(ExportRunner, pool), options, plugin_log=plugin_log)
         self.services.add(lane)
         return lane
 

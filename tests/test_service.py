@@ -126,7 +126,8 @@ def _get(url: str) -> tuple[int, dict[str, Any]]:
 
 COMMON = {"slow operation watch", "progress", "plugin health"}
 EXPECTED = {
-    "ingestion": {"worker pool", "plugin-lane-0", "plugin log writer", "web", "consumer", "celery heartbeat", "reload listener", "status"},
+    "ingestion": {"worker pool", "plugin-lane-0", "plugin log writer", "web", "consumer", "celery heartbeat", "export lane",
+                  "export-0", "reload listener", "status"},
     "scheduler": {"worker pool", "plugin-lane-0", "plugin log writer", "web", "scheduler", "lock plugin-server:locks:schedule",
                   "reload listener", "status"},
     "jobs": {"worker pool", "plugin-lane-0", "plugin log writer", "web", "job consumer",
