@@ -5,7 +5,7 @@ on to the next batch at once: a slow export (a webhook answering in 100 ms,
 or never) costs ingestion nothing. What the lane holds:
 
 - **a backlog per plugin config** of stored events waiting for that
-  config's export, in chunks of ``2 × TASKS_PER_WORKER`` events. It is
+  config's export, in chunks of ``5 × TASKS_PER_WORKER`` events. It is
   bounded per config (``EXPORT_BACKLOG_EVENTS`` events, ``EXPORT_BACKLOG_BYTES``
   bytes) and in all (``EXPORT_LANE_BYTES``). A config whose backlog is full
   has its waiting events **shed**: counted in ``exports.events_shed`` (tag
@@ -113,7 +113,7 @@ class ExportOptions:
     lane_bytes: int = 256 << 20
     concurrency: int = 1
     config_concurrency: int = 10
-    chunk_events: int = 20
+    chunk_events: int = 50
     timeouts_to_slow: int = 3
     timeouts_to_disable: int = 20
     slow_seconds: float = 30.0
@@ -132,7 +132,7 @@ class ExportOptions:
             "lane_bytes": config.export_lane_bytes,
             "concurrency": config.export_concurrency or config.worker_concurrency,
             "config_concurrency": config.export_config_concurrency or config.tasks_per_worker,
-            "chunk_events": 2 * config.tasks_per_worker,
+            "chunk_events": 5 * config.tasks_per_worker,
             "timeouts_to_slow": config.export_timeouts_to_slow,
             "timeouts_to_disable": config.export_timeouts_to_disable,
             "slow_seconds": config.task_timeout,

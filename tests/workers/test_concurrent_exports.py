@@ -28,12 +28,13 @@ def on_event(event, meta):
 @pytest.fixture(autouse=True)
 def slower_webhook(webhook: RecordingWebhook) -> None:
     webhook.delay = 0.2
+    webhook.slow_delay = 6.0  # past the pool's 4 s limit (generous: the machine is shared)
 
 
 @pytest.fixture
 def pool() -> Iterator[WorkerPool]:
     host = MetaHost(fetch=PluginFetch(FetchLimits(timeout=10, max_response_bytes=1_000_000, allow_private_networks=True)))
-    pool = WorkerPool(PoolSettings.from_config(concurrency=1, tasks_per_worker=10, task_timeout=1.0, memory_limit_mb=512, grace=1.0), host=host)
+    pool = WorkerPool(PoolSettings.from_config(concurrency=1, tasks_per_worker=10, task_timeout=4.0, memory_limit_mb=512, grace=1.0), host=host)
     pool.start()
     yield pool
     pool.stop()
