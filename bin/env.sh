@@ -39,6 +39,20 @@ ensure_venv() {
     export PATH="$VENV/bin:$PATH"
 }
 
+ensure_js_vendor() {
+    # The transpiler of JavaScript/TypeScript plugins (@babel/standalone, run
+    # inside V8 by the main process): installed from vendor/js/package-lock.json
+    # with the machine's npm, again whenever the lock file changes.
+    local dir="$ROOT/vendor/js" stamp="$ROOT/vendor/js/node_modules/.lock.sha"
+    local want
+    want="$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        command -v npm >/dev/null || apt_install nodejs npm
+        (cd "$dir" && npm ci --no-audit --no-fund --silent)
+        echo "$want" > "$stamp"
+    fi
+}
+
 dev_secret_key() {
     # A SECRET_KEY of this checkout for bin/demo and bin/shell, made once and
     # kept under SERVICES_DIR: no shared built-in key, no W001 warning. A

@@ -100,6 +100,10 @@ TASKS_PER_WORKER = env_int("TASKS_PER_WORKER", 10, minimum=1)
 TASK_TIMEOUT = env_float("TASK_TIMEOUT", 30.0)
 # (port) memory limit of one plugin worker process, in MiB; 0 = no limit.
 WORKER_MEMORY_LIMIT_MB = env_int("WORKER_MEMORY_LIMIT_MB", 1024)
+# (port) heap limit of one JavaScript plugin's V8 isolate, in MiB.
+JS_PLUGIN_MEMORY_LIMIT_MB = env_int("JS_PLUGIN_MEMORY_LIMIT_MB", 128, minimum=8)
+# (port) meta requests (cache, storage, fetch, jobs, geoip) one JavaScript plugin call may make.
+JS_PLUGIN_META_CALLS_MAX = env_int("JS_PLUGIN_META_CALLS_MAX", 1000, minimum=1)
 # (port) a worker is replaced after this many tasks (0 = never), to bound leaks.
 WORKER_MAX_TASKS = env_int("WORKER_MAX_TASKS", 0)
 # (port) team workers (one team's plugins each, forked from the zygote) kept alive at once, least recently used first out.

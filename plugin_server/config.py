@@ -84,6 +84,8 @@ class ServerConfig:
     tasks_per_worker: int
     task_timeout: float
     worker_memory_limit_mb: int
+    js_plugin_memory_limit_mb: int
+    js_plugin_meta_calls_max: int
     worker_max_tasks: int
     team_workers_max: int
     worker_losses_to_disable: int

@@ -21,3 +21,8 @@ class PluginCode:
     source: str
     plugin_json: dict[str, Any]
     config_schema: dict[str, Any] | list[Any]
+    # "javascript" for a JS/TS main: ``script`` is then its transpiled text and
+    # ``js_token`` the name of its loop guard (plugin_server/plugins/js/).
+    language: str = "python"
+    script: str = ""
+    js_token: str = ""

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from plugin_server.plugins.js.engine import JsExports
 from plugin_server.plugins.plain import error_name
 
 logger = logging.getLogger(__name__)
@@ -163,6 +164,7 @@ class PluginInstance:
                 runtime.call(spec, setup, (self.meta,), runtime.task_timeout, SETUP_ITEM, keep=DISCARD)
         except Exception as error:
             self.state = InstanceState.FAILED
+            self._dispose()
             runtime.error(spec, error, None)
             runtime.system(spec, "setup_failed", name=error_name(error), message=str(error))
             return
@@ -179,6 +181,17 @@ class PluginInstance:
         if self.state is not InstanceState.READY:
             return
         self.state = InstanceState.FAILED
+        try:
+            self._teardown()
+        finally:
+            self._dispose()
+
+    def _dispose(self) -> None:
+        """A JavaScript plugin's isolate goes with its instance (a Python plugin has nothing to dispose of)."""
+        if isinstance(self.exports, JsExports):
+            self.exports.dispose()
+
+    def _teardown(self) -> None:
         teardown = getattr(self.exports, "teardown_plugin", None)
         if teardown is not None:
             try:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, cast
 from plugin_server.config import get_config
 from plugin_server.exceptions import PluginLoadError
 from plugin_server.plugins.code import PluginCode
+from plugin_server.plugins.js.transpile import is_javascript, transpile
 
 if TYPE_CHECKING:
     from plugin_server.models import Plugin
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 __all__ = ["PluginCode", "base_folder", "load_plugin_code", "plugin_digest"]
 
 DEFAULT_MAIN = "main.py"
+# Without plugin.json's "main" nor main.py, a JavaScript plugin's entry file (the original's default first).
+JS_MAINS = ("index.js", "index.ts")
 # Largest main file or plugin.json we read (bytes).
 MAX_FILE_BYTES = 2 * 1024 * 1024
 # Largest unpacked tar we look into (bytes): a gzip bomb stops here.
@@ -88,6 +91,13 @@ def _decode_source(data: bytes, main: str, digest: str) -> str:
 
 def _code(plugin: Plugin, digest: str, main: str, source: str, plugin_json: dict[str, Any]) -> PluginCode:
     schema = plugin.config_schema or plugin_json.get("config") or {}
+    if is_javascript(main):
+        transpiled = transpile(source, main)
+        return PluginCode(
+            plugin_id=plugin.pk, name=plugin.name or "", digest=digest, main_filename=main, source=source,
+            plugin_json=plugin_json, config_schema=schema, language="javascript", script=transpiled.script,
+            js_token=transpiled.token,
+        )
     return PluginCode(
         plugin_id=plugin.pk,
         name=plugin.name or "",
@@ -139,10 +149,10 @@ def _load_local(plugin: Plugin, digest: str, base_dir: str) -> PluginCode:
             raise PluginLoadError(f'Could not load posthog config at "{config_path}" for {digest}: {error}') from None
     main = plugin_json.get("main")
     if main is None:
-        data = _read_local(folder, DEFAULT_MAIN)
+        main = next((name for name in (DEFAULT_MAIN, *JS_MAINS) if _read_local(folder, name) is not None), DEFAULT_MAIN)
+        data = _read_local(folder, main)
         if data is None:
             raise PluginLoadError(f'No "main" config key or "{DEFAULT_MAIN}" file found for {digest} in "{folder}"')
-        main = DEFAULT_MAIN
     else:
         data = _read_local(folder, main)
         if data is None:
@@ -204,7 +214,7 @@ def _tgz_reader(archive: bytes) -> tuple[list[str], Reader] | None:
 
 def _root_prefix(names: list[str]) -> str:
     """Files at the top (``plugin.json`` or ``main.py`` there), else under the first entry's folder."""
-    if "plugin.json" in names or DEFAULT_MAIN in names or not names:
+    if "plugin.json" in names or DEFAULT_MAIN in names or any(name in names for name in JS_MAINS) or not names:
         return ""
     first = names[0]
     return first.split("/", 1)[0] + "/" if "/" in first else ""
@@ -225,7 +235,9 @@ def _load_archive(plugin: Plugin, digest: str) -> PluginCode:
             plugin_json = _validated_plugin_json(raw)
         except ValueError as error:
             raise PluginLoadError(f"Can not load plugin.json for {digest}: {error}") from None
-    main = plugin_json.get("main") or DEFAULT_MAIN
+    main = plugin_json.get("main") or next(
+        (name for name in (DEFAULT_MAIN, *JS_MAINS) if prefix + name in names), DEFAULT_MAIN
+    )
     data = read(prefix + main)
     if data is None:
         raise PluginLoadError(f"Could not load {main} for {digest}!")
@@ -245,7 +257,7 @@ def _file_map(source: str) -> dict[str, str] | None:
     if (
         isinstance(parsed, dict)
         and all(isinstance(key, str) and isinstance(value, str) for key, value in parsed.items())
-        and (DEFAULT_MAIN in parsed or "plugin.json" in parsed)
+        and any(name in parsed for name in (DEFAULT_MAIN, "plugin.json", *JS_MAINS))
     ):
         return parsed
     return None
@@ -262,7 +274,7 @@ def _load_source(plugin: Plugin, digest: str) -> PluginCode:
             plugin_json = _validated_plugin_json(files["plugin.json"].encode())
         except ValueError as error:
             raise PluginLoadError(f"Can not load plugin.json for {digest}: {error}") from None
-    main = plugin_json.get("main") or DEFAULT_MAIN
+    main = plugin_json.get("main") or next((name for name in (DEFAULT_MAIN, *JS_MAINS) if name in files), DEFAULT_MAIN)
     if main not in files:
         raise PluginLoadError(f"Could not load {main} for {digest}!")
     return _code(plugin, digest, main, files[main], plugin_json)

@@ -32,6 +32,7 @@ from typing import Any, cast
 from plugin_server.exceptions import PluginError, PluginTimeout, RetryError, WorkerDied
 from plugin_server.plugins import call_timing
 from plugin_server.plugins.lifecycle import PLAIN, RAW, SCHEDULE_KEYS, ConfigSpec, Instances
+from plugin_server.plugins.js.engine import JsExports, JsPlugin
 from plugin_server.plugins.meta.console import format_log_message
 from plugin_server.plugins.plain import PlainDataError, PluginFailure, plain_failure, to_plain, to_plain_or_none
 from plugin_server.plugins.meta.wire import FetchResponse
@@ -161,6 +162,8 @@ class WorkerRuntime:
         self.sandbox = sandbox
         self.task_timeout = 30.0
         self.allowed_calls: dict[str, frozenset[str]] = {}
+        # JavaScript plugins: isolate heap (MiB) and meta calls per call.
+        self.js_limits = (128, 1000)
         self.instances = Instances(self)
         self.calls = ConcurrentCalls(read_fd, marker)
         self._next_id = 0
@@ -203,6 +206,9 @@ class WorkerRuntime:
         return {"print": plugin_print, "posthog": capture, "RetryError": RetryError}
 
     def compile(self, spec: ConfigSpec, injected: dict[str, object]) -> Any:
+        if getattr(spec.code, "language", "python") == "javascript":
+            # A V8 isolate of its own (plugin_server/plugins/js/engine.py).
+            return JsExports(JsPlugin(self, spec, *self.js_limits))
         return self.sandbox.compile_plugin(spec.code, injected)
 
     def call(
@@ -227,7 +233,8 @@ class WorkerRuntime:
             try:
                 result = fn(*args)
                 return to_plain(result) if keep == PLAIN else result if keep == RAW else None
-            except MemoryError:
+            except (MemoryError, PluginFailure):
+                # A PluginFailure is plain already (a JavaScript plugin's error, copied by its engine).
                 raise
             except Exception as error:  # noqa: BLE001 — whatever it is, it leaves as plain text
                 raise plain_failure(error, lambda: code_traceback(error, spec.code)[-MAX_STACK_CHARS:]) from None
@@ -326,6 +333,7 @@ class WorkerRuntime:
         if kind == "init":
             self.task_timeout = float(payload["task_timeout"])
             self.allowed_calls = {api: frozenset(methods) for api, methods in payload["allowed_calls"].items()}
+            self.js_limits = (int(payload.get("js_memory_mb", 128)), int(payload.get("js_meta_calls_max", 1000)))
             return True
         if kind == "configure":
             instances.configure(payload["specs"])

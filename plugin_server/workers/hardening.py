@@ -5,7 +5,8 @@ worker (started by exec, never forked from the main process, with a scrubbed
 environment: see :func:`worker_environment`) after the worker has imported
 everything it will ever need, and before it reads a single plugin:
 
-1. resource limits: address space (``WORKER_MEMORY_LIMIT_MB``), open files,
+1. resource limits: data size (``WORKER_MEMORY_LIMIT_MB``; not the address
+   space, which V8 reserves by the terabyte for its sandbox), open files,
    file size 0 (no file can be written), no core dumps;
 2. a new, empty network namespace (``unshare(CLONE_NEWNET)``): no interface
    but a downed loopback, so no socket reaches anything;
@@ -13,8 +14,10 @@ everything it will ever need, and before it reads a single plugin:
    or Redis socket path) and no ``/proc`` to read;
 4. drop to an unprivileged user of its own (``WORKER_UID_BASE`` + worker
    index, falling back to ``nobody``) with no supplementary groups,
-   then ``RLIMIT_NPROC = 0`` and ``PR_SET_NO_NEW_PRIVS``: no new processes,
-   no way back to root.
+   then ``RLIMIT_NPROC = MAX_WORKER_THREADS`` (the V8 isolates of JavaScript
+   plugins need a thread each; with a user per worker this bounds the
+   worker's threads and processes, and neither sandbox can fork) and
+   ``PR_SET_NO_NEW_PRIVS``: no way back to root.
 
 Steps 2–4 need root (or the capabilities); on a developer machine without
 them each step is skipped and reported, and the main process logs which
@@ -38,6 +41,8 @@ NOBODY = 65534
 WORKER_UID_BASE = 61000
 # Pipes to the main process, the progress memfd and stdio, with room to spare.
 MAX_OPEN_FILES = 16
+# Threads (and processes) a team worker's user may have: its own, plus one per V8 isolate of its JavaScript plugins.
+MAX_WORKER_THREADS = 64
 
 # Variables a worker keeps from its parent. Everything else (DATABASE_URL,
 # REDIS_URL, SECRET_KEY, cloud credentials, ...) never reaches it.
@@ -102,12 +107,12 @@ def _drop_privileges(uid: int) -> None:
         os.setuid(NOBODY)
 
 
-def _no_new_processes() -> None:
+def _bounded_threads() -> None:
     if os.getuid() == 0:
         # Root is not bound by RLIMIT_NPROC; without the privilege drop this
         # layer would be a pretence.
         raise OSError("still root: RLIMIT_NPROC would not apply")
-    _set_limit(resource.RLIMIT_NPROC, 0)
+    _set_limit(resource.RLIMIT_NPROC, MAX_WORKER_THREADS)
 
 
 def _no_new_privileges() -> None:
@@ -150,9 +155,9 @@ def harden_worker(memory_limit_mb: int, uid: int, report: HardeningReport) -> Ha
     """The layers a forked team worker applies to itself before it reads a plugin."""
     if memory_limit_mb > 0:
         limit = memory_limit_mb * 1024 * 1024
-        _step(report, "memory_limit", lambda: _set_limit(resource.RLIMIT_AS, limit))
+        _step(report, "memory_limit", lambda: _set_limit(resource.RLIMIT_DATA, limit))
     _step(report, "few_open_files", lambda: _set_limit(resource.RLIMIT_NOFILE, MAX_OPEN_FILES))
     _step(report, "unprivileged_user", lambda: _drop_privileges(uid))
-    _step(report, "no_new_processes", _no_new_processes)
+    _step(report, "bounded_threads", _bounded_threads)
     _step(report, "no_new_privileges", _no_new_privileges)
     return report

@@ -108,6 +108,8 @@ class PoolSettings:
     team_workers_max: int = 256
     losses_to_disable: int = 3
     grace: float = 2.0
+    js_memory_mb: int = 128
+    js_meta_calls_max: int = 1000
 
     @classmethod
     def from_config(cls, **overrides: Any) -> PoolSettings:
@@ -121,6 +123,8 @@ class PoolSettings:
             "base_dir": config.base_dir,
             "team_workers_max": config.team_workers_max,
             "losses_to_disable": config.worker_losses_to_disable,
+            "js_memory_mb": config.js_plugin_memory_limit_mb,
+            "js_meta_calls_max": config.js_plugin_meta_calls_max,
         }
         values.update(overrides)
         return cls(**values)

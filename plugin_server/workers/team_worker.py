@@ -138,7 +138,8 @@ class TeamWorker:
             settings = self.pool.settings
             worker = WorkerProcess(self.pool.zygote(), self.index, self.pool.uid_of(self.index), settings.memory_limit_mb, settings.grace)
             self.worker = worker
-            init = {"task_timeout": settings.task_timeout, "allowed_calls": self.pool.allowed_calls()}
+            init = {"task_timeout": settings.task_timeout, "allowed_calls": self.pool.allowed_calls(),
+                    "js_memory_mb": settings.js_memory_mb, "js_meta_calls_max": settings.js_meta_calls_max}
             for kind, payload in (("init", init), ("configure", {"specs": self._specs()})):
                 self._report(worker.exchange(kind, payload, settings.task_timeout, self._meta_server()))
         return self.worker

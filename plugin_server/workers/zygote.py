@@ -168,6 +168,11 @@ def main(argv: list[str]) -> None:
     from plugin_server.workers.child import serve_team
 
     preload_plugin_modules()
+    # V8 for JavaScript plugins: its library and ICU data are read now (no thread starts
+    # before an isolate does, so the forks are clean); each worker makes its isolates.
+    from plugin_server.plugins.js.engine import init_engine
+
+    init_engine()
     install_safe_format(FORMATTER)
     # Children are reaped by the kernel; the main process watches them through pidfds.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)

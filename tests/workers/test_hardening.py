@@ -7,7 +7,7 @@ import resource
 
 import pytest
 
-from plugin_server.workers.hardening import MAX_OPEN_FILES, WORKER_UID_BASE, worker_environment
+from plugin_server.workers.hardening import MAX_OPEN_FILES, MAX_WORKER_THREADS, WORKER_UID_BASE, worker_environment
 from tests.factories import create_team
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -48,8 +48,8 @@ def test_worker_process_is_locked_down(make_pool, monkeypatch):
     uid_line = next(line for line in _proc(pid, "status").splitlines() if line.startswith("Uid:"))
     assert uid_line.split()[1:] == [str(WORKER_UID_BASE)] * 4
     assert "NoNewPrivs:\t1" in _proc(pid, "status")
-    assert _limit(pid, "Max address space") == str(256 * 1024 * 1024)
-    assert _limit(pid, "Max processes") == "0"
+    assert _limit(pid, "Max data size") == str(256 * 1024 * 1024)
+    assert _limit(pid, "Max processes") == str(MAX_WORKER_THREADS)
     assert _limit(pid, "Max file size") == "0"
     assert _limit(pid, "Max open files") == str(MAX_OPEN_FILES)
     assert len(os.listdir(f"/proc/{pid}/fd")) <= 6
