@@ -362,9 +362,8 @@
       return 0;
     },
     abandon(callId) {
+      // Other calls of this isolate may be in flight (concurrent exports): only this one goes.
       calls.delete(callId);
-      waiting.clear();
-      outbox = [];
       return 0;
     },
   };
