@@ -167,6 +167,10 @@ EXPORT_DRAIN_SECONDS = env_float("EXPORT_DRAIN_SECONDS", 5.0)
 # --- Ingestion consumer (port) ------------------------------------------------
 # Messages taken off the queue per batch (one poll, one ingest, one ack).
 INGESTION_BATCH_SIZE = env_int("INGESTION_BATCH_SIZE", 500, minimum=1)
+# Ingestion processes (0: one per core). Above one, the main process routes
+# the Celery queue over them by (team_id, distinct_id) and starts, watches and
+# restarts them; with Kafka they share the consumer group (docs/running.md).
+INGESTION_PROCESSES = env_int("INGESTION_PROCESSES", 1, minimum=0)
 # Seconds a poll blocks on an empty queue before the loop looks around again.
 INGESTION_POLL_TIMEOUT = env_float("INGESTION_POLL_TIMEOUT", 1.0)
 # A message larger than this (bytes) is dead-lettered instead of ingested.

@@ -134,6 +134,7 @@ class ServerConfig:
     export_journal: bool
     export_orphan_seconds: float
     export_drain_seconds: float
+    ingestion_processes: int
     ingestion_batch_size: int
     ingestion_poll_timeout: float
     ingestion_max_message_bytes: int
@@ -225,6 +226,11 @@ def _worker_concurrency() -> int:
     return configured if configured > 0 else (os.cpu_count() or 1)
 
 
+def _ingestion_processes() -> int:
+    configured = int(app_setting("INGESTION_PROCESSES"))
+    return configured if configured > 0 else (os.cpu_count() or 1)
+
+
 def _job_queues() -> tuple[str, ...]:
     return tuple(name.strip() for name in (app_setting("JOB_QUEUES") or "").split(",") if name.strip())
 
@@ -234,6 +240,7 @@ _DERIVED: dict[str, Callable[[], Any]] = {
     "redis_url": _redis_url,
     "worker_concurrency": _worker_concurrency,
     "job_queues": _job_queues,
+    "ingestion_processes": _ingestion_processes,
     "jobs_workers": lambda: int(str(app_setting("Q_CLUSTER")["workers"])),
     "allowed_hosts": lambda: tuple(settings.ALLOWED_HOSTS),
     "secure_proxy_ssl_header": lambda: ",".join(settings.SECURE_PROXY_SSL_HEADER or ()),

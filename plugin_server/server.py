@@ -67,6 +67,7 @@ from plugin_server.config import get_config
 from plugin_server.export_lane import ExportLane, ExportOptions, ExportRunner
 from plugin_server.ingestion.consumer import Consumer, EventIngester, PluginRunner
 from plugin_server.ingestion.dlq import DeadLetterStore
+from plugin_server.ingestion.processes import PARENT_PID_ENV, ParentWatch
 from plugin_server.ingestion.sources.base import Source
 from plugin_server.plugin_health import PluginHealthWriter
 from plugin_server.plugins.meta.context import PluginContext
@@ -84,6 +85,8 @@ from plugin_server.web import HealthServer
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
+    from plugin_server.ingestion.processes import IngestionProcesses
+    from plugin_server.ingestion.router import Router
     from plugin_server.job_consumer import JobConsumer
     from plugin_server.scheduler import Scheduler
 
@@ -100,6 +103,8 @@ STOP_ORDER = (
     "staleness",
     "consumer",
     "export lane",
+    "router",
+    "ingestion processes",
     "reload listener",
     "job consumer",
     "scheduler",
@@ -145,6 +150,7 @@ class ServerOptions:
     job_queues: str
     mode: str = "all"
     capture_enabled: bool = False
+    ingestion_processes: int = 1
 
     def runs(self, part: str) -> bool:
         """Whether this server's role includes ``part`` (ingestion, scheduler or jobs)."""
@@ -162,6 +168,7 @@ class ServerOptions:
             job_queues=",".join(config.job_queues),
             mode=config.plugin_server_mode,
             capture_enabled=config.capture_enabled,
+            ingestion_processes=config.ingestion_processes,
         )
 
 
@@ -312,6 +319,8 @@ class Server:
         self.jobs: JobConsumer | None = None
         self.export_lane: ExportLane | None = None
         self.web: HealthServer | None = None
+        self.router: Router | None = None
+        self.ingestion_processes: IngestionProcesses | None = None
         self.exit_code = 0
         self._started = False
         self._signals = 0
@@ -371,7 +380,12 @@ class Server:
             self.web = HealthServer(self.options.web_hostname, self.options.web_port, self.readiness, app=build_web_app(self.options))
             self.services.add(self.web)
         source_name = "none"
-        if self.options.runs("ingestion"):
+        parent_pid = os.environ.get(PARENT_PID_ENV)
+        if parent_pid:
+            self.services.add(ParentWatch(int(parent_pid), self.request_stop))
+        if self.options.runs("ingestion") and self.options.ingestion_processes > 1:
+            source_name = self._add_ingestion_processes()
+        elif self.options.runs("ingestion"):
             ingester = self._ingester_factory()
 
             exports = self._add_export_lane(pool)
@@ -413,6 +427,31 @@ class Server:
         self._add_watches(pool)
         self._started = True
         logger.info("All systems go", extra={"source": source_name, "mode": self.options.mode})
+
+    def _add_ingestion_processes(self) -> str:
+        """INGESTION_PROCESSES > 1: the ingestion processes, and for Celery the router that feeds
+        them (plugin_server/ingestion/router.py, processes.py); the source's name."""
+        from plugin_server.ingestion.processes import IngestionProcesses
+
+        count = self.options.ingestion_processes
+        config = get_config()
+        fixed = {"INGESTION_PROCESSES": "1", "DISABLE_WEB": "true", "PLUGIN_SERVER_MODE": "ingestion"}
+        if self.options.kafka_enabled:
+            # One consumer per process in the group: the partitions are spread over them.
+            child_env: Callable[[int], dict[str, str]] = lambda index: fixed  # noqa: E731
+            source_name = "kafka"
+        else:
+            from plugin_server.ingestion.router import Router, slice_queue
+
+            queue = config.plugins_celery_queue
+            child_env = lambda index: {**fixed, "PLUGINS_CELERY_QUEUE": slice_queue(queue, index)}  # noqa: E731
+            self.router = Router(count, config.ingestion_batch_size, config.ingestion_poll_timeout)
+            source_name = "celery"
+        self.ingestion_processes = IngestionProcesses(count, child_env, shutdown_timeout=max(self.options.shutdown_timeout - 2, 1))
+        self.services.add(self.ingestion_processes)
+        if self.router is not None:
+            self.services.add(self.router)
+        return source_name
 
     def _check_job_store(self) -> str:
         """The job queues that work ("graphile" or ""); CRASH_IF_NO_PERSISTENT_JOB_QUEUE decides

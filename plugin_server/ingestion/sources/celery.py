@@ -245,6 +245,26 @@ class CelerySource:
                 pipe.hdel(self._attempts_key, *suspects)
                 pipe.execute()
 
+    def forward(self, deliveries: Sequence[Delivery], pushes: dict[str, list[bytes]]) -> None:
+        """Acknowledge ``deliveries`` and push their payloads onto other lists, all in one MULTI.
+
+        ``pushes`` maps a list (a full key) to the payloads for it, oldest
+        first; they are LPUSHed as a producer would, so a consumer taking from
+        the right end takes them in that order. Either everything happens or,
+        if this process dies first, nothing: the messages stay in flight here
+        and are given back (at least once, never twice)."""
+        if not deliveries:
+            return
+        suspects = {delivery.key for delivery in deliveries if delivery.attempts > 1}
+        with _redis_away_is_retriable(), self._redis.pipeline(transaction=True) as pipe:
+            for name, payloads in pushes.items():
+                if payloads:
+                    pipe.lpush(name, *payloads)
+            pipe.hdel(self._inflight_key, *[delivery.token for delivery in deliveries])
+            if suspects:
+                pipe.hdel(self._attempts_key, *suspects)
+            pipe.execute()
+
     def queue_depth(self) -> int:
         """Messages waiting in the queue's lists (for the progress line; one round trip)."""
         with self._redis.pipeline(transaction=False) as pipe:

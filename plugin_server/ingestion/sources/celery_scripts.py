@@ -22,7 +22,7 @@ SCRIPT_COMMANDS = frozenset(
     {"SET", "SADD", "RPOP", "RPUSH", "LRANGE", "HSET", "HGET", "HLEN", "HKEYS", "HINCRBY", "EXPIRE", "DEL"}
 )
 SOURCE_COMMANDS = frozenset(
-    {"BRPOPLPUSH", "SMEMBERS", "SREM", "EXISTS", "HLEN", "LLEN", "HDEL", "SET", "DEL", "SADD", "INFO", "EVALSHA", "SCRIPT", "MULTI", "EXEC"}
+    {"BRPOPLPUSH", "LPUSH", "SMEMBERS", "SREM", "EXISTS", "HLEN", "LLEN", "HDEL", "SET", "DEL", "SADD", "INFO", "EVALSHA", "SCRIPT", "MULTI", "EXEC"}
 )
 
 # How the poison-pill count is kept, cheaply: a message's count is the number

@@ -1,0 +1,151 @@
+"""The ingestion processes: N plugin servers in ``ingestion`` mode, started and watched by the main one.
+
+With ``INGESTION_PROCESSES`` above one (0: one per core), the main process
+does not ingest itself: it starts N child processes
+(``python -m django run_plugin_server --mode ingestion``), each a whole
+consumer loop with its own source, plugin workers, dead letters, back-pressure
+and warm shutdown, exactly as a single server has them. Celery: child *i*
+consumes slice *i* of the queue, filled by the main process's
+:class:`~.router.Router`. Kafka: every child joins the consumer group, which
+spreads the partitions over them (no router: a partition already keeps one
+person's events in order).
+
+:class:`IngestionProcesses` restarts a child that exits while the server
+runs (with backoff, like a crashed service); what the child held in flight
+is given back by its source's recovery (at least once; the event uuid stores
+it once). At shutdown every child gets one SIGTERM (its own warm shutdown:
+the batch in hand finished and acknowledged) and is killed only if it is
+still there after ``shutdown_timeout`` seconds. A child whose parent is gone
+(the main process killed) stops itself warmly (:class:`ParentWatch`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from plugin_server.service import Service
+
+logger = logging.getLogger(__name__)
+
+PARENT_PID_ENV = "PLUGIN_SERVER_PARENT_PID"
+INGESTION_INDEX_ENV = "PLUGIN_SERVER_INGESTION_INDEX"
+
+
+def _project_root() -> str:
+    """Where the settings package lives, so that ``-m django`` finds it from any directory."""
+    settings_module = os.environ.get("DJANGO_SETTINGS_MODULE", "settings.base").split(".")[0]
+    module = sys.modules.get(settings_module)
+    module_file = getattr(module, "__file__", None)
+    return str(Path(module_file).resolve().parent.parent) if module_file else os.getcwd()
+
+
+@dataclass
+class _Child:
+    index: int
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    failures: int = 0
+    restart_at: float = 0.0
+    started_at: float = 0.0
+    exits: list[int] = field(default_factory=list)
+
+
+class IngestionProcesses(Service):
+    """Starts N ingestion processes, restarts one that exits, stops them warmly."""
+
+    name = "ingestion processes"
+
+    def __init__(
+        self,
+        count: int,
+        child_env: Callable[[int], dict[str, str]],
+        shutdown_timeout: float = 30.0,
+        command: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.command = command or [sys.executable, "-m", "django", "run_plugin_server", "--mode", "ingestion"]
+        self.shutdown_timeout = shutdown_timeout
+        root = _project_root()
+        base = dict(os.environ)
+        base["PYTHONPATH"] = os.pathsep.join(filter(None, [root, base.get("PYTHONPATH", "")]))
+        self.children_ = [
+            _Child(index, {**base, **child_env(index), PARENT_PID_ENV: str(os.getpid()), INGESTION_INDEX_ENV: str(index)})
+            for index in range(count)
+        ]
+        self._cwd = root
+
+    def pids(self) -> list[int]:
+        """The live children's process ids (index order; for tests and the benchmark)."""
+        return [child.process.pid for child in self.children_ if child.process is not None and child.process.poll() is None]
+
+    def _spawn(self, child: _Child) -> None:
+        child.process = subprocess.Popen(self.command, env=child.env, cwd=self._cwd)
+        child.started_at = time.monotonic()
+        logger.info("ingestion process %d started (pid %d)", child.index, child.process.pid)
+
+    def prepare(self) -> None:
+        for child in self.children_:
+            self._spawn(child)
+
+    def run(self) -> None:
+        while not self.sleep(0.2):
+            now = time.monotonic()
+            for child in self.children_:
+                if child.process is None:
+                    if now >= child.restart_at:
+                        self._spawn(child)
+                    continue
+                code = child.process.poll()
+                if code is None:
+                    continue
+                child.exits.append(code)
+                child.failures = 1 if now - child.started_at >= 60 else child.failures + 1
+                delay = min(self.restart_backoff * 2 ** (child.failures - 1), self.restart_backoff_max)
+                logger.error("ingestion process %d (pid %d) exited with %d; restarting in %.1fs", child.index, child.process.pid, code, delay)
+                child.process = None
+                child.restart_at = now + delay
+                self.restarts += 1
+
+    def problem(self) -> str | None:
+        down = [str(child.index) for child in self.children_ if child.process is None or child.process.poll() is not None]
+        return f"ingestion processes not running: {', '.join(down)}" if down else None
+
+    def cleanup(self) -> None:
+        running = [child.process for child in self.children_ if child.process is not None and child.process.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.shutdown_timeout
+        for process in running:
+            try:
+                process.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                logger.error("ingestion process pid %d did not stop in time; killed", process.pid)
+                process.kill()
+                process.wait()
+
+
+class ParentWatch(Service):
+    """In an ingestion process: asks the server to stop when the main process that started it is gone."""
+
+    name = "parent watch"
+
+    def __init__(self, parent_pid: int, on_orphaned: Callable[[], None]) -> None:
+        super().__init__()
+        self.parent_pid = parent_pid
+        self.on_orphaned = on_orphaned
+
+    def run(self) -> None:
+        orphaned = False
+        while not self.sleep(0.5):
+            if not orphaned and os.getppid() != self.parent_pid:
+                orphaned = True
+                logger.error("the main plugin server process (pid %d) is gone: stopping", self.parent_pid)
+                self.on_orphaned()
