@@ -149,6 +149,10 @@ class Router(Service):
     def cleanup(self) -> None:
         self.source.close()
 
+    def children(self) -> tuple[Service, ...]:
+        # The source's heartbeat thread: started with the source, shown in /_ready under the router.
+        return self.source.services()
+
     def recover(self) -> None:
         # A crash may have left a batch in flight: give it back, start afresh.
         self.source.close()
