@@ -89,7 +89,9 @@ def _needs_sanitising(event: PluginEvent, max_bytes: int) -> tuple[bool, int]:
     # (NaN comes out as null) and no "\u0000" in it, the event is clean. json's
     # text (", " and ": " separators, floats spelt by repr) is at most twice as
     # long, so 3x under the limit is surely under it.
-    compact = json_codec.compact_utf8(event)
+    # Top-level nulls (an empty ip, site_url or sent_at of a Kafka message) are
+    # left out of this test: they cannot hide a NaN.
+    compact = json_codec.compact_utf8({key: value for key, value in event.items() if value is not None})
     if compact is not None and b"null" not in compact and b"\\u0000" not in compact and 3 * len(compact) <= max_bytes:
         return False, len(compact)
     try:

@@ -218,8 +218,15 @@ class StreamSource:
         with self._lock:
             staged = {self._partitions[index]: offset for index, offset in offsets.items() if index in self._partitions}
         if staged:
-            self._consumer.stage_offsets(staged)
-            self._consumer.commit_offsets()
+            try:
+                self._consumer.stage_offsets(staged)
+                self._consumer.commit_offsets()
+            except Exception as error:  # noqa: BLE001 -- KafkaException after arroyo's own retries: the broker is away
+                with self._lock:
+                    for index, offset in offsets.items():  # committed with the next batch's offsets instead
+                        if offset > self._acked.get(index, -1):
+                            self._acked[index] = offset
+                raise RetriableError(f"{self.name.value}: commit failed: {error}") from error
             self.committed.update({partition.index: offset for partition, offset in staged.items()})
 
     def _require_consumer(self) -> ArroyoConsumer[KafkaPayload]:
