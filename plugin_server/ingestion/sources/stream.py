@@ -115,7 +115,11 @@ class StreamSource:
                 self._lock.wait(min(remaining, 0.5))
             unfinished = sum(len(self._in_hand.get(index, ())) for index in revoked)
             offsets = {index: self._acked.pop(index) for index in revoked if index in self._acked}
-        self._commit(offsets)
+        try:
+            self._commit(offsets)
+        except RetriableError:
+            # Not committed: the next owner processes these again (the uuid makes that harmless).
+            logger.warning("%s source: could not commit revoked partitions %s", self.name.value, sorted(revoked), exc_info=True)
         with self._lock:
             for index in revoked:
                 self._partitions.pop(index, None)
