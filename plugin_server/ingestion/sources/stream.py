@@ -124,6 +124,7 @@ class StreamSource:
             for index in revoked:
                 self._partitions.pop(index, None)
                 self._in_hand.pop(index, None)
+                self._acked.pop(index, None)
         get_metrics().incr(KAFKA_PARTITIONS_REVOKED, len(revoked))
         logger.info(
             "%s source: partitions revoked %s (%d messages in hand left to the next owner)",
