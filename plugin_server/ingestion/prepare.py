@@ -90,10 +90,13 @@ def _needs_sanitising(event: PluginEvent, max_bytes: int) -> tuple[bool, int]:
     # text (", " and ": " separators, floats spelt by repr) is at most twice as
     # long, so 3x under the limit is surely under it.
     # Top-level nulls (an empty ip, site_url or sent_at of a Kafka message) are
-    # left out of this test: they cannot hide a NaN.
-    compact = json_codec.compact_utf8({key: value for key, value in event.items() if value is not None})
-    if compact is not None and b"null" not in compact and b"\\u0000" not in compact and 3 * len(compact) <= max_bytes:
-        return False, len(compact)
+    # left out of this test, they cannot hide a NaN, and added to the size
+    # (json's '"key": null, ' is at most its key's length plus 12).
+    present = {key: value for key, value in event.items() if value is not None}
+    nulls = sum(len(str(key)) + 12 for key in event if key not in present)
+    compact = json_codec.compact_utf8(present)
+    if compact is not None and b"null" not in compact and b"\\u0000" not in compact and 3 * (len(compact) + nulls) <= max_bytes:
+        return False, len(compact) + nulls
     try:
         text = json.dumps(event, ensure_ascii=False, allow_nan=False, default=str)
     except ValueError:
