@@ -1,26 +1,32 @@
 """Locking a plugin worker process down before it runs any plugin code.
 
-RestrictedPython is one layer; this module is the other. It runs in the
-worker (started by exec, never forked from the main process, with a scrubbed
-environment: see :func:`worker_environment`) after the worker has imported
-everything it will ever need, and before it reads a single plugin:
+RestrictedPython is one layer; this module is the OS's. It runs in two
+steps. :func:`harden_zygote`, in the plugin zygote (started by exec, never
+forked from the main process, with a scrubbed environment: see
+:func:`worker_environment`) once it has imported everything a worker will
+ever need, applies what every team worker inherits:
 
-1. resource limits: data size (``WORKER_MEMORY_LIMIT_MB``; not the address
-   space, which V8 reserves by the terabyte for its sandbox), open files,
-   file size 0 (no file can be written), no core dumps;
+1. no core dumps, file size 0 (no file can be written);
 2. a new, empty network namespace (``unshare(CLONE_NEWNET)``): no interface
    but a downed loopback, so no socket reaches anything;
 3. ``chroot`` into an empty directory: no file, no Unix socket (a Postgres
-   or Redis socket path) and no ``/proc`` to read;
-4. drop to an unprivileged user of its own (``WORKER_UID_BASE`` + worker
-   index, falling back to ``nobody``) with no supplementary groups,
-   then ``RLIMIT_NPROC = MAX_WORKER_THREADS`` (the V8 isolates of JavaScript
-   plugins need a thread each; with a user per worker this bounds the
-   worker's threads and processes, and neither sandbox can fork) and
-   ``PR_SET_NO_NEW_PRIVS``: no way back to root.
+   or Redis socket path) and no ``/proc`` to read.
 
-Steps 2–4 need root (or the capabilities); on a developer machine without
-them each step is skipped and reported, and the main process logs which
+:func:`harden_worker`, in each team worker right after the fork and before
+it reads a single plugin:
+
+4. data size (``WORKER_MEMORY_LIMIT_MB``; not the address space, which V8
+   reserves by the terabyte for its sandbox), open files, and a network
+   namespace of its own (no abstract Unix socket shared between teams);
+5. drop to an unprivileged user of its own (``WORKER_UID_BASE`` + its index
+   among live team workers, falling back to ``nobody``) with no
+   supplementary groups, then ``RLIMIT_NPROC = MAX_WORKER_THREADS`` (the V8
+   isolates of JavaScript plugins need a thread each; with a user per
+   worker this bounds the worker's threads and processes, and neither
+   sandbox can fork) and ``PR_SET_NO_NEW_PRIVS``: no way back to root.
+
+The namespace, chroot and user steps need root (or the capabilities); on a
+developer machine without them each step is skipped and reported, and the main process logs which
 layers are missing (see :class:`HardeningReport`). This module imports
 nothing from Django on purpose.
 """
@@ -157,6 +163,9 @@ def harden_worker(memory_limit_mb: int, uid: int, report: HardeningReport) -> Ha
         limit = memory_limit_mb * 1024 * 1024
         _step(report, "memory_limit", lambda: _set_limit(resource.RLIMIT_DATA, limit))
     _step(report, "few_open_files", lambda: _set_limit(resource.RLIMIT_NOFILE, MAX_OPEN_FILES))
+    # A network namespace of its own too (the zygote's is already empty): no abstract Unix socket is shared
+    # between team workers.
+    _step(report, "own_network", _unshare_network)
     _step(report, "unprivileged_user", lambda: _drop_privileges(uid))
     _step(report, "bounded_threads", _bounded_threads)
     _step(report, "no_new_privileges", _no_new_privileges)

@@ -60,16 +60,19 @@ def test_worker_process_is_locked_down(make_pool, monkeypatch):
     zygote = pool.zygote().process.pid
     assert "secret" not in _proc(zygote, "environ") and "DATABASE" not in _proc(zygote, "environ")
     assert os.readlink(f"/proc/{zygote}/root") == pool.empty_dir
-    assert os.readlink(f"/proc/{zygote}/ns/net") == os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    namespaces = {os.readlink(f"/proc/{process}/ns/net") for process in (zygote, pid, os.getpid())}
+    assert len(namespaces) == 3  # the worker's network namespace is its own, the zygote's is not the host's
     assert len(os.listdir(f"/proc/{zygote}/fd")) <= 5
 
 
 @needs_root
 def test_workers_run_as_different_users(make_pool):
-    """Each team's worker has a user of its own, so one cannot signal or trace another."""
+    """Each team's worker has a user and a network namespace of its own, so one cannot signal, trace or reach another."""
     pool = make_pool(concurrency=2)
     uids = set()
-    for worker in (pool.team_worker(create_team().id), pool.team_worker(create_team().id)):
+    workers = (pool.team_worker(create_team().id), pool.team_worker(create_team().id))
+    assert os.readlink(f"/proc/{workers[0].pid}/ns/net") != os.readlink(f"/proc/{workers[1].pid}/ns/net")
+    for worker in workers:
         line = next(line for line in _proc(worker.pid, "status").splitlines() if line.startswith("Uid:"))
         uids.add(int(line.split()[1]))
     assert len(uids) == 2 and 0 not in uids
