@@ -42,6 +42,7 @@ DLQ_REPLAYED = "dlq.replayed"  # count
 KAFKA_DELIVERY_FAILED = "kafka_queue.delivery_failed"  # count (port): messages the broker did not acknowledge
 KAFKA_DEAD_LETTERED = "events_added_to_dead_letter_queue"  # count (later versions' name)
 KAFKA_PARTITIONS_REVOKED = "kafka_queue.partitions_revoked"  # count (port): partitions handed to another consumer
+CLICKHOUSE_PERSON_DELETE_FAILED = "kafka_queue.person_delete_failed"  # count (port): merged persons whose ClickHouse delete failed
 KAFKA_STALE_DELIVERIES = "kafka_queue.stale_deliveries"  # count (port): taken from a partition lost before the commit
 
 # --- Metric names of the events processor (port) -----------------------------------

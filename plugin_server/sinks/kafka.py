@@ -50,7 +50,7 @@ from plugin_server.clickhouse.messages import (
 from plugin_server.config import get_config
 from plugin_server.ingestion.person_batch import PersonChanges
 from plugin_server.ingestion.person_store import PersonRecord
-from plugin_server.metrics import KAFKA_QUEUE_SINGLE_SAVE_SNAPSHOT, KAFKA_QUEUE_SINGLE_SAVE_STANDARD, SINK_ROWS, get_metrics
+from plugin_server.metrics import CLICKHOUSE_PERSON_DELETE_FAILED, KAFKA_QUEUE_SINGLE_SAVE_SNAPSHOT, KAFKA_QUEUE_SINGLE_SAVE_STANDARD, SINK_ROWS, get_metrics
 from plugin_server.sinks.base import PreparedBatch, PreparedEvent, PreparedRecording
 from plugin_server.sinks.kafka_producer import BatchingProducer, shared_producer
 
@@ -135,7 +135,11 @@ class KafkaSink:
             # after the mutation below cannot bring the person back.
             producer.queue(self.person_topic, person.uuid, deleted_person_value(person))
         if changes.deleted:
-            self._delete_persons([person.uuid for person in changes.deleted])
+            try:
+                self._delete_persons([person.uuid for person in changes.deleted])
+            except Exception:  # noqa: BLE001 -- ClickHouse away: the tombstones above already delete them for readers
+                logger.exception("could not delete %d merged persons from ClickHouse; their tombstones stand", len(changes.deleted))
+                get_metrics().incr(CLICKHOUSE_PERSON_DELETE_FAILED, len(changes.deleted))
 
     def flush(self) -> None:
         self.producer.flush()
