@@ -157,3 +157,13 @@ def test_kafka_hosts_client_id_and_tls_only_with_all_three_certificates(settings
     assert tls["security.protocol"] == "ssl"
     assert tls["ssl.ca.pem"] == "-----BEGIN CERTIFICATE-----\n"
     assert tls["ssl.endpoint.identification.algorithm"] == "none"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_server_refuses_to_start_without_kafka_hosts() -> None:
+    """KAFKA_ENABLED with an empty KAFKA_HOSTS: the original's message, exit status 1."""
+    from tests.manage_process import run_manage
+
+    finished = run_manage("run_plugin_server", KAFKA_ENABLED="true", KAFKA_HOSTS="", DISABLE_WEB="true", timeout=120)
+    assert finished.returncode == 1
+    assert "You must set KAFKA_HOSTS to process events from Kafka!" in finished.stdout + finished.stderr
