@@ -19,8 +19,9 @@ So the sandbox hands plugins:
   where the time limit can strike. (``yield from`` would not do: CPython
   delegates it in C.)
 
-What remains (e.g. ``divmod`` of two 100-million-bit integers made with
-``int.from_bytes``) is caught by the worker pool's hard kill.
+What remains (e.g. a ``decimal`` square root to millions of digits, which
+libmpdec computes without checking for signals) is caught by the worker
+pool's hard kill.
 """
 
 from __future__ import annotations
