@@ -133,8 +133,10 @@ class TeamWorker:
     def _ensure(self) -> WorkerProcess:
         if self.worker is None or not self.worker.alive():
             if self.worker is not None:
-                self.worker.kill()
-                self.worker = None
+                # Died between tasks: blamed on the config that ran last, like a death during one.
+                lost = self.worker
+                self.replace("died")
+                self.pool.blame(lost.blame("the worker died between tasks", hung=False), Task("idle", {}), self.team_id)
             settings = self.pool.settings
             worker = WorkerProcess(self.pool.zygote(), self.index, self.pool.uid_of(self.index), settings.memory_limit_mb, settings.grace)
             self.worker = worker

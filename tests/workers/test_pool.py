@@ -360,3 +360,25 @@ def test_plugin_metrics_are_the_originals(make_pool):
     assert ("plugin.process_event", {"plugin": name, "teamId": config.team_id}) in timings
     assert (f"plugin.task.schedule.run_every_minute.{config.id}", {}) in timings
     assert recording.total(f"plugin.{name}.process_event.ERROR") == 2
+
+
+def test_the_least_recently_used_team_worker_is_retired_to_make_room(make_pool):
+    """TEAM_WORKERS_MAX: a third team's worker retires the least recently used one (its plugin torn down), and
+    that team, coming back, gets a fresh worker that sets its plugin up again."""
+    configs = [install(TEARDOWN_RAISES) for _ in range(3)]
+    pool = make_pool(concurrency=1, team_workers_max=2)
+    for config in configs[:2]:
+        pool.process_events([event(config.team_id)])
+    first = pool.team_worker(configs[0].team_id)
+    pool.process_events([event(configs[1].team_id)])  # team 0 is now the least recently used
+    pool.process_events([event(configs[2].team_id)])
+    deadline = time.monotonic() + 20
+    while not PluginLogEntry.objects.filter(plugin_config_id=configs[0].id, source="SYSTEM", message__startswith="Plugin failed to unload").exists():
+        assert time.monotonic() < deadline, "the least recently used worker was not retired"
+        time.sleep(0.05)
+    live = {worker.pid for worker in pool.workers()}
+    assert len(live) == 2 and first.pid not in live
+    assert PluginConfig.objects.get(pk=configs[0].pk).error["message"] == "This Happened In The Teardown Palace"
+    assert pool.process_events([event(configs[0].team_id)])[0]["event"] == "e0"
+    loads = PluginLogEntry.objects.filter(plugin_config_id=configs[0].id, source="SYSTEM", message__startswith="Plugin loaded")
+    assert loads.count() == 2

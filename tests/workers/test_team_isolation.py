@@ -302,3 +302,21 @@ def test_a_teardown_that_hangs_its_worker_is_blamed_on_its_config(make_pool) -> 
     assert time.monotonic() - started < 15
     config.refresh_from_db()
     assert config.error["message"].startswith("Script execution timed out") and "its worker was stopped" in config.error["message"]
+
+
+def test_a_worker_lost_between_tasks_is_blamed_on_its_last_config_and_never_on_another_teams(make_pool) -> None:  # type: ignore[no-untyped-def]
+    """A worker that dies while idle is blamed on the config that ran last in it; its progress marker is written by
+    the (untrusted) worker, so a marker naming another team's config blames no one."""
+    team_a, team_b = create_team(), create_team()
+    mine, theirs = install(MARK_B, team_a), install(MARK_B, team_b)
+    pool = make_pool(concurrency=1)
+    pool.process_events([event(team_a.id), event(team_b.id)])
+    worker = pool.team_worker(team_a.id)
+    os.kill(worker.pid, 9)
+    assert pool.process_events([event(team_a.id)])[0]["properties"]["b"] is True  # a fresh worker took over
+    assert PluginConfig.objects.get(pk=mine.pk).error["message"].startswith("The plugin's worker process died")
+    forged = pool.team_worker(team_a.id)
+    forged.marker.set(time.monotonic() + 60, theirs.id, 0)  # what a worker that escaped its sandbox could write
+    os.kill(forged.pid, 9)
+    assert pool.process_events([event(team_a.id)])[0]["properties"]["b"] is True
+    assert PluginConfig.objects.get(pk=theirs.pk).error is None and PluginConfig.objects.get(pk=theirs.pk).enabled
