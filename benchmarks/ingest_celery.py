@@ -44,6 +44,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,7 +167,7 @@ class TaskWriter:
         template_queue = f"{queue}-template"
         app.send_task("posthog.tasks.process_event.process_event_with_plugins", args=[], queue=template_queue)
         app.close()
-        raw = get_redis().rpop(template_queue)
+        raw = cast(bytes | None, get_redis().rpop(template_queue))
         assert raw is not None, "the template message was not written"
         self.template = json.loads(raw)
 

@@ -3,7 +3,7 @@
 With ``INGESTION_PROCESSES`` above one, the server's main process runs a
 :class:`Router` instead of the consumer loop: it takes messages off the
 PostHog queue with the ordinary :class:`~.sources.celery.CelerySource` (in-flight
-store, heartbeat, recovery), reads each message's ``(team_id, distinct_id)``
+store, heartbeat, recovery), reads each message's ``(team_id, distinct_id)`` (:func:`route_key`)
 and moves it onto the slice list of that key
 (:func:`slice_queue`, ``crc32(team_id, distinct_id) mod N``), the way a Kafka
 producer keys a partition. Ingestion process *i* consumes slice *i* with the
@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 import redis
 
-from plugin_server.events import CELERY_TASK_NAME, Delivery
+from plugin_server.events import Delivery
 from plugin_server.exceptions import RetriableError
 from plugin_server.ingestion.jsstring import js_string
 from plugin_server.ingestion.sources.celery import CelerySource, priority_lists
@@ -63,21 +63,28 @@ def slice_of(team_id: Any, distinct_id: Any, slices: int) -> int:
     return zlib.crc32(key) % slices
 
 
+# kombu writes the envelope with its base64 body first: the body is then read
+# without parsing the envelope (half the cost). Anything else parses it.
+_BODY_FIRST = b'{"body": "'
+
+
 def route_key(payload: bytes) -> tuple[Any, Any] | None:
     """``(team_id, distinct_id)`` of a protocol 2 ``process_event_with_plugins`` message, or None.
 
-    Reads only what the key needs (two orjson parses, no limits or checks of
+    Reads only what the key needs (the body's JSON, no limits or checks of
     the full decode): the router must stay far cheaper per message than an
     ingestion process. The values are those the full decode arrives at
     (``data`` laid over the arguments, the distinct id made text as
-    JavaScript's ``String()``), so every delivery of one person agrees."""
+    JavaScript's ``String()``), so every delivery of one person agrees. The
+    task name is not checked: a message that is not ours is dead-lettered by
+    its ingestion process wherever it goes. A compressed or protocol 1 body
+    gives None (slice 0)."""
     try:
-        envelope = orjson.loads(payload)
-        headers = envelope.get("headers") or {}
-        if headers.get("task") != CELERY_TASK_NAME or headers.get("compression"):
-            return None
-        body = orjson.loads(base64.b64decode(envelope["body"]))
-        args = body[0]
+        if payload.startswith(_BODY_FIRST):
+            raw_body = payload[len(_BODY_FIRST) : payload.index(b'"', len(_BODY_FIRST))]
+        else:
+            raw_body = orjson.loads(payload)["body"]
+        args = orjson.loads(base64.b64decode(raw_body))[0]
         distinct_id, data, team_id = args[0], args[3], args[4]
         if isinstance(data, dict):
             distinct_id = data.get("distinct_id", distinct_id)
