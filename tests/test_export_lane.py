@@ -32,9 +32,10 @@ def make_lane() -> Iterator[Callable[..., tuple[ExportLane, WorkerPool]]]:
     """A started pool (configs installed before) and lane; both stopped at the end."""
     made: list[tuple[ExportLane, WorkerPool]] = []
 
-    def make(journal: ExportJournal | None = None, **options: Any) -> tuple[ExportLane, WorkerPool]:
+    def make(journal: ExportJournal | None = None, task_timeout: float = 0.5, **options: Any) -> tuple[ExportLane, WorkerPool]:
         host = MetaHost(fetch=PluginFetch(FetchLimits(timeout=10, max_response_bytes=1_000_000, allow_private_networks=True)))
-        pool = WorkerPool(PoolSettings.from_config(concurrency=1, tasks_per_worker=5, task_timeout=0.5, memory_limit_mb=512, grace=1.0), host=host)
+        settings = PoolSettings.from_config(concurrency=1, tasks_per_worker=5, task_timeout=task_timeout, memory_limit_mb=512, grace=1.0)
+        pool = WorkerPool(settings, host=host)
         pool.start()
         values: dict[str, Any] = {"concurrency": 1, "config_concurrency": 5, "chunk_events": 5, "journal": journal is not None,
                                   "drain_seconds": 0.0, "slow_seconds": 0.2}
@@ -119,3 +120,24 @@ def test_a_stopped_lanes_journal_is_adopted_and_exported(
     assert not redis_client.exists(first_journal.stream())
     assert recording_metrics.total(EXPORTS_EVENTS_RECOVERED) == 10 - len(done)
     wait_for(lambda: redis_client.xlen(second_journal.stream()) == 0, 10, "the journal emptied")
+
+
+def test_a_slow_export_does_not_hold_up_the_teams_process_event(
+    make_lane: Callable[..., tuple[ExportLane, WorkerPool]], webhook: RecordingWebhook
+) -> None:
+    """A team's exports run in a worker process of their own (same team): its process_event chain runs
+    while a 3 s export is in flight."""
+    webhook.delay = 3.0
+    config = install(EXPORTER + "def process_event(event, meta):\n    event['properties']['seen'] = True\n    return event\n",
+                     config={"url": webhook.url})
+    lane, pool = make_lane(task_timeout=10.0)
+    pool.process_events([event(team_of(config))])  # set up
+    lane.submit([event(team_of(config), n=n) for n in range(3)])
+    wait_for(lambda: lane.waiting() > 0 and not lane._backlogs[config.id].chunks, 10, "the export in flight")
+    started = time.monotonic()
+    out = pool.process_events([event(team_of(config), n=7)])
+    assert time.monotonic() - started < 2.0
+    assert out[0]["properties"]["seen"] is True
+    assert not webhook.seen  # the export was still waiting on the webhook
+    wait_for(lambda: len(webhook.seen) == 3, 20, "the exports")
+    assert len(pool.workers()) == 2  # the team's worker and its export worker

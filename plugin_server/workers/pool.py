@@ -31,6 +31,11 @@ lost again, :meth:`WorkerPool.process_events` raises
 (the consumer dead-letters them), with every other team's results: no event
 is ever stored without its plugins having run.
 
+Exports (:meth:`WorkerPool.export`, driven by the export lane,
+plugin_server/export_lane.py) run on a team's *export worker*: a second
+process of the same team in the same LRU, so a slow ``on_event`` never
+holds up that team's ``process_event`` work.
+
 Reload (``PLUGINS_RELOAD_PUBSUB_CHANNEL``) re-reads the plugin configs and
 hands each live team worker its team's configs behind its in-flight work;
 unchanged configs keep their instances, changed or removed ones are torn
@@ -155,7 +160,8 @@ class WorkerPool:
         self._losses: dict[int, int] = {}
         self._specs_by_team: dict[int | None, dict[int, ConfigSpec]] = {}
         self._lock = threading.Lock()
-        self._teams: OrderedDict[int | None, TeamWorker] = OrderedDict()
+        # Keyed by team id; a team's export worker (see export()) by ("export", team id).
+        self._teams: OrderedDict[Any, TeamWorker] = OrderedDict()
         self._free_indexes: list[int] = []
         self._next_index = 0
         self._zygote: Zygote | None = None
@@ -288,11 +294,16 @@ class WorkerPool:
             self._methods = {cid: names for cid, names in self._methods.items() if cid in unchanged}
             live = list(self._teams.values())
         futures = []
+        exporting = []
         for team in live:
-            if team.team_id in self._specs_by_team:
-                futures.append(self._submit(team.team_id, lambda worker: worker.configure()))
+            if team.team_id not in self._specs_by_team:
+                self._evict(team.key)
+            elif team.key != team.team_id:
+                exporting.append(team)  # an export worker: configured behind its chunk in flight
             else:
-                self._evict(team.team_id)
+                futures.append(self._submit(team.team_id, lambda worker: worker.configure()))
+        for team in exporting:
+            team.configure()
         self._wait(futures)
 
     def stop(self) -> None:
@@ -331,14 +342,20 @@ class WorkerPool:
 
     # --- team workers ---------------------------------------------------------------------
 
-    def _pin(self, team_id: int | None) -> TeamWorker:
-        """The team's worker entry (made if needed), most recently used, pinned against eviction."""
+    def _pin(self, team_id: int | None, export: bool = False) -> TeamWorker:
+        """The team's worker entry (made if needed), most recently used, pinned against eviction.
+
+        ``export``: the team's export worker, a second process of the same
+        team for ``on_event``/``on_snapshot``, so that a slow export never
+        holds up the team's ``process_event`` work."""
+        key: Any = ("export", team_id) if export else team_id
         with self._lock:
-            team = self._teams.get(team_id)
+            team = self._teams.get(key)
             if team is None:
                 index = self._free_indexes.pop() if self._free_indexes else self._take_index()
-                team = self._teams[team_id] = TeamWorker(self, team_id, index)
-            self._teams.move_to_end(team_id)
+                team = self._teams[key] = TeamWorker(self, team_id, index)
+                team.key = key
+            self._teams.move_to_end(key)
             team.pins += 1
             victims = self._over_capacity()
         for victim in victims:
@@ -372,12 +389,12 @@ class WorkerPool:
                 excess -= 1
         return victims
 
-    def _evict(self, team_id: int | None) -> None:
+    def _evict(self, key: Any) -> None:
         with self._lock:
-            team = self._teams.get(team_id)
+            team = self._teams.get(key)
             if team is None or team.pins:
                 return
-            del self._teams[team_id]
+            del self._teams[key]
         self._start_retiring(team, "evicted")
 
     def _start_retiring(self, team: TeamWorker, reason: str) -> None:
@@ -564,7 +581,7 @@ class WorkerPool:
         spec = self.inventory.specs.get(config_id)
         if spec is None or config_id not in (self.inventory.chains.get(spec.team_id) or ()):  # type: ignore[arg-type]
             return exports.export_stats(None)
-        team = self._pin(spec.team_id)
+        team = self._pin(spec.team_id, export=True)
         try:
             return exports.export_stats(team.run("on_events", exports.export_payload(spec.team_id, config_id, events, concurrency)))
         finally:

@@ -100,6 +100,8 @@ class TeamWorker:
     def __init__(self, pool: WorkerPool, team_id: int | None, index: int) -> None:
         self.pool = pool
         self.team_id = team_id
+        # Its key in the pool's LRU: the team id, or ("export", team id) for the team's export worker.
+        self.key: Any = team_id
         # Distinct among live team workers: the worker's user id is WORKER_UID_BASE + index.
         self.index = index
         self.lock = threading.Lock()
