@@ -252,8 +252,8 @@ class StreamSource:
             given_back = [(self.topic, index, offset) for index, offsets_in_hand in self._in_hand.items() for offset in offsets_in_hand]
             self._in_hand = {p: set() for p in self._in_hand}
         try:
+            self._attempts.take_back(given_back)  # first: even if the commit fails, a graceful stop is not a crash
             self._commit(offsets)
-            self._attempts.take_back(given_back)
         finally:
             consumer.close()
             self._consumer = None
