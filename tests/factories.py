@@ -64,3 +64,19 @@ def make_event(**fields: Any) -> dict[str, Any]:
     }
     event.update(fields)
     return event
+
+
+def store_element_group(sink: Any, team_id: int, elements: list[Any]) -> str:
+    """Write one autocapture event with these elements through ``sink`` (a PostgresSink); the hash its row got."""
+    from datetime import datetime, timezone
+
+    from django.db import transaction
+
+    from plugin_server.ingestion.uuidt import uuidt
+    from plugin_server.models import Event
+    from plugin_server.sinks.base import PreparedBatch, PreparedEvent
+
+    event = PreparedEvent(str(uuidt()), team_id, "d", "$autocapture", {}, datetime.now(timezone.utc), elements)
+    with transaction.atomic():
+        sink.write(PreparedBatch(events=[event]))
+    return str(Event.objects.filter(team_id=team_id).latest("id").elements_hash)

@@ -29,7 +29,7 @@ from plugin_server.ingestion.teams import TeamInfo
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.models import Element as ElementRow, Event
 from plugin_server.sinks.postgres import PostgresSink
-from tests.factories import create_team
+from tests.factories import create_team, store_element_group
 from tests.ingestion.celery_tasks import celery_app, send_event_task, task_args
 
 
@@ -88,13 +88,13 @@ def test_element_group_ignores_irrelevant_keys_and_is_per_team() -> None:
     and has the same hash; for a new team 2 more rows with the same hash."""
     team = create_team()
     raw = [{"tag_name": "button", "$el_text": "Sign up!"}, {"tag_name": "div"}]
-    first_hash = PostgresSink().create_element_group(team.id, extract_elements(raw) or [])
+    first_hash = store_element_group(PostgresSink(), team.id, extract_elements(raw) or [])
     assert sorted(ElementRow.objects.filter(group__team=team).values_list("tag_name", "text")) == [("button", "Sign up!"), ("div", None)]
     again = [raw[0], {**raw[1], "event": {"event": "$autocapture", "properties": {}}}]
-    assert PostgresSink().create_element_group(team.id, extract_elements(again) or []) == first_hash
+    assert store_element_group(PostgresSink(), team.id, extract_elements(again) or []) == first_hash
     assert ElementRow.objects.count() == 2
     other = create_team()
-    assert PostgresSink().create_element_group(other.id, extract_elements(raw) or []) == first_hash
+    assert store_element_group(PostgresSink(), other.id, extract_elements(raw) or []) == first_hash
     assert ElementRow.objects.count() == 4
 
 

@@ -6,7 +6,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from django.db import transaction
 
 from plugin_server.ingestion.elements import Element
 from plugin_server.ingestion.ingester import Ingester, IngestResult
@@ -24,9 +23,8 @@ from plugin_server.models import (
     Team,
     User,
 )
-from plugin_server.sinks.base import PreparedBatch, PreparedEvent
 from plugin_server.sinks.postgres import PostgresSink
-from tests.factories import create_team
+from tests.factories import create_team, store_element_group
 from tests.ingestion.person_helpers import create_person, distinct_ids_of
 
 pytestmark = pytest.mark.django_db
@@ -392,24 +390,16 @@ def test_distinct_id_wrong_type_number(team: Team, ingester: Ingester) -> None:
     assert Event.objects.get(team=team).distinct_id == "12345"
 
 
-def _store_elements(sink: PostgresSink, team_id: int, elements: list[Element]) -> str:
-    """Write one autocapture event with these elements; the hash its row got."""
-    event = PreparedEvent(str(uuidt()), team_id, "d", "$autocapture", {}, datetime.now(timezone.utc), elements)
-    with transaction.atomic():
-        sink.write(PreparedBatch(events=[event]))
-    return str(Event.objects.filter(team_id=team_id).latest("id").elements_hash)
-
-
 def test_element_group(team: Team) -> None:
     """element group: the same elements make one group per team with the same hash in every team."""
     sink = PostgresSink()
     elements = [Element(tag_name="button", text="Sign up!"), Element(tag_name="div")]
-    first_hash = _store_elements(sink, team.id, elements)
+    first_hash = store_element_group(sink, team.id, elements)
     assert sorted(ElementRow.objects.values_list("tag_name", flat=True)) == ["button", "div"]
     # The raw "event" key is not an element field: the same elements again.
     again = [Element(tag_name="button", text="Sign up!"), Element(**{"tag_name": "div"})]
-    assert _store_elements(PostgresSink(), team.id, again) == first_hash
+    assert store_element_group(PostgresSink(), team.id, again) == first_hash
     assert ElementRow.objects.count() == 2
     other_team = create_team()
-    assert _store_elements(sink, other_team.id, elements) == first_hash
+    assert store_element_group(sink, other_team.id, elements) == first_hash
     assert ElementRow.objects.count() == 4
