@@ -79,19 +79,48 @@
     }
   }
 
-  // --- Buffer: base64 and utf-8, as plugins used it -----------------------------------
+  // --- Buffer: base64 and utf-8, as plugins used it (V8 alone has no atob nor TextEncoder) ---
+  const ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  const utf8Bytes = (text) => Array.from(unescape(encodeURIComponent(text)), (c) => c.charCodeAt(0));
+  function utf8Text(bytes) {
+    const binary = Array.from(bytes, (b) => String.fromCharCode(b)).join("");
+    try {
+      return decodeURIComponent(escape(binary));
+    } catch (error) {
+      return binary;
+    }
+  }
+  function base64Bytes(text) {
+    const clean = String(text).replace(/-/g, "+").replace(/_/g, "/").replace(/[^A-Za-z0-9+/]/g, "");
+    const bytes = [];
+    for (let i = 0; i < clean.length; i += 4) {
+      const n = [0, 1, 2, 3].map((k) => (i + k < clean.length ? ALPHABET.indexOf(clean[i + k]) : -1));
+      bytes.push((n[0] << 2) | (n[1] >> 4));
+      if (n[2] >= 0) bytes.push(((n[1] & 15) << 4) | (n[2] >> 2));
+      if (n[3] >= 0) bytes.push(((n[2] & 3) << 6) | n[3]);
+    }
+    return bytes;
+  }
+  function base64Text(bytes) {
+    let out = "";
+    for (let i = 0; i < bytes.length; i += 3) {
+      const [a, b, c] = [bytes[i], bytes[i + 1], bytes[i + 2]];
+      out += ALPHABET[a >> 2] + ALPHABET[((a & 3) << 4) | ((b || 0) >> 4)];
+      out += b === undefined ? "=" : ALPHABET[((b & 15) << 2) | ((c || 0) >> 6)];
+      out += c === undefined ? "=" : ALPHABET[c & 63];
+    }
+    return out;
+  }
   class Buffer extends Uint8Array {
     static from(value, encoding) {
       if (value instanceof Uint8Array || Array.isArray(value)) return new Buffer(value);
       const text = String(value);
-      if (encoding === "base64") {
-        const binary = atob(text.replace(/[^A-Za-z0-9+/]/g, ""));
-        return new Buffer(Array.from(binary, (c) => c.charCodeAt(0)));
-      }
+      if (encoding === "base64" || encoding === "base64url") return new Buffer(base64Bytes(text));
       if (encoding === "hex") {
         return new Buffer((text.match(/../g) || []).map((pair) => parseInt(pair, 16)));
       }
-      return new Buffer(new TextEncoder().encode(text));
+      if (encoding === "binary" || encoding === "latin1") return new Buffer(Array.from(text, (c) => c.charCodeAt(0) & 255));
+      return new Buffer(utf8Bytes(text));
     }
     static isBuffer(value) {
       return value instanceof Buffer;
@@ -100,9 +129,9 @@
       return Buffer.from(value, encoding).length;
     }
     toString(encoding) {
-      if (encoding === "base64") return btoa(Array.from(this, (b) => String.fromCharCode(b)).join(""));
+      if (encoding === "base64") return base64Text(this);
       if (encoding === "hex") return Array.from(this, (b) => b.toString(16).padStart(2, "0")).join("");
-      return new TextDecoder().decode(this);
+      return utf8Text(this);
     }
     toJSON() {
       return { type: "Buffer", data: Array.from(this) };
@@ -154,16 +183,98 @@
     };
   }
 
+  // --- digests for crypto.createHash: md5, sha1, sha256 over bytes (FIPS 180-4, RFC 1321) ---
+  function padded(bytes, littleEndian) {
+    const length = bytes.length;
+    const out = bytes.slice();
+    out.push(0x80);
+    while (out.length % 64 !== 56) out.push(0);
+    const bits = length * 8;
+    const words = [bits >>> 0, Math.floor(bits / 0x100000000) >>> 0];
+    const lengthBytes = [];
+    for (const word of littleEndian ? words : [words[1], words[0]]) {
+      for (let k = 0; k < 4; k++) lengthBytes.push(littleEndian ? (word >>> (8 * k)) & 255 : (word >>> (24 - 8 * k)) & 255);
+    }
+    return out.concat(lengthBytes);
+  }
+  const rotl = (x, n) => (x << n) | (x >>> (32 - n));
+  const rotr = (x, n) => (x >>> n) | (x << (32 - n));
+  const bigEndianWords = (block) => Array.from({ length: 16 }, (_, i) => (block[i * 4] << 24) | (block[i * 4 + 1] << 16) | (block[i * 4 + 2] << 8) | block[i * 4 + 3]);
+  const wordsToBytes = (words, littleEndian) => words.flatMap((w) => [0, 1, 2, 3].map((k) => (littleEndian ? (w >>> (8 * k)) & 255 : (w >>> (24 - 8 * k)) & 255)));
+
+  const K256 = [];
+  {
+    const primes = [];
+    for (let n = 2; primes.length < 64; n++) if (primes.every((p) => n % p !== 0)) primes.push(n);
+    for (const p of primes) K256.push((Math.cbrt(p) % 1) * 0x100000000 >>> 0);
+  }
+  function sha256(bytes) {
+    const h = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
+    const data = padded(bytes, false);
+    for (let offset = 0; offset < data.length; offset += 64) {
+      const w = bigEndianWords(data.slice(offset, offset + 64));
+      for (let i = 16; i < 64; i++) {
+        const s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >>> 3);
+        const s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >>> 10);
+        w[i] = (w[i - 16] + s0 + w[i - 7] + s1) | 0;
+      }
+      let [a, b, c, d, e, f, g, k] = h;
+      for (let i = 0; i < 64; i++) {
+        const t1 = (k + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + K256[i] + w[i]) | 0;
+        const t2 = ((rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c))) | 0;
+        [k, g, f, e, d, c, b, a] = [g, f, e, (d + t1) | 0, c, b, a, (t1 + t2) | 0];
+      }
+      [a, b, c, d, e, f, g, k].forEach((v, i) => (h[i] = (h[i] + v) | 0));
+    }
+    return wordsToBytes(h, false);
+  }
+  function sha1(bytes) {
+    const h = [0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476, 0xc3d2e1f0];
+    const data = padded(bytes, false);
+    for (let offset = 0; offset < data.length; offset += 64) {
+      const w = bigEndianWords(data.slice(offset, offset + 64));
+      for (let i = 16; i < 80; i++) w[i] = rotl(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+      let [a, b, c, d, e] = h;
+      for (let i = 0; i < 80; i++) {
+        const [f, k] = i < 20 ? [(b & c) | (~b & d), 0x5a827999] : i < 40 ? [b ^ c ^ d, 0x6ed9eba1] : i < 60 ? [(b & c) | (b & d) | (c & d), 0x8f1bbcdc] : [b ^ c ^ d, 0xca62c1d6];
+        [e, d, c, b, a] = [d, c, rotl(b, 30), a, (rotl(a, 5) + f + e + k + w[i]) | 0];
+      }
+      [a, b, c, d, e].forEach((v, i) => (h[i] = (h[i] + v) | 0));
+    }
+    return wordsToBytes(h, false);
+  }
+  const MD5_SHIFTS = [7, 12, 17, 22, 5, 9, 14, 20, 4, 11, 16, 23, 6, 10, 15, 21];
+  const MD5_K = Array.from({ length: 64 }, (_, i) => (Math.abs(Math.sin(i + 1)) * 0x100000000) >>> 0);
+  function md5(bytes) {
+    const h = [0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476];
+    const data = padded(bytes, true);
+    for (let offset = 0; offset < data.length; offset += 64) {
+      const m = Array.from({ length: 16 }, (_, i) => data[offset + i * 4] | (data[offset + i * 4 + 1] << 8) | (data[offset + i * 4 + 2] << 16) | (data[offset + i * 4 + 3] << 24));
+      let [a, b, c, d] = h;
+      for (let i = 0; i < 64; i++) {
+        const round = i >> 4;
+        const f = round === 0 ? (b & c) | (~b & d) : round === 1 ? (d & b) | (~d & c) : round === 2 ? b ^ c ^ d : c ^ (b | ~d);
+        const g = round === 0 ? i : round === 1 ? (5 * i + 1) % 16 : round === 2 ? (3 * i + 5) % 16 : (7 * i) % 16;
+        const sum = (a + f + MD5_K[i] + m[g]) | 0;
+        [a, d, c, b] = [d, c, b, (b + rotl(sum, MD5_SHIFTS[round * 4 + (i % 4)])) | 0];
+      }
+      [a, b, c, d].forEach((v, i) => (h[i] = (h[i] + v) | 0));
+    }
+    return wordsToBytes(h, true);
+  }
+  const DIGESTS = { md5, sha1, sha256 };
+
   // --- require: the modules the original provided that can run here ----------------------
   function hashOf(algorithm) {
-    const parts = [];
+    let bytes = [];
     const hash = {
       update(data, encoding) {
-        parts.push(Buffer.isBuffer(data) ? data.toString("base64") : Buffer.from(data, encoding).toString("base64"));
+        bytes = bytes.concat(Array.from(data instanceof Uint8Array ? data : Buffer.from(data, encoding)));
         return hash;
       },
       digest(encoding) {
-        return global.__hash___TOKEN__(algorithm, parts, encoding || "buffer");
+        const result = new Buffer(DIGESTS[algorithm](bytes));
+        return encoding ? result.toString(encoding) : result;
       },
     };
     return hash;
@@ -171,7 +282,7 @@
   const crypto = {
     createHash(algorithm) {
       const name = String(algorithm).toLowerCase();
-      if (!["md5", "sha1", "sha256", "sha512"].includes(name)) throw new Error(`Digest method not supported: ${algorithm}`);
+      if (!Object.prototype.hasOwnProperty.call(DIGESTS, name)) throw new Error(`Digest method not supported: ${algorithm}`);
       return hashOf(name);
     },
     randomUUID() {
