@@ -54,3 +54,162 @@ def test_typescript_plugin_with_a_type_only_import_processes_events(make_pool):
     assert [item["properties"]["greeting"] for item in out] == ["hoi", "hoi"]
     assert out[0]["properties"]["$plugins_succeeded"] == [f"{config.plugin.name} ({config.id})"]
     assert ("CONSOLE", "LOG", 'processed e1 {"n":1}') in logs(config)
+
+
+def test_batch_plugin_in_commonjs(make_pool):
+    """module.exports = {processEventBatch}: the batch hook runs, and processEvent is derived from it."""
+    config = install_js(
+        "module.exports = {\n"
+        "    processEventBatch: async (events) => events.filter((e) => e.properties.n % 2 === 0)\n"
+        "        .map((e) => ({ ...e, properties: { ...e.properties, batched: true } })),\n"
+        "}\n",
+        filename="index.js",
+    )
+    pool = make_pool()
+    out = pool.process_events([event(config.team_id, n=1), event(config.team_id, n=2)])
+    assert [(item["event"], item["properties"]["batched"]) for item in out] == [("e2", True)]
+
+
+def test_exports_found_as_globals_and_errors_in_the_plugins_own_lines(make_pool):
+    """A plain top-level function is found; an error names the plugin's file and line, the event goes on."""
+    config = install_js(
+        "// a comment\n"
+        "function processEvent(event) {\n"
+        "    if (event.properties.n === 1) {\n"
+        "        return event.properties.missing.boom\n"
+        "    }\n"
+        "    event.properties.ok = true\n"
+        "    return event\n"
+        "}\n",
+        filename="index.js",
+    )
+    pool = make_pool()
+    first, second = pool.process_events([event(config.team_id, n=1), event(config.team_id, n=2)])
+    assert first["properties"]["$plugins_failed"] == [f"{config.plugin.name} ({config.id})"]
+    assert second["properties"]["ok"] is True
+    error = error_of(config)
+    assert error["name"] == "TypeError" and "boom" in error["message"]
+    assert "index.js:4:" in error["stack"]
+
+
+def test_unsupported_module_fails_to_load_naming_it_and_ingestion_goes_on(make_pool):
+    """require('aws-sdk') is a load error naming the module, recorded on its config; other plugins and events go on."""
+    team = create_team()
+    broken = install_js("const AWS = require('aws-sdk')\nexports.processEvent = (e) => e\n", filename="index.js", team=team)
+    fine = install_js("export const processEvent = (e) => ({ ...e, event: 'fine' })\n", filename="index.js", team=team, order=1)
+    pool = make_pool()
+    (out,) = pool.process_events([event(team.id)])
+    assert out["event"] == "fine"
+    assert "Cannot import 'aws-sdk'! This package is not provided by PostHog in plugins." in error_of(broken)["message"]
+    assert fine.id
+
+
+def test_endless_loop_after_an_await_times_out_with_the_loop_message(make_pool):
+    """A loop that starts after an await is stopped at the time limit with the original's message and its line."""
+    config = install_js(
+        "export async function processEvent(event, { cache }) {\n"
+        "    await Promise.resolve(1)\n"
+        "    let i = 0\n"
+        "    while (true) { i++ }\n"
+        "}\n"
+    )
+    pool = make_pool(task_timeout=1.0)
+    started = time.monotonic()
+    (out,) = pool.process_events([event(config.team_id)])
+    assert 0.8 <= time.monotonic() - started < 10
+    assert out["properties"]["$plugins_failed"] == [f"{config.plugin.name} ({config.id})"]
+    assert error_of(config)["message"] == "Script execution timed out after looping for 1 second on line 4:4"
+
+
+def test_waiting_forever_times_out_with_the_promise_message(make_pool):
+    """A call awaiting a timer longer than the limit fails with the promise message; the next event runs."""
+    config = install_js(
+        "export async function processEvent(event) {\n"
+        "    if (event.properties.n === 1) await new Promise((resolve) => setTimeout(resolve, 4000))\n"
+        "    return { ...event, event: 'done' }\n"
+        "}\n"
+    )
+    pool = make_pool(task_timeout=1.0)
+    first, second = pool.process_events([event(config.team_id, n=1), event(config.team_id, n=2)])
+    assert "Script execution timed out after promise waited for 1 second" in error_of(config)["message"]
+    assert first["properties"]["$plugins_failed"] and second["event"] == "done"
+
+
+def test_short_timers_run(make_pool):
+    """setTimeout within the limit resolves (the worker fires due timers)."""
+    config = install_js(
+        "export async function processEvent(event) {\n"
+        "    await new Promise((resolve) => setTimeout(resolve, 50))\n"
+        "    return { ...event, event: 'waited' }\n"
+        "}\n"
+    )
+    (out,) = make_pool().process_events([event(config.team_id)])
+    assert out["event"] == "waited"
+
+
+def test_memory_bomb_is_stopped_and_blamed_on_its_config(make_pool):
+    """A plugin filling its isolate's heap fails with the memory message; the worker is replaced and the next events run."""
+    team = create_team()
+    bomb = install_js(
+        "export function processEvent(event) {\n"
+        "    if (event.properties.n === 1) { const hog = []; for (;;) hog.push(new Array(100000).fill(event)) }\n"
+        "    return { ...event, event: 'survived' }\n"
+        "}\n",
+        team=team,
+    )
+    pool = make_pool(js_memory_mb=64, task_timeout=20.0)
+    (first,) = pool.process_events([event(team.id, n=1)])
+    assert first["properties"]["$plugins_failed"] == [f"{bomb.plugin.name} ({bomb.id})"]
+    assert "memory" in error_of(bomb)["message"]
+    (second,) = pool.process_events([event(team.id, n=2)])
+    assert second["event"] == "survived"
+
+
+def test_webassembly_and_shared_memory_are_gone(make_pool):
+    """WebAssembly and SharedArrayBuffer are not among the globals."""
+    config = install_js(
+        "export const processEvent = (e) => ({ ...e, properties: { wasm: typeof WebAssembly, sab: typeof SharedArrayBuffer,"
+        " req: typeof require, buf: Buffer.from('aGk=', 'base64').toString(),"
+        " md5: require('crypto').createHash('md5').update('a').digest('hex') } })\n"
+    )
+    (out,) = make_pool().process_events([event(config.team_id)])
+    assert out["properties"]["wasm"] == "undefined" and out["properties"]["sab"] == "undefined"
+    assert (out["properties"]["req"], out["properties"]["buf"]) == ("function", "hi")
+    assert out["properties"]["md5"] == "0cc175b9c0f1b6a831c399e269772661"
+
+
+def test_reload_disposes_the_isolate_and_sets_up_again(make_pool):
+    """A changed config gets a new isolate: teardownPlugin runs, meta.global starts empty again."""
+    config = install_js(
+        "export function setupPlugin({ global }) { global.count = 0 }\n"
+        "export function teardownPlugin() { console.log('bye') }\n"
+        "export function processEvent(e, { global, config }) { global.count++; return { ...e, properties: { count: global.count, v: config.v } } }\n",
+        config={"v": 1},
+    )
+    pool = make_pool()
+    assert pool.process_events([event(config.team_id)])[0]["properties"]["count"] == 1
+    assert pool.process_events([event(config.team_id)])[0]["properties"]["count"] == 2
+    config.config = {"v": 2}
+    config.save()
+    pool.reload()
+    out = pool.process_events([event(config.team_id)])[0]["properties"]
+    assert (out["count"], out["v"]) == (1, 2)
+    assert ("CONSOLE", "LOG", "bye") in logs(config)
+
+
+def test_scheduled_task_and_job(make_pool):
+    """runEveryMinute is listed and runs; a job handler runs with its payload; RetryError is a retry failure."""
+    config = install_js(
+        "export async function runEveryMinute({ storage }) { await storage.set('ran', 'yes') }\n"
+        "export const jobs = {\n"
+        "    hello: async (payload, { storage }) => { await storage.set('job', payload.text) },\n"
+        "    again: async () => { throw new RetryError('try later') },\n"
+        "}\n"
+    )
+    pool = make_pool()
+    schedule = pool.scheduled_tasks()
+    assert config.id in schedule["runEveryMinute"]
+    pool.run_scheduled(config.id, "runEveryMinute")
+    pool.run_job(config.id, "hello", {"text": "hi"})
+    assert PluginStorage.objects.get(plugin_config_id=config.id, key="ran").value == '"yes"'
+    assert PluginStorage.objects.get(plugin_config_id=config.id, key="job").value == '"hi"'

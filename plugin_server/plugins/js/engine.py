@@ -56,6 +56,9 @@ HOOKS = {
 MAX_POLL_BYTES = 64 * 1024 * 1024
 # Left of the worker's own alarm when the engine gives up on a call (seconds).
 ALARM_MARGIN = 0.05
+# The loop guards' deadline comes this much earlier than V8's own timeout, so that a
+# loop is stopped by its guard (with its line) rather than by the isolate's termination.
+GUARD_LEAD = 0.15
 
 
 def init_engine() -> None:
@@ -151,7 +154,7 @@ class JsPlugin:
         self._calls += 1
         call_id = self._calls
         try:
-            self._call_js("start", call_id, name, args, int(limit * 1000), limit=limit)
+            self._call_js("start", call_id, name, args, int(max(limit - GUARD_LEAD, 0.01) * 1000), limit=limit)
             while True:
                 left = deadline - time.monotonic()
                 text = self._call_js("poll", call_id, limit=max(left, 0.01))
