@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from plugin_server.exceptions import RetryError
 from plugin_server.models import PluginConfig, PluginLogEntry, PluginStorage
 from tests.factories import create_team
 from tests.workers.helpers import event, install
@@ -46,6 +47,20 @@ export function processEvent(event: PluginEvent, { global }: Meta): PluginEvent 
 """
 
 
+BATCH = """module.exports = {
+    processEventBatch: async (events) => events
+        .filter((e) => e.properties.n % 2 === 0)
+        .map((e) => ({ ...e, properties: { ...e.properties, batched: true } })),
+}
+"""
+TASKS = """export async function runEveryMinute({ storage }) { await storage.set('ran', 'yes') }
+export const jobs = {
+    hello: async (payload, { storage }) => { await storage.set('job', payload.text) },
+    again: async () => { throw new RetryError('try later') },
+}
+"""
+
+
 def test_typescript_plugin_with_a_type_only_import_processes_events(make_pool):
     """A TS plugin importing types from @posthog/plugin-scaffold runs setupPlugin and processEvent; console goes to its log."""
     config = install_js(TS_HELLO, config={"greeting": "hoi"})
@@ -58,13 +73,7 @@ def test_typescript_plugin_with_a_type_only_import_processes_events(make_pool):
 
 def test_batch_plugin_in_commonjs(make_pool):
     """module.exports = {processEventBatch}: the batch hook runs, and processEvent is derived from it."""
-    config = install_js(
-        "module.exports = {\n"
-        "    processEventBatch: async (events) => events.filter((e) => e.properties.n % 2 === 0)\n"
-        "        .map((e) => ({ ...e, properties: { ...e.properties, batched: true } })),\n"
-        "}\n",
-        filename="index.js",
-    )
+    config = install_js(BATCH, filename="index.js")
     pool = make_pool()
     out = pool.process_events([event(config.team_id, n=1), event(config.team_id, n=2)])
     assert [(item["event"], item["properties"]["batched"]) for item in out] == [("e2", True)]
@@ -199,13 +208,7 @@ def test_reload_disposes_the_isolate_and_sets_up_again(make_pool):
 
 def test_scheduled_task_and_job(make_pool):
     """runEveryMinute is listed and runs; a job handler runs with its payload; RetryError is a retry failure."""
-    config = install_js(
-        "export async function runEveryMinute({ storage }) { await storage.set('ran', 'yes') }\n"
-        "export const jobs = {\n"
-        "    hello: async (payload, { storage }) => { await storage.set('job', payload.text) },\n"
-        "    again: async () => { throw new RetryError('try later') },\n"
-        "}\n"
-    )
+    config = install_js(TASKS)
     pool = make_pool()
     schedule = pool.scheduled_tasks()
     assert config.id in schedule["runEveryMinute"]
@@ -213,3 +216,5 @@ def test_scheduled_task_and_job(make_pool):
     pool.run_job(config.id, "hello", {"text": "hi"})
     assert PluginStorage.objects.get(plugin_config_id=config.id, key="ran").value == '"yes"'
     assert PluginStorage.objects.get(plugin_config_id=config.id, key="job").value == '"hi"'
+    with pytest.raises(RetryError, match="try later"):
+        pool.run_job(config.id, "again", {})
