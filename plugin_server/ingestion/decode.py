@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 from datetime import datetime
 from typing import Any, cast
@@ -216,13 +217,19 @@ def derived_uuid(task_id: bytes, now: Any) -> str:
     The time part is ``now`` (when the capture endpoint received the event),
     so these ids sort like fresh UUIDTs; the other ten bytes come from a hash
     of the task id."""
-    millis = 0
-    if isinstance(now, str):
-        try:
-            millis = int(datetime.fromisoformat(now.replace("Z", "+00:00")).timestamp() * 1000)
-        except ValueError:
-            millis = 0
-    digest = hashlib.blake2b(task_id, digest_size=10).digest()
-    value = (max(millis, 0) & 0xFFFF_FFFF_FFFF).to_bytes(6, "big") + digest
-    hex_value = value.hex()
-    return f"{hex_value[:8]}-{hex_value[8:12]}-{hex_value[12:16]}-{hex_value[16:20]}-{hex_value[20:]}"
+    prefix = _time_hex(now) if isinstance(now, str) else _NO_TIME
+    digest = hashlib.blake2b(task_id, digest_size=10).hexdigest()
+    return f"{prefix[:8]}-{prefix[8:]}-{digest[:4]}-{digest[4:8]}-{digest[8:]}"
+
+
+_NO_TIME = "0" * 12
+
+
+@functools.lru_cache(maxsize=1024)
+def _time_hex(now: str) -> str:
+    # The events of one request share their ``now``: parsed once, not per event.
+    try:
+        millis = int(datetime.fromisoformat(now.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return _NO_TIME
+    return (max(millis, 0) & 0xFFFF_FFFF_FFFF).to_bytes(6, "big").hex()
