@@ -165,6 +165,8 @@ class WorkerProcess:
     def __init__(self, zygote: Zygote, index: int, uid: int, memory_limit_mb: int, grace: float) -> None:
         self.index = index
         self.grace = grace
+        # The zygote it was forked from: if that died, so did this worker (PR_SET_PDEATHSIG), through no plugin's fault.
+        self.zygote = zygote
         self.hardening: dict[str, Any] = {}
         self.pidfd = -1
         # Replies may be written from meta-serving threads; closing takes the same lock.

@@ -135,10 +135,13 @@ class TeamWorker:
     def _ensure(self) -> WorkerProcess:
         if self.worker is None or not self.worker.alive():
             if self.worker is not None:
-                # Died between tasks: blamed on the config that ran last, like a death during one.
-                lost = self.worker
+                # Died between tasks: blamed on the config that ran last, like a death during one
+                # (unless the zygote died: its workers die with it, through no plugin's fault).
+                blame = self.worker.blame("the worker died between tasks", hung=False)
+                zygote_alive = self.worker.zygote.alive()
                 self.replace("died")
-                self.pool.blame(lost.blame("the worker died between tasks", hung=False), Task("idle", {}), self.team_id)
+                if zygote_alive:
+                    self.pool.blame(blame, Task("idle", {}), self.team_id)
             settings = self.pool.settings
             worker = WorkerProcess(self.pool.zygote(), self.index, self.pool.uid_of(self.index), settings.memory_limit_mb, settings.grace)
             self.worker = worker
@@ -210,7 +213,9 @@ class TeamWorker:
                 self._report_or_log(result)
             except WorkerDied as death:
                 worker_gone = self.worker
-                blame = worker_gone.blame(str(death), hung=isinstance(death, WorkerHung)) if worker_gone else None
+                # A worker that went down with its zygote is no plugin's fault: retried, blamed on no one.
+                blamable = worker_gone is not None and worker_gone.zygote.alive()
+                blame = worker_gone.blame(str(death), hung=isinstance(death, WorkerHung)) if blamable and worker_gone else None
                 self.replace("hung" if blame and blame.hung else "died")
                 logger.warning("the worker of team %s was lost during a %s task: %s", self.team_id, task.kind, death)
                 retry = self.pool.blame(blame, task, self.team_id) if blame is not None else True
