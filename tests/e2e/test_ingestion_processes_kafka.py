@@ -10,13 +10,13 @@ import signal
 import subprocess
 from collections.abc import Callable
 
-import pytest
 
 from plugin_server.models import Team
 from tests.e2e.test_ingestion_processes import _alive, ingestion_processes
 from tests.e2e.test_kafka_pipeline import (  # noqa: F401 -- start_server and team are fixtures
     assert_each_event_once_and_persons_exact,
     in_clickhouse,
+    pytestmark,
     send,
     start_server,
     team,
@@ -24,13 +24,6 @@ from tests.e2e.test_kafka_pipeline import (  # noqa: F401 -- start_server and te
 from tests.kafka_pipeline import KafkaPipeline, kafka_pipeline  # noqa: F401 -- the fixture
 from tests.manage_process import wait_for
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.redis,
-    pytest.mark.kafka,
-    pytest.mark.clickhouse,
-    pytest.mark.slow,
-]
 
 
 def test_two_ingestion_processes_in_the_group_store_every_event_once(
