@@ -32,9 +32,11 @@ lost again, :meth:`WorkerPool.process_events` raises
 is ever stored without its plugins having run.
 
 Exports (:meth:`WorkerPool.export`, driven by the export lane,
-plugin_server/export_lane.py) run on a team's *export worker*: a second
-process of the same team in the same LRU, so a slow ``on_event`` never
-holds up that team's ``process_event`` work.
+plugin_server/export_lane.py) of a team whose plugins also have
+``process_event`` work run on the team's *export worker*: a second process
+of the same team in the same LRU, so a slow ``on_event`` never holds up
+that team's ``process_event`` work (a team with exports only uses its one
+worker).
 
 Reload (``PLUGINS_RELOAD_PUBSUB_CHANNEL``) re-reads the plugin configs and
 hands each live team worker its team's configs behind its in-flight work;
@@ -581,7 +583,9 @@ class WorkerPool:
         spec = self.inventory.specs.get(config_id)
         if spec is None or config_id not in (self.inventory.chains.get(spec.team_id) or ()):  # type: ignore[arg-type]
             return exports.export_stats(None)
-        team = self._pin(spec.team_id, export=True)
+        # A second process only when the team's chain has process_event work it could hold up.
+        chain = self.inventory.chains.get(spec.team_id) or ()  # type: ignore[arg-type]
+        team = self._pin(spec.team_id, export=self._wants(chain, ("process_event", "process_event_batch")))
         try:
             return exports.export_stats(team.run("on_events", exports.export_payload(spec.team_id, config_id, events, concurrency)))
         finally:
