@@ -377,6 +377,11 @@ class WorkerRuntime:
     def on_events(self, chains: dict[Any, Any], events: list[dict[str, Any]], concurrency: int) -> dict[str, int]:
         """``on_event``/``on_snapshot`` of each event, up to ``concurrency`` calls at once; calls and timeouts."""
         errors_before = len(self.errors)
+        wanted = {config_id for chain in chains.values() for config_id in chain}
+        if any(instance.spec.plugin_config_id in wanted and instance.spec.code is not None
+               and instance.spec.code.language != "python" for instance in self.instances.all()):
+            # A JavaScript plugin's calls share one isolate and its bridge: one at a time.
+            concurrency = 1
         self.calls.run(
             [functools.partial(run_on_event, self, self.instances, chains.get(event.get("team_id"), ()), event, index)
              for index, event in enumerate(events)],

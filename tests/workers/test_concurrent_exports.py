@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -89,3 +90,15 @@ def test_cpu_bound_calls_give_the_same_results(pool: WorkerPool) -> None:
     pool.reload()
     events = [event(team_of(config), n=n) for n in range(30)]
     assert pool.export(config.id, events, 10) == {"calls": 30, "timeouts": 0}
+
+
+def test_a_javascript_exporters_calls_run_one_at_a_time(pool: WorkerPool, webhook: RecordingWebhook) -> None:
+    """A JS plugin's calls share one isolate and its promise bridge: its exports run one after another, all of them."""
+    source = "export async function onEvent(event, { config }) {\n    await fetch(config.url + '/' + event.properties.n)\n}\n"
+    config = install(json.dumps({"index.js": source, "plugin.json": json.dumps({"main": "index.js"})}), config={"url": webhook.url})
+    pool.reload()
+    events = [event(team_of(config), n=n) for n in range(4)]
+    started = time.monotonic()
+    assert pool.export(config.id, events, 10) == {"calls": 4, "timeouts": 0}
+    assert time.monotonic() - started >= 4 * webhook.delay
+    assert sorted(webhook.seen) == sorted(f"/{n}" for n in range(4))
