@@ -124,6 +124,30 @@ def test_new_plugin_scaffold_passes_its_test_and_runs_in_the_sandbox(tmp_path):
         call_command("new_plugin", "Bad Name", directory=str(tmp_path), stdout=out)
 
 
+def test_new_js_plugin_scaffold_passes_its_node_test_and_runs_in_a_v8_isolate(tmp_path):
+    """new_plugin --js writes a JavaScript plugin whose `node --test` passes and which run_plugin runs, console and capture shown."""
+    call_command("new_plugin", "hello-js", js=True, directory=str(tmp_path), stdout=io.StringIO())
+    folder = tmp_path / "hello-js"
+    assert sorted(p.name for p in folder.iterdir()) == ["index.js", "index.test.js", "plugin.json"]
+    tested = subprocess.run(["node", "--test"], capture_output=True, text=True, cwd=folder, timeout=60)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    output = _run(str(folder), event=['{"event": "$pageview"}'], config=["greeting=hey"])
+    assert json.loads(output.splitlines()[0].split(": ", 1)[1])["properties"]["greeting"] == "hey"
+    (folder / "index.js").write_text(
+        "exports.processEvent = (event) => {\n"
+        "    console.info('seen', event.event)\n"
+        "    posthog.capture('derived', { from: event.event })\n"
+        "    return undefinedThing.x\n"
+        "}\n"
+    )
+    out = io.StringIO()
+    with pytest.raises((CommandError, SystemExit)):
+        call_command("run_plugin", str(folder), event=['{"event": "$pageview"}'], stdout=out)
+    text = out.getvalue()
+    assert "[CONSOLE INFO] seen $pageview" in text and "derived" in text
+    assert "ReferenceError: undefinedThing is not defined" in text and "index.js:4:" in text
+
+
 # --- as a user runs it: a subprocess, from another working directory ---------------------
 
 def _json_log_lines(text: str) -> list[str]:

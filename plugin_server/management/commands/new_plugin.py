@@ -3,7 +3,9 @@
 Writes ``NAME/plugin.json`` (name, description, main, one config field),
 ``NAME/main.py`` (a ``process_event`` that uses the config) and
 ``NAME/test_main.py`` (plain pytest, no server needed), then says how to run
-the plugin in the real sandbox with ``run_plugin``.
+the plugin in the real sandbox with ``run_plugin``. With ``--js``: ``index.js``
+(CommonJS, as the original's plugins) and ``index.test.js`` (Node.js's own
+``node --test``) instead.
 """
 
 from __future__ import annotations
@@ -67,12 +69,46 @@ def test_process_event_adds_the_greeting():
 '''
 
 
+JS_MAIN = """// {name}: a PostHog plugin in JavaScript. What a plugin may export, what meta
+// offers and the sandbox's rules are in the plugin server's docs/js-plugins.md.
+
+async function setupPlugin({{ config, global }}) {{
+    // Runs once per worker before any event; keep state in meta.global.
+    global.greeting = config.greeting
+}}
+
+async function processEvent(event, {{ global }}) {{
+    // Return the event (changed or not) to keep it, or nothing to drop it.
+    event.properties = {{ ...event.properties, greeting: global.greeting }}
+    return event
+}}
+
+module.exports = {{ setupPlugin, processEvent }}
+"""
+
+JS_TEST = """// Tests of {name}. Run them with `node --test` in this folder (Node.js 18 or later).
+// To run the plugin in the server's sandbox, with its limits:
+//     ./manage.py run_plugin {name} --event '{{"event": "$pageview"}}' --config greeting=hello
+const test = require('node:test')
+const assert = require('node:assert')
+const {{ setupPlugin, processEvent }} = require('./index.js')
+
+test('processEvent adds the greeting', async () => {{
+    const meta = {{ config: {{ greeting: 'hello' }}, global: {{}} }}
+    await setupPlugin(meta)
+    const event = {{ event: '$pageview', distinct_id: 'someone', team_id: 1, properties: {{}} }}
+    assert.strictEqual((await processEvent(event, meta)).properties.greeting, 'hello')
+}})
+"""
+
+
 class Command(BaseCommand):
     help = "Create a new plugin folder (plugin.json, main.py and a passing test)."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("name", help="plugin name: lower-case letters, digits, - and _")
         parser.add_argument("--directory", default=".", help="where to create the folder (default: here)")
+        parser.add_argument("--js", action="store_true", help="a JavaScript plugin (index.js, index.test.js)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         name = options["name"]
@@ -86,12 +122,14 @@ class Command(BaseCommand):
             "name": name,
             "description": f"{name}: describe what it does",
             "url": "",
-            "main": "main.py",
+            "main": "index.js" if options["js"] else "main.py",
             "config": [{"key": "greeting", "name": "Greeting", "type": "string", "default": "hello", "required": False}],
         }
         (folder / "plugin.json").write_text(json.dumps(plugin_json, indent=2) + "\n")
-        (folder / "main.py").write_text(MAIN.format(name=name))
-        (folder / "test_main.py").write_text(TEST.format(name=name))
-        self.stdout.write(f"Created {folder}/ with plugin.json, main.py and test_main.py")
-        self.stdout.write(f"  test it:  (cd {folder} && python -m pytest)")
+        files = {"index.js": JS_MAIN, "index.test.js": JS_TEST} if options["js"] else {"main.py": MAIN, "test_main.py": TEST}
+        for filename, template in files.items():
+            (folder / filename).write_text(template.format(name=name))
+        self.stdout.write(f"Created {folder}/ with plugin.json, {' and '.join(files)}")
+        test_command = "node --test" if options["js"] else "python -m pytest"
+        self.stdout.write(f"  test it:  (cd {folder} && {test_command})")
         self.stdout.write(f"  run it:   ./manage.py run_plugin {folder} --event '{{\"event\": \"$pageview\"}}'")
