@@ -115,8 +115,11 @@ def bench_sandbox(calls: int) -> None:
     print(f"  with the snapshot of the event and the plain copy of the result: {copies:.2f}x")
 
 
-def start_pool(teams: int, concurrency: int, **settings: Any) -> Any:
-    """A pool with ``teams`` teams, each with one config of the plugin above (team id = config id)."""
+def start_pool(teams: int, concurrency: int, code_of: Any = None, **settings: Any) -> Any:
+    """A pool with ``teams`` teams, each with one config of the plugin above (team id = config id).
+
+    ``code_of(config_id)`` gives another plugin's ``PluginCode`` (benchmarks/js_plugins_bench.py).
+    """
     from plugin_server.plugins.code import PluginCode
     from plugin_server.plugins.inventory import Inventory
     from plugin_server.plugins.lifecycle import ConfigSpec
@@ -141,7 +144,9 @@ def start_pool(teams: int, concurrency: int, **settings: Any) -> Any:
 
     inventory = Inventory()
     for config_id in range(1, teams + 1):
-        code = PluginCode(plugin_id=config_id, name="bench", digest="bench", main_filename="main.py", source=PLUGIN, plugin_json={}, config_schema={})
+        code = code_of(config_id) if code_of is not None else PluginCode(
+            plugin_id=config_id, name="bench", digest="bench", main_filename="main.py", source=PLUGIN, plugin_json={}, config_schema={}
+        )
         inventory.specs[config_id] = ConfigSpec(config_id, config_id, config_id, "bench", 0, "v1", code)
         inventory.contexts[config_id] = PluginContext(config_id, config_id, config_id, "bench")
         inventory.chains[config_id] = (config_id,)

@@ -133,10 +133,10 @@ class JsPlugin:
             raise self._failure(error) from None
 
     def _call_js(self, method: str, *args: Any, limit: float) -> Any:
-        try:
-            return self._context.call(f"{self._host}.{method}", *args, timeout_sec=max(limit, 0.001))
-        except Exception as error:  # noqa: BLE001
-            raise self._failure(error) from None
+        # One small script with the arguments as JSON literals: each round trip to the
+        # isolate's thread is the cost (~0.2 ms), and eval is the cheapest of mini-racer's ways.
+        script = f"{self._host}.{method}({', '.join(json.dumps(arg) for arg in args)})"
+        return self._eval(script, limit)
 
     def close(self) -> None:
         self._context.close()
@@ -154,25 +154,28 @@ class JsPlugin:
         self._calls += 1
         call_id = self._calls
         try:
-            self._call_js("start", call_id, name, args, int(max(limit - GUARD_LEAD, 0.01) * 1000), limit=limit)
+            # A hook that finishes without waiting answers at once (one round trip per event).
+            text = self._call_js("start", call_id, name, args, int(max(limit - GUARD_LEAD, 0.01) * 1000), limit=limit)
+            # Promise callbacks run when each script ends: only a poll's answer shows what is still pending.
+            polled = False
             while True:
-                left = deadline - time.monotonic()
-                text = self._call_js("poll", call_id, limit=max(left, 0.01))
                 if len(text) > MAX_POLL_BYTES:
                     raise PluginError(f"Plugin handed over more than {MAX_POLL_BYTES} bytes at once")
                 state = json.loads(text)
-                served = self._serve(state["outbox"], deadline)
+                self._serve(state["outbox"], deadline)
                 if state["done"]:
                     if "error" in state:
                         raise self._error(state["error"])
                     return state.get("value")
-                if served:
+                if state["outbox"] or not polled:
+                    text, polled = self._call_js("poll", call_id, limit=max(deadline - time.monotonic(), 0.01)), True
                     continue
                 left = deadline - time.monotonic()
                 if state["timer"] is not None and left > 0:
                     time.sleep(min(max(state["timer"], 0) / 1000, left))
                     self._call_js("fireTimers", int(max(deadline - time.monotonic(), 0) * 1000),
                                   limit=max(deadline - time.monotonic(), 0.01))
+                    text = self._call_js("poll", call_id, limit=max(deadline - time.monotonic(), 0.01))
                     continue
                 if left <= 0 or state["timer"] is not None:
                     raise PluginError(f"Script execution timed out after promise waited for {_plural(runtime.task_timeout)}")

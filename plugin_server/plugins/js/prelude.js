@@ -433,7 +433,7 @@
       } catch (error) {
         Object.assign(state, { done: true, error: describe(error) });
       }
-      return 0;
+      return host.poll(callId);
     },
     poll(callId) {
       const state = calls.get(callId);
