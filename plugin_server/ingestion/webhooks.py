@@ -6,8 +6,7 @@ PostHog's own Celery workers do the posting: the server only sends the task
 ``posthog.tasks.webhooks.post_event_to_webhook`` with ``[event id, site_url]``
 (Postgres pipeline) or ``ee.tasks.webhooks_ee.post_event_to_webhook_ee`` with
 ``[{event, properties, distinct_id, timestamp, elements_chain}, team_id,
-site_url]`` (Kafka pipeline: no event row to point at; spec: ingestion.md
-§3.7) to ``CELERY_DEFAULT_QUEUE``, through Celery itself so the message is
+site_url]`` (Kafka pipeline: there is no event row to point at) to ``CELERY_DEFAULT_QUEUE``, through Celery itself so the message is
 exactly what those workers expect.
 
 Tasks are sent after the batch committed, all on one producer connection.
