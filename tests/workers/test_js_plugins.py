@@ -218,3 +218,16 @@ def test_scheduled_task_and_job(make_pool):
     assert PluginStorage.objects.get(plugin_config_id=config.id, key="job").value == '"hi"'
     with pytest.raises(RetryError, match="try later"):
         pool.run_job(config.id, "again", {})
+
+
+def test_jobs_have_the_longer_task_limit(make_pool):
+    """A job may run past TASK_TIMEOUT (tasks get 4x), as Python plugins' jobs do; a hook may not."""
+    config = install_js(
+        "export const jobs = { slow: async (payload, { storage }) => {\n"
+        "    await new Promise((resolve) => setTimeout(resolve, 1500))\n"
+        "    await storage.set('slow', 'done')\n"
+        "} }\n"
+    )
+    pool = make_pool(task_timeout=1.0)
+    pool.run_job(config.id, "slow", {})
+    assert PluginStorage.objects.get(plugin_config_id=config.id, key="slow").value == '"done"'

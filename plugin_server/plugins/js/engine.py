@@ -149,7 +149,11 @@ class JsPlugin:
     def call(self, name: str, args: list[Any]) -> Any:
         """Run hook ``name`` (or ``job:<name>``) with ``args`` and meta; its plain result."""
         runtime = self._runtime
-        limit = max(runtime.task_timeout - ALARM_MARGIN, 0.01)
+        # The call's own limit, as the worker set it for this call: TASK_TIMEOUT for hooks,
+        # more for scheduled tasks and jobs (the progress marker holds its deadline).
+        marked = runtime.marker.read()[0] - time.monotonic()
+        seconds = min(marked, 4 * runtime.task_timeout) if marked > 0.1 else runtime.task_timeout
+        limit = max(seconds - ALARM_MARGIN, 0.01)
         deadline = time.monotonic() + limit
         self._calls += 1
         call_id = self._calls
@@ -178,7 +182,7 @@ class JsPlugin:
                     text = self._call_js("poll", call_id, limit=max(deadline - time.monotonic(), 0.01))
                     continue
                 if left <= 0 or state["timer"] is not None:
-                    raise PluginError(f"Script execution timed out after promise waited for {_plural(runtime.task_timeout)}")
+                    raise PluginError(f"Script execution timed out after promise waited for {_plural(round(seconds))}")
                 raise PluginError("Plugin call never finished: it waits on a promise that nothing will settle")
         except BaseException:
             try:
