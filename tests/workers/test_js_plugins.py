@@ -231,3 +231,20 @@ def test_jobs_have_the_longer_task_limit(make_pool):
     pool = make_pool(task_timeout=1.0)
     pool.run_job(config.id, "slow", {})
     assert PluginStorage.objects.get(plugin_config_id=config.id, key="slow").value == '"done"'
+
+
+def test_on_event_and_on_snapshot_also_concurrently_on_the_export_lane(make_pool):
+    """onEvent / onSnapshot run for stored events; the export lane may run several calls of one isolate at once."""
+    config = install_js(
+        "export async function onEvent(event, { storage }) {\n"
+        "    await storage.set(`seen-${event.properties.n}`, event.event)\n"
+        "}\n"
+        "export async function onSnapshot(event, { cache }) { await cache.set('snap', event.event) }\n"
+    )
+    pool = make_pool()
+    pool.on_events([event(config.team_id, n=1), {**event(config.team_id, n=2), "event": "$snapshot"}])
+    assert PluginStorage.objects.get(plugin_config_id=config.id, key="seen-1").value == '"e1"'
+    assert not PluginStorage.objects.filter(plugin_config_id=config.id, key="seen-2").exists()
+    counts = pool.export(config.id, [event(config.team_id, n=n) for n in range(10, 30)], 4)
+    assert counts["timeouts"] == 0
+    assert PluginStorage.objects.filter(plugin_config_id=config.id, key__startswith="seen-").count() == 21

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,12 +52,14 @@ class _Transpiler:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._context: Any = None
+        self._pid = 0
 
     def run(self, source: str, filename: str, guard: str) -> dict[str, Any]:
         from py_mini_racer import MiniRacer
 
         with self._lock:
-            if self._context is None:
+            if self._context is None or self._pid != os.getpid():
+                # A forked child has the object but not the isolate's thread: it makes its own.
                 if not BABEL.is_file():
                     raise PluginLoadError(
                         f"The JavaScript transpiler is not installed ({BABEL}): run bin/env.sh's ensure_js_vendor (bin/test does)"
@@ -65,6 +68,7 @@ class _Transpiler:
                 context.eval(BABEL.read_text(encoding="utf-8"))
                 context.eval((_HERE / "transpile.js").read_text(encoding="utf-8"))
                 self._context = context
+                self._pid = os.getpid()
             answer = self._context.call("transpilePlugin", source, filename, guard, timeout_sec=60)
         parsed: dict[str, Any] = json.loads(answer)
         return parsed
