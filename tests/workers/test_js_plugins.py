@@ -248,3 +248,32 @@ def test_on_event_and_on_snapshot_also_concurrently_on_the_export_lane(make_pool
     counts = pool.export(config.id, [event(config.team_id, n=n) for n in range(10, 30)], 4)
     assert counts["timeouts"] == 0
     assert PluginStorage.objects.filter(plugin_config_id=config.id, key__startswith="seen-").count() == 21
+
+
+def _zip(files: dict[str, str]) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return buffer.getvalue()
+
+
+def test_archive_plugin_and_a_broken_index_js(make_pool):
+    """A zip with testplugin/index.js runs; a syntax error is recorded with the parser's message, the chain goes on."""
+    plugin_json = json.dumps({"name": "test-maxmind-plugin", "main": "index.js"})
+    team = create_team()
+    good = install("", team=team, plugin_fields={"plugin_type": "custom", "archive": _zip({
+        "testplugin/index.js": "async function processEvent(event) { event.team_id = event.properties.n === 1 ? 400 : event.team_id;"
+                               " event.event = 'archived'; return event }",
+        "testplugin/plugin.json": plugin_json})})
+    broken = install("", team=team, order=1, plugin_fields={"plugin_type": "custom", "archive": _zip({
+        "testplugin/index.js": "function processEvent(event) { return {a: 1 b: 2} }",
+        "testplugin/plugin.json": plugin_json})})
+    pool = make_pool()
+    out = pool.process_events([event(team.id, n=1), event(team.id, n=2)])
+    assert [item["event"] for item in out] == ["archived"]  # the first changed its team: not ingested
+    assert error_of(good)["message"] == "Illegal Operation: Plugin tried to change teamID"
+    assert 'Unexpected token, expected ","' in error_of(broken)["message"]
