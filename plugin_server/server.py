@@ -67,7 +67,7 @@ from plugin_server.config import get_config
 from plugin_server.export_lane import ExportLane, ExportOptions, ExportRunner
 from plugin_server.ingestion.consumer import Consumer, EventIngester, PluginRunner
 from plugin_server.ingestion.dlq import DeadLetterStore
-from plugin_server.ingestion.processes import PARENT_PID_ENV, ParentWatch
+from plugin_server.ingestion.processes import CONSUMER_ID_ENV, PARENT_PID_ENV, ParentWatch
 from plugin_server.ingestion.sources.base import Source
 from plugin_server.plugin_health import PluginHealthWriter
 from plugin_server.plugins.meta.context import PluginContext
@@ -191,7 +191,8 @@ def build_source(options: ServerOptions) -> Source:
         return kafka
     from plugin_server.ingestion.sources.celery import CelerySource
 
-    source = CelerySource()
+    # An ingestion process of INGESTION_PROCESSES: the consumer id its main process chose.
+    source = CelerySource(consumer_id=os.environ.get(CONSUMER_ID_ENV) or None)
     source.start()
     return source
 
@@ -439,15 +440,21 @@ class Server:
         if self.options.kafka_enabled:
             # One consumer per process in the group: the partitions are spread over them.
             child_env: Callable[[int], dict[str, str]] = lambda index: fixed  # noqa: E731
+            give_back: Callable[[int, str], object] | None = None
             source_name = "kafka"
         else:
             from plugin_server.ingestion.router import Router, slice_queue
 
             queue = config.plugins_celery_queue
+            from plugin_server.ingestion.sources.celery import CelerySource
+
             child_env = lambda index: {**fixed, "PLUGINS_CELERY_QUEUE": slice_queue(queue, index)}  # noqa: E731
+            give_back = lambda index, consumer_id: CelerySource(queue=slice_queue(queue, index)).give_back_dead(consumer_id)  # noqa: E731
             self.router = Router(count, config.ingestion_batch_size, config.ingestion_poll_timeout)
             source_name = "celery"
-        self.ingestion_processes = IngestionProcesses(count, child_env, shutdown_timeout=max(self.options.shutdown_timeout - 2, 1))
+        self.ingestion_processes = IngestionProcesses(
+            count, child_env, shutdown_timeout=max(self.options.shutdown_timeout - 2, 1), give_back=give_back
+        )
         self.services.add(self.ingestion_processes)
         if self.router is not None:
             self.services.add(self.router)

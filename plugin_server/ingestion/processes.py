@@ -12,8 +12,11 @@ person's events in order).
 
 :class:`IngestionProcesses` restarts a child that exits while the server
 runs (with backoff, like a crashed service); what the child held in flight
-is given back by its source's recovery (at least once; the event uuid stores
-it once). At shutdown every child gets one SIGTERM (its own warm shutdown:
+is given back at once (Celery: the main process chose the child's consumer
+id, and requeues that consumer's in-flight messages as soon as it has
+waited for the process, before the replacement starts, so one person's
+events stay in queue order across the crash; Kafka: the group's
+rebalance), at least once, and the event uuid stores it once. At shutdown every child gets one SIGTERM (its own warm shutdown:
 the batch in hand finished and acknowledged) and is killed only if it is
 still there after ``shutdown_timeout`` seconds. A child whose parent is gone
 (the main process killed) stops itself warmly (:class:`ParentWatch`).
@@ -27,6 +30,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 PARENT_PID_ENV = "PLUGIN_SERVER_PARENT_PID"
 INGESTION_INDEX_ENV = "PLUGIN_SERVER_INGESTION_INDEX"
+# The Celery consumer id of an ingestion process, chosen by the main process so
+# that it can give the process's messages back as soon as it sees it die.
+CONSUMER_ID_ENV = "PLUGIN_SERVER_CONSUMER_ID"
 
 
 def _project_root() -> str:
@@ -54,6 +61,7 @@ class _Child:
     process: subprocess.Popen[bytes] | None = None
     failures: int = 0
     restart_at: float = 0.0
+    consumer_id: str = ""
     started_at: float = 0.0
     exits: list[int] = field(default_factory=list)
 
@@ -69,10 +77,12 @@ class IngestionProcesses(Service):
         child_env: Callable[[int], dict[str, str]],
         shutdown_timeout: float = 30.0,
         command: list[str] | None = None,
+        give_back: Callable[[int, str], object] | None = None,
     ) -> None:
         super().__init__()
         self.command = command or [sys.executable, "-m", "django", "run_plugin_server", "--mode", "ingestion"]
         self.shutdown_timeout = shutdown_timeout
+        self.give_back = give_back
         root = _project_root()
         base = dict(os.environ)
         base["PYTHONPATH"] = os.pathsep.join(filter(None, [root, base.get("PYTHONPATH", "")]))
@@ -87,7 +97,9 @@ class IngestionProcesses(Service):
         return [child.process.pid for child in self.children_ if child.process is not None and child.process.poll() is None]
 
     def _spawn(self, child: _Child) -> None:
-        child.process = subprocess.Popen(self.command, env=child.env, cwd=self._cwd)
+        child.consumer_id = uuid.uuid4().hex
+        env = {**child.env, CONSUMER_ID_ENV: child.consumer_id}
+        child.process = subprocess.Popen(self.command, env=env, cwd=self._cwd)
         child.started_at = time.monotonic()
         logger.info("ingestion process %d started (pid %d)", child.index, child.process.pid)
 
@@ -107,12 +119,24 @@ class IngestionProcesses(Service):
                 if code is None:
                     continue
                 child.exits.append(code)
+                self._give_back(child)
                 child.failures = 1 if now - child.started_at >= 60 else child.failures + 1
                 delay = min(self.restart_backoff * 2 ** (child.failures - 1), self.restart_backoff_max)
                 logger.error("ingestion process %d (pid %d) exited with %d; restarting in %.1fs", child.index, child.process.pid, code, delay)
                 child.process = None
                 child.restart_at = now + delay
                 self.restarts += 1
+
+    def _give_back(self, child: _Child) -> None:
+        # What the dead process held goes back at once, before its replacement
+        # takes anything: one person's events stay in queue order across the
+        # crash. If this fails, the heartbeat's expiry gives them back later.
+        if self.give_back is None:
+            return
+        try:
+            self.give_back(child.index, child.consumer_id)
+        except Exception:  # noqa: BLE001 -- the TTL recovery is the fallback
+            logger.exception("could not give back the messages of ingestion process %d", child.index)
 
     def problem(self) -> str | None:
         down = [str(child.index) for child in self.children_ if child.process is None or child.process.poll() is not None]

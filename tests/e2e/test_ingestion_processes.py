@@ -105,6 +105,15 @@ def ingestion_processes(server: subprocess.Popen[bytes]) -> list[int]:
     return pids
 
 
+def in_flight_key(pid: int) -> str:
+    """The Redis hash of the messages an ingestion process holds (its slice and consumer id are in its environment)."""
+    environ = dict(
+        item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item
+    )
+    queue, consumer_id = environ[b"PLUGINS_CELERY_QUEUE"].decode(), environ[b"PLUGIN_SERVER_CONSUMER_ID"].decode()
+    return f"@posthog-plugin-server/celery/{queue}/inflight/{consumer_id}"
+
+
 def send_sequences(queue: str, team: Team, per_person: int) -> None:
     """``per_person`` events for each of PERSONS people, interleaved, each carrying its rank."""
     with celery_app() as app:
@@ -167,14 +176,18 @@ def test_two_processes_keep_each_persons_order_and_stop_with_exit_0(
 
 
 def test_sigkill_of_an_ingestion_process_loses_nothing_and_doubles_nothing(
-    team: Team, unique_name: str, start_server: Callable[..., subprocess.Popen[bytes]]
+    team: Team, unique_name: str, redis_client: redis.Redis, start_server: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
     per_person = 150
     send_sequences(unique_name, team, per_person)
-    server = start_server()
+    # A heartbeat that outlives the test: only the main process's give-back, not its expiry,
+    # can return the killed process's batch in time (and ahead of what came after it).
+    server = start_server(CELERY_CONSUMER_HEARTBEAT_TTL="300")
     wait_for(lambda: len(ingestion_processes(server)) == 2, 60, "two ingestion processes", server)
     wait_for(lambda: stored(team) > 0, 60, "the first stored events", server)
     victim = ingestion_processes(server)[0]
+    # Killed while it holds a batch taken and not acknowledged.
+    wait_for(lambda: cast(int, redis_client.hlen(in_flight_key(victim))) > 0, 30, "a batch in the victim's hands", server)
     os.kill(victim, signal.SIGKILL)
     assert stored(team) < PERSONS * per_person, "everything was stored before the kill; send more events"
     # The main process starts a new one in its place, which takes the slice over.
@@ -183,6 +196,8 @@ def test_sigkill_of_an_ingestion_process_loses_nothing_and_doubles_nothing(
     server.send_signal(signal.SIGTERM)
     assert server.wait(60) == 0
     assert_each_once(team, per_person)
+    # The killed process's batch went back before its replacement took anything.
+    assert_in_queue_order(team)
 
 
 def test_sigkill_of_the_router_loses_nothing_and_doubles_nothing(

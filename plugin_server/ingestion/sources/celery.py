@@ -107,12 +107,15 @@ class CelerySource:
         heartbeat_ttl: float | None = None,
         max_bytes: int = 16 * 1024 * 1024,
         key_prefix: str | None = None,
+        consumer_id: str | None = None,
     ) -> None:
         self.queue: str = queue or app_setting("PLUGINS_CELERY_QUEUE")
         self.key_prefix: str = app_setting("CELERY_GLOBAL_KEYPREFIX") if key_prefix is None else key_prefix
         # The plain list first: where requeued messages go and what an idle poll waits on.
         self.lists = priority_lists(self.queue, self.key_prefix)
-        self.consumer_id = uuid.uuid4().hex
+        # Random unless given (an ingestion process gets its id from the main process,
+        # which gives its messages back the moment it sees the process die: give_back_dead).
+        self.consumer_id = consumer_id or uuid.uuid4().hex
         self._redis = client or get_redis()
         self._ttl = float(heartbeat_ttl if heartbeat_ttl is not None else app_setting("CELERY_CONSUMER_HEARTBEAT_TTL"))
         self._max_bytes = max_bytes
@@ -172,24 +175,32 @@ class CelerySource:
             alive = pipe.execute()
         moved = 0
         for consumer_id, is_alive in zip(consumer_ids, alive):
-            if is_alive or consumer_id == self.consumer_id:
-                continue
-            # The script is atomic: two consumers recovering the same dead one
-            # at once requeue its messages once.
-            # Counted: the consumer died holding them.
-            keys = [self.lists[0], self._key("landing", consumer_id), self._key("inflight", consumer_id), self._attempts_key]
-            count = int(self._requeue(keys=keys, args=[1, ATTEMPTS_TTL_SECONDS]))
-            self._redis.srem(self._consumers_key, consumer_id)
-            if count:
-                logger.warning(
-                    "celery source: requeued %d in-flight messages of dead consumer %s",
-                    count,
-                    consumer_id,
-                    extra={"queue": self.queue, "consumer_id": consumer_id},
-                )
-                get_metrics().incr(INGESTION_SOURCE_RECOVERED, count, tags={"source": self.name.value})
-            moved += count
+            if not is_alive and consumer_id != self.consumer_id:
+                moved += self._requeue_dead(consumer_id)
         return moved
+
+    def give_back_dead(self, consumer_id: str) -> int:
+        """Requeue now what ``consumer_id`` held: its process is known to be dead (waited for), so
+        its heartbeat need not expire first, and nothing queued after its messages is taken before them."""
+        self._redis.delete(self._key("alive", consumer_id))
+        return self._requeue_dead(consumer_id)
+
+    def _requeue_dead(self, consumer_id: str) -> int:
+        # The script is atomic: two consumers recovering the same dead one
+        # at once requeue its messages once.
+        # Counted: the consumer died holding them.
+        keys = [self.lists[0], self._key("landing", consumer_id), self._key("inflight", consumer_id), self._attempts_key]
+        count = int(self._requeue(keys=keys, args=[1, ATTEMPTS_TTL_SECONDS]))
+        self._redis.srem(self._consumers_key, consumer_id)
+        if count:
+            logger.warning(
+                "celery source: requeued %d in-flight messages of dead consumer %s",
+                count,
+                consumer_id,
+                extra={"queue": self.queue, "consumer_id": consumer_id},
+            )
+            get_metrics().incr(INGESTION_SOURCE_RECOVERED, count, tags={"source": self.name.value})
+        return count
 
     def poll(self, max_messages: int, timeout: float) -> list[Delivery]:
         with _redis_away_is_retriable():
