@@ -514,7 +514,9 @@ class Server:
         self.services.add(SlowOperationWatch(config.task_timeout))
         self.services.add(PluginHealthWriter())
         self.services.add(ProgressReporter(queue_depth=self._queue_depth, slots=slots))
-        if config.staleness_restart_seconds > 0 and self.options.runs("ingestion"):
+        # With INGESTION_PROCESSES > 1 each ingestion process watches its own staleness (and is
+        # restarted by this one when it exits); the main process ingests nothing itself.
+        if config.staleness_restart_seconds > 0 and self.options.runs("ingestion") and self.options.ingestion_processes <= 1:
             self.services.add(
                 StalenessWatch(
                     config.staleness_restart_seconds,
