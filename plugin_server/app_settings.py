@@ -65,6 +65,7 @@ KAFKA_FLUSH_FREQUENCY_MS = env_int("KAFKA_FLUSH_FREQUENCY_MS", 500)
 # to (clickhouse_*, plugin_log_entries, events_dead_letter_queue), not the
 # consumption topic, which KAFKA_CONSUMPTION_TOPIC names whole.
 KAFKA_PREFIX = env_str("KAFKA_PREFIX", "") or ""
+KAFKA_CONSUMER_GROUP = env_str("KAFKA_CONSUMER_GROUP", "clickhouse-ingestion") or "clickhouse-ingestion"
 KAFKA_SESSION_TIMEOUT_MS = env_int("KAFKA_SESSION_TIMEOUT_MS", 2000 if TESTING else 10_000, minimum=1000)
 
 # --- ClickHouse ----------------------------------------------------------------

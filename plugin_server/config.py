@@ -63,6 +63,7 @@ class ServerConfig:
     kafka_flush_frequency_ms: int
     kafka_session_timeout_ms: int
     kafka_prefix: str
+    kafka_consumer_group: str
     # ClickHouse
     clickhouse_host: str | None
     clickhouse_database: str | None

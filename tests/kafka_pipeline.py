@@ -42,6 +42,11 @@ class KafkaPipeline:
     def prefix(self) -> str:
         return self.topics.prefix
 
+    @property
+    def consumer_group(self) -> str:
+        """A group of this test's own: Tansu keeps a shared group's dead members and may stop assigning it."""
+        return self.prefix + "ingestion"
+
     def settings(self) -> dict[str, Any]:
         """The Django settings of a server of this pipeline (in this process)."""
         return {
@@ -49,6 +54,7 @@ class KafkaPipeline:
             "KAFKA_HOSTS": self.bootstrap,
             "KAFKA_CONSUMPTION_TOPIC": self.consumption_topic,
             "KAFKA_PREFIX": self.prefix,
+            "KAFKA_CONSUMER_GROUP": self.consumer_group,
             "CLICKHOUSE_DATABASE": self.database,
         }
 
@@ -64,6 +70,7 @@ class KafkaPipeline:
             "KAFKA_HOSTS": self.bootstrap,
             "KAFKA_CONSUMPTION_TOPIC": self.consumption_topic,
             "KAFKA_PREFIX": self.prefix,
+            "KAFKA_CONSUMER_GROUP": self.consumer_group,
             "KAFKA_SESSION_TIMEOUT_MS": "2000",
             "CLICKHOUSE_HOST": str(settings.CLICKHOUSE_HOST),
             "CLICKHOUSE_PORT": str(settings.CLICKHOUSE_PORT),

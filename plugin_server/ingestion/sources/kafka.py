@@ -32,10 +32,10 @@ class KafkaSource(StreamSource):
 
     name = SourceName.KAFKA
 
-    def __init__(self, topic: str | None = None, group: str = CONSUMER_GROUP, *, overrides: dict[str, Any] | None = None, **options: Any) -> None:
-        self.group = group
+    def __init__(self, topic: str | None = None, group: str | None = None, *, overrides: dict[str, Any] | None = None, **options: Any) -> None:
+        self.group = group or get_config().kafka_consumer_group or CONSUMER_GROUP
         self._overrides = overrides or {}
-        super().__init__(topic or get_config().kafka_consumption_topic or "", self._make_consumer, AttemptCounter(group), **options)
+        super().__init__(topic or get_config().kafka_consumption_topic or "", self._make_consumer, AttemptCounter(self.group), **options)
 
     def _make_consumer(self) -> ArroyoConsumer[KafkaPayload]:
         return KafkaConsumer(consumer_settings(self.group, **self._overrides))
