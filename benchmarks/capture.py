@@ -78,7 +78,7 @@ def start_gunicorn(workers: int, queue: str) -> tuple[subprocess.Popen[bytes], s
     import requests
 
     port = free_port()
-    env = {**os.environ, "PLUGINS_CELERY_QUEUE": queue, "LOG_LEVEL": "warn"}
+    env = {**os.environ, "PLUGINS_CELERY_QUEUE": queue, "LOG_LEVEL": "warn", "DISABLE_MMDB": "true"}
     command = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}", "--backlog", "2048", *GUNICORN_OPTIONS, "settings.wsgi:application"]
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -187,7 +187,7 @@ def end_to_end(workers: int, events: int, clients: int, token: str, team_id: int
     queue = f"benchmark-capture-e2e-{uuid.uuid4().hex[:8]}"
     redis = get_redis()
     redis.delete(PING_KEY)
-    env = {**os.environ, "PLUGINS_CELERY_QUEUE": queue, "PLUGINS_RELOAD_PUBSUB_CHANNEL": f"{queue}-reload", "LOG_LEVEL": "warn"}
+    env = {**os.environ, "PLUGINS_CELERY_QUEUE": queue, "PLUGINS_RELOAD_PUBSUB_CHANNEL": f"{queue}-reload", "LOG_LEVEL": "warn", "DISABLE_MMDB": "true"}
     consumer = subprocess.Popen([sys.executable, "manage.py", "run_plugin_server"], cwd=ROOT, env=env)
     web, url = start_gunicorn(workers, queue)
     try:

@@ -155,6 +155,7 @@ def run(concurrency: int, args: argparse.Namespace) -> Result:
             "TASKS_PER_WORKER": str(args.tasks_per_worker),
             "PLUGIN_FETCH_ALLOW_PRIVATE_NETWORKS": "true",
             "LOG_LEVEL": "warn",
+            "DISABLE_MMDB": "true",
         }
         server = subprocess.Popen([sys.executable, "manage.py", "run_plugin_server"], cwd=args.server_root, env=env)
         try:

@@ -308,6 +308,7 @@ def run(
         "WORKER_CONCURRENCY": str(concurrency),
         "INGESTION_PROCESSES": str(processes),
         "LOG_LEVEL": "warn",
+        "DISABLE_MMDB": "true",
     }
     server = subprocess.Popen([sys.executable, "manage.py", "run_plugin_server"], cwd=ROOT, env=env)
     latency = None

@@ -124,6 +124,9 @@ def run(servers: int, args: argparse.Namespace) -> Result:
         "KAFKA_HOSTS": args.kafka_hosts,
         "KAFKA_CONSUMPTION_TOPIC": topic,
         "KAFKA_PREFIX": prefix,
+        # A group of this run's own: the broker may hold stale members of an earlier one.
+        "KAFKA_CONSUMER_GROUP": f"{name}-ingestion",
+        "DISABLE_MMDB": "true",
         "CLICKHOUSE_DATABASE": database,
         "PLUGINS_RELOAD_PUBSUB_CHANNEL": f"{name}-reload",
         "WORKER_CONCURRENCY": str(args.worker_concurrency),
