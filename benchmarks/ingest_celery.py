@@ -14,7 +14,10 @@ starts. It stops when all N events are in ``posthog_event``.
 Printed per run: events/s, the server's CPU ms per event (user + system of
 the server process and all its descendants, i.e. ingestion processes and
 plugin workers, measured from /proc over the timed part only), the peak
-RSS of all those processes together (sampled every 100 ms) and the CPU of
+memory of all those processes together (sampled every 100 ms), as PSS (each
+shared page counted once, split between its sharers: what the processes
+cost the machine) and as RSS (each shared page counted in every process
+that maps it, so forked processes are counted many times), and the CPU of
 the server's own Postgres backends per event (from /proc; the database is
 the benchmark's own).
 
@@ -66,6 +69,7 @@ class Result:
     seconds: float
     cpu_seconds: float
     peak_rss_bytes: int
+    peak_pss_bytes: int
     postgres_cpu_seconds: float
     latency: tuple[float, float, float] | None = None  # p50, p95, p99 seconds at half the rate
 
@@ -74,7 +78,7 @@ class Result:
             f"INGESTION_PROCESSES={self.processes} WORKER_CONCURRENCY={self.concurrency} distinct ids={self.distinct_ids}: "
             f"{self.events} events in {self.seconds:.2f} s = "
             f"{self.events / self.seconds:,.0f} events/s; server CPU {self.cpu_seconds * 1000 / self.events:.3f} ms/event; "
-            f"peak RSS {self.peak_rss_bytes / 2**20:.0f} MiB; Postgres CPU {self.postgres_cpu_seconds * 1000 / self.events:.3f} ms/event"
+            f"peak PSS {self.peak_pss_bytes / 2**20:.0f} MiB (RSS {self.peak_rss_bytes / 2**20:.0f} MiB); Postgres CPU {self.postgres_cpu_seconds * 1000 / self.events:.3f} ms/event"
         )
         if self.latency is not None:
             p50, p95, p99 = self.latency
@@ -119,6 +123,20 @@ def rss_bytes(pids: list[int]) -> int:
     for pid in pids:
         try:
             total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
+        except OSError:
+            continue
+    return total
+
+
+def pss_bytes(pids: list[int]) -> int:
+    """Proportional set size of ``pids`` together: a page shared by k processes counts 1/k in each."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
         except OSError:
             continue
     return total
@@ -330,6 +348,7 @@ def run(
             profiler = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(target), "--format", "raw", "--rate", "250", "--gil", "-o", out, "--nonblocking"], stdout=subprocess.DEVNULL)
         cpu_before = cpu_seconds(pids)
         peak = rss_bytes(pids)
+        peak_pss = pss_bytes(pids)
         with connection.cursor() as cursor:
             cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
             backends_before = cpu_seconds([row[0] for row in cursor.fetchall()])
@@ -344,15 +363,17 @@ def run(
                     raise SystemExit("timed out before every event was stored")
                 pids = process_tree(server.pid)
                 peak = max(peak, rss_bytes(pids))
+                peak_pss = max(peak_pss, pss_bytes(pids))
                 time.sleep(0.1)
         seconds = time.monotonic() - started
         pids = process_tree(server.pid)
         cpu_after = cpu_seconds(pids)
         peak = max(peak, rss_bytes(pids))
+        peak_pss = max(peak_pss, pss_bytes(pids))
         cpu = sum(cpu_after.values()) - sum(cpu_before.get(pid, 0.0) for pid in cpu_after)
         for pid in sorted(cpu_after):
             name = Path(f"/proc/{pid}/comm").read_text().strip() if Path(f"/proc/{pid}/comm").exists() else "?"
-            print(f"    pid {pid} ({name}): {cpu_after[pid] - cpu_before.get(pid, 0.0):.2f} s CPU", flush=True)
+            print(f"    pid {pid} ({name}): {cpu_after[pid] - cpu_before.get(pid, 0.0):.2f} s CPU, PSS {pss_bytes([pid]) / 2**20:.0f} MiB", flush=True)
         # The server's own Postgres backends over the timed part.
         with connection.cursor() as cursor:
             cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
@@ -366,7 +387,7 @@ def run(
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
-    return Result(processes, concurrency, distinct_ids, events, seconds, cpu, peak, postgres_cpu, latency)
+    return Result(processes, concurrency, distinct_ids, events, seconds, cpu, peak, peak_pss, postgres_cpu, latency)
 
 
 def main() -> None:
