@@ -89,6 +89,7 @@ if TYPE_CHECKING:
     from plugin_server.ingestion.router import Router
     from plugin_server.job_consumer import JobConsumer
     from plugin_server.scheduler import Scheduler
+    from plugin_server.workers.zygote_broker import ZygoteBroker
 
 logger = logging.getLogger(__name__)
 
@@ -198,9 +199,16 @@ def build_source(options: ServerOptions) -> Source:
 
 
 def build_pool() -> ManagedPool:
+    """The worker pool; in an ingestion process of INGESTION_PROCESSES > 1 it forks its team workers
+    from the main process's zygote (plugin_server/workers/zygote_broker.py), as users of its own range."""
+    from plugin_server.ingestion.processes import INGESTION_INDEX_ENV
     from plugin_server.workers.pool import WorkerPool
+    from plugin_server.workers.zygote_broker import UIDS_PER_PROCESS, ZYGOTE_FD_ENV
 
-    pool: ManagedPool = WorkerPool()
+    zygote_fd = os.environ.pop(ZYGOTE_FD_ENV, "")
+    index = os.environ.get(INGESTION_INDEX_ENV, "")
+    uid_offset = (int(index) + 1) * UIDS_PER_PROCESS if index.isdigit() else 0
+    pool: ManagedPool = WorkerPool(zygote_fd=int(zygote_fd) if zygote_fd.isdigit() else None, uid_offset=uid_offset)
     return pool
 
 
@@ -372,6 +380,11 @@ class Server:
         if self.options.kafka_enabled:
             self.services.add(KafkaProducerService())
         pool = self.pool = self._pool_factory()
+        broker: ZygoteBroker | None = None
+        share_zygote: Callable[[], ZygoteBroker] | None = getattr(pool, "share_zygote", None)
+        if self.options.runs("ingestion") and self.options.ingestion_processes > 1 and share_zygote is not None:
+            # One zygote for the server: the ingestion processes fork their team workers from this one's.
+            broker = share_zygote()
         self._add_mmdb(pool)
         self.services.add(PoolService(pool))
         log_writer = getattr(getattr(pool, "host", None), "log_writer", None)
@@ -385,7 +398,7 @@ class Server:
         if parent_pid:
             self.services.add(ParentWatch(int(parent_pid), self.request_stop))
         if self.options.runs("ingestion") and self.options.ingestion_processes > 1:
-            source_name = self._add_ingestion_processes()
+            source_name = self._add_ingestion_processes(broker)
         elif self.options.runs("ingestion"):
             ingester = self._ingester_factory()
 
@@ -429,7 +442,7 @@ class Server:
         self._started = True
         logger.info("All systems go", extra={"source": source_name, "mode": self.options.mode})
 
-    def _add_ingestion_processes(self) -> str:
+    def _add_ingestion_processes(self, broker: ZygoteBroker | None) -> str:
         """INGESTION_PROCESSES > 1: the ingestion processes, and for Celery the router that feeds
         them (plugin_server/ingestion/router.py, processes.py); the source's name."""
         from plugin_server.ingestion.processes import IngestionProcesses
@@ -453,7 +466,8 @@ class Server:
             self.router = Router(count, config.ingestion_batch_size, config.ingestion_poll_timeout)
             source_name = "celery"
         self.ingestion_processes = IngestionProcesses(
-            count, child_env, shutdown_timeout=max(self.options.shutdown_timeout - 2, 1), give_back=give_back
+            count, child_env, shutdown_timeout=max(self.options.shutdown_timeout - 2, 1), give_back=give_back,
+            connect=broker.connect if broker is not None else None,
         )
         self.services.add(self.ingestion_processes)
         if self.router is not None:

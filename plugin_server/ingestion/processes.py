@@ -8,7 +8,10 @@ and warm shutdown, exactly as a single server has them. Celery: child *i*
 consumes slice *i* of the queue, filled by the main process's
 :class:`~.router.Router`. Kafka: every child joins the consumer group, which
 spreads the partitions over them (no router: a partition already keeps one
-person's events in order).
+person's events in order). The children have no plugin zygote of their own:
+each gets a control socket to the main process's
+(plugin_server/workers/zygote_broker.py), made anew for every start, and its
+team workers die with it.
 
 :class:`IngestionProcesses` restarts a child that exits while the server
 runs (with backoff, like a crashed service); what the child held in flight
@@ -27,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from plugin_server.service import Service
+from plugin_server.workers.zygote_broker import ZYGOTE_FD_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +83,11 @@ class IngestionProcesses(Service):
         shutdown_timeout: float = 30.0,
         command: list[str] | None = None,
         give_back: Callable[[int, str], object] | None = None,
+        connect: Callable[[str], socket.socket] | None = None,
     ) -> None:
         super().__init__()
+        # The main process's zygote broker: each process started gets a control socket of its own.
+        self.connect = connect
         self.command = command or [sys.executable, "-m", "django", "run_plugin_server", "--mode", "ingestion"]
         self.shutdown_timeout = shutdown_timeout
         self.give_back = give_back
@@ -99,7 +107,15 @@ class IngestionProcesses(Service):
     def _spawn(self, child: _Child) -> None:
         child.consumer_id = uuid.uuid4().hex
         env = {**child.env, CONSUMER_ID_ENV: child.consumer_id}
-        child.process = subprocess.Popen(self.command, env=env, cwd=self._cwd)
+        control = self.connect(f"ingestion-{child.index}") if self.connect is not None else None
+        try:
+            if control is not None:
+                env[ZYGOTE_FD_ENV] = str(control.fileno())
+            pass_fds = (control.fileno(),) if control is not None else ()
+            child.process = subprocess.Popen(self.command, env=env, cwd=self._cwd, pass_fds=pass_fds)
+        finally:
+            if control is not None:
+                control.close()
         child.started_at = time.monotonic()
         logger.info("ingestion process %d started (pid %d)", child.index, child.process.pid)
 

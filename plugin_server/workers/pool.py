@@ -7,7 +7,13 @@ forked from the plugin zygote (:class:`~plugin_server.workers.process.Zygote`:
 imports done, hardening prepared, no credentials, no team data) when a team
 first needs one, a few milliseconds instead of a fresh interpreter, and kept
 in a bounded LRU (``TEAM_WORKERS_MAX``): the least recently used idle one is
-retired (its plugins torn down) to make room.
+retired (its plugins torn down) to make room. With ``INGESTION_PROCESSES``
+above one there is one zygote for the whole server: the main process's pool
+owns it (started when a team worker is first needed) and its broker forks
+the ingestion processes' team workers from it
+(plugin_server/workers/zygote_broker.py); their pools reach it through a
+control socket of their own (``zygote_fd``) and give their workers users of
+their own range (``uid_offset``).
 
 ``WORKER_CONCURRENCY`` (0 = one per core) is how many team workers run a
 task at the same time: a batch's teams are fanned out over that many
@@ -73,7 +79,8 @@ from plugin_server.plugins.meta.logger import SERVER_INSTANCE_ID, LogEntry
 from plugin_server.workers import exports
 from plugin_server.workers.effects import Reporter
 from plugin_server.workers.hardening import WORKER_UID_BASE
-from plugin_server.workers.process import Blame, WorkerProcess, Zygote
+from plugin_server.workers.process import Blame, Forker, WorkerProcess, Zygote
+from plugin_server.workers.zygote_broker import ZygoteBroker, ZygoteClient
 from plugin_server.workers.team_worker import TEARDOWN_SECONDS, Lane, Task, TeamWorker
 
 logger = logging.getLogger(__name__)
@@ -140,8 +147,16 @@ class PoolSettings:
 class WorkerPool:
     """Runs plugins for the consumer, the scheduler and the job queue (see docs/architecture.md)."""
 
-    def __init__(self, settings: PoolSettings | None = None, host: Any = None, reporter: Reporter | None = None) -> None:
+    def __init__(
+        self, settings: PoolSettings | None = None, host: Any = None, reporter: Reporter | None = None,
+        zygote_fd: int | None = None, uid_offset: int = 0,
+    ) -> None:
         self.settings = settings or PoolSettings.from_config()
+        # An ingestion process of INGESTION_PROCESSES > 1: team workers come from the main process's zygote.
+        self._client = ZygoteClient(zygote_fd) if zygote_fd is not None else None
+        self._broker: ZygoteBroker | None = None
+        self._lazy_zygote = False
+        self.uid_offset = uid_offset
         # A host the pool made is the pool's to close (log buffer, capture producer, fetch connections).
         self._owns_host = host is None and reporter is None
         if self._owns_host:
@@ -189,10 +204,24 @@ class WorkerPool:
         return dict(self._specs_by_team.get(team_id, {}))
 
     def uid_of(self, index: int) -> int:
-        return WORKER_UID_BASE + index
+        return WORKER_UID_BASE + self.uid_offset + index
+
+    def forker(self) -> Forker:
+        """What forks this pool's team workers: its own zygote, or the main process's through the broker."""
+        return self._client if self._client is not None else self.zygote()
+
+    def share_zygote(self) -> ZygoteBroker:
+        """The main process of INGESTION_PROCESSES > 1: its zygote serves the ingestion processes too
+        (plugin_server/workers/zygote_broker.py), and starts only when a team worker is first needed."""
+        self._lazy_zygote = True
+        if self._broker is None:
+            self._broker = ZygoteBroker(self.zygote)
+        return self._broker
 
     def zygote(self) -> Zygote:
-        """The zygote, (re)started if it is not running."""
+        """This process's zygote, (re)started if it is not running."""
+        if self._client is not None:
+            raise WorkerDied("this pool's team workers come from the main process's zygote")
         with self._zygote_lock:
             if self._zygote is None or not self._zygote.alive():
                 if self._zygote is not None:
@@ -275,7 +304,8 @@ class WorkerPool:
         concurrency = max(1, self.settings.concurrency)
         # TASKS_PER_WORKER tasks per lane may wait; a caller beyond waits in put() (the back-pressure).
         self._queue = queue.Queue(maxsize=concurrency * max(1, self.settings.tasks_per_worker))
-        self.zygote()
+        if self._client is None and not self._lazy_zygote:
+            self.zygote()
         self._lanes = [Lane(self._queue, index) for index in range(concurrency)]
         for lane in self._lanes:
             lane.start()
@@ -329,6 +359,10 @@ class WorkerPool:
         self._lanes = []
         self.reporter.flush()
         self.meta_executor.shutdown(wait=False)
+        if self._broker is not None:
+            self._broker.close()
+        if self._client is not None:
+            self._client.close()
         if self._zygote is not None:
             self._zygote.close()
             self._zygote = None

@@ -5,7 +5,10 @@ a fresh interpreter (``python -I``) from a clean entry point, never by
 forking the main process: the main process holds database and Redis
 connections and credentials, a fork would hand them to plugin code. It gets
 a scrubbed environment (:func:`~plugin_server.workers.hardening.worker_environment`)
-and no fd but its control socket.
+and no fd but its control socket. With ``INGESTION_PROCESSES`` above one the
+main process's zygote also forks the ingestion processes' team workers
+(:mod:`plugin_server.workers.zygote_broker`); a :class:`WorkerProcess` takes
+either as its :class:`Forker`.
 
 :class:`WorkerProcess` is one team worker: the main process makes its pipes
 and progress marker, hands them to the zygote, which forks the worker with
@@ -37,11 +40,12 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from plugin_server.exceptions import WorkerDied
 from plugin_server.workers import protocol
 from plugin_server.workers.hardening import worker_environment
+from plugin_server.workers.zygote_broker import Liveness
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +105,13 @@ class Zygote:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def pid(self) -> int:
+        return self.process.pid
+
+    def spawn(self, fds: tuple[int, int, int], uid: int, memory_mb: int) -> tuple[int, Zygote]:
+        """:meth:`fork`, and the zygote that forked (the worker dies with it)."""
+        return self.fork(fds, uid, memory_mb), self
+
     def fork(self, fds: tuple[int, int, int], uid: int, memory_mb: int) -> int:
         """A new team worker holding ``fds``; returns its pid."""
         request = json.dumps({"uid": uid, "memory_mb": memory_mb}).encode()
@@ -121,6 +132,13 @@ class Zygote:
             self.process.send_signal(signal.SIGKILL)
         self.process.wait()
 
+
+class _NotStarted:
+    def alive(self) -> bool:
+        return False
+
+
+_NOT_STARTED = _NotStarted()
 
 # (request id, config id, api, method, args, kwargs) of one meta request, checked.
 MetaCall = tuple[int, int, str, str, list[Any], dict[str, Any]]
@@ -159,14 +177,20 @@ class Blame:
     reason: str
 
 
+class Forker(Protocol):
+    """A zygote: this process's own (:class:`Zygote`) or the main process's (plugin_server/workers/zygote_broker.py)."""
+
+    def spawn(self, fds: tuple[int, int, int], uid: int, memory_mb: int) -> tuple[int, Liveness]: ...
+
+
 class WorkerProcess:
     """A started team worker: its pid(fd), pipes and progress marker."""
 
-    def __init__(self, zygote: Zygote, index: int, uid: int, memory_limit_mb: int, grace: float) -> None:
+    def __init__(self, zygote: Forker, index: int, uid: int, memory_limit_mb: int, grace: float) -> None:
         self.index = index
         self.grace = grace
         # The zygote it was forked from: if that died, so did this worker (PR_SET_PDEATHSIG), through no plugin's fault.
-        self.zygote = zygote
+        self.zygote: Liveness = _NOT_STARTED
         self.hardening: dict[str, Any] = {}
         self.pidfd = -1
         # Replies may be written from meta-serving threads; closing takes the same lock.
@@ -176,7 +200,7 @@ class WorkerProcess:
         self.marker, marker_fd = protocol.ProgressMarker.create()
         child_fds = (to_child_read, from_child_write, marker_fd)
         try:
-            self.pid = zygote.fork(child_fds, uid, memory_limit_mb)
+            self.pid, self.zygote = zygote.spawn(child_fds, uid, memory_limit_mb)
         except WorkerDied:
             self._close()
             raise

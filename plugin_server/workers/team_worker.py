@@ -143,7 +143,7 @@ class TeamWorker:
                 if zygote_alive:
                     self.pool.blame(blame, Task("idle", {}), self.team_id)
             settings = self.pool.settings
-            worker = WorkerProcess(self.pool.zygote(), self.index, self.pool.uid_of(self.index), settings.memory_limit_mb, settings.grace)
+            worker = WorkerProcess(self.pool.forker(), self.index, self.pool.uid_of(self.index), settings.memory_limit_mb, settings.grace)
             self.worker = worker
             init = {"task_timeout": settings.task_timeout, "allowed_calls": self.pool.allowed_calls(),
                     "js_memory_mb": settings.js_memory_mb, "js_meta_calls_max": settings.js_meta_calls_max}

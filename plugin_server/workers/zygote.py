@@ -1,6 +1,8 @@
 """The plugin zygote: a clean process that forks one team worker per team.
 
-Started once by the main process (:class:`plugin_server.workers.process.Zygote`)
+Started once by the main process (:class:`plugin_server.workers.process.Zygote`;
+with ``INGESTION_PROCESSES`` above one it forks the team workers of every
+ingestion process too, through :mod:`plugin_server.workers.zygote_broker`)
 with a fresh interpreter (``python -I``, scrubbed environment, no fd but its
 control socket), it:
 
