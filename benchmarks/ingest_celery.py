@@ -47,7 +47,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +71,7 @@ class Result:
     peak_rss_bytes: int
     peak_pss_bytes: int
     postgres_cpu_seconds: float
+    redis_cpu_seconds: float
     latency: tuple[float, float, float] | None = None  # p50, p95, p99 seconds at half the rate
 
     def line(self) -> str:
@@ -78,7 +79,9 @@ class Result:
             f"INGESTION_PROCESSES={self.processes} WORKER_CONCURRENCY={self.concurrency} distinct ids={self.distinct_ids}: "
             f"{self.events} events in {self.seconds:.2f} s = "
             f"{self.events / self.seconds:,.0f} events/s; server CPU {self.cpu_seconds * 1000 / self.events:.3f} ms/event; "
-            f"peak PSS {self.peak_pss_bytes / 2**20:.0f} MiB (RSS {self.peak_rss_bytes / 2**20:.0f} MiB); Postgres CPU {self.postgres_cpu_seconds * 1000 / self.events:.3f} ms/event"
+            f"peak PSS {self.peak_pss_bytes / 2**20:.0f} MiB (RSS {self.peak_rss_bytes / 2**20:.0f} MiB); Postgres CPU {self.postgres_cpu_seconds * 1000 / self.events:.3f} ms/event; "
+            f"Redis CPU {self.redis_cpu_seconds * 1000 / self.events:.3f} ms/event; "
+            f"whole machine {(self.cpu_seconds + self.postgres_cpu_seconds + self.redis_cpu_seconds) * 1000 / self.events:.3f} ms/event"
         )
         if self.latency is not None:
             p50, p95, p99 = self.latency
@@ -126,6 +129,16 @@ def rss_bytes(pids: list[int]) -> int:
         except OSError:
             continue
     return total
+
+
+# BENCH_PROFILE=gil: what holds the GIL (where the CPU goes); wall: every thread, waiting included (where the time goes).
+PROFILE_FLAGS = {"gil": ["--gil"], "wall": ["--idle", "--threads"]}
+
+
+def redis_cpu_seconds(client: Any) -> float:
+    """The Redis server's own CPU so far (INFO cpu; the whole server, so the benchmark wants it to itself)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def pss_bytes(pids: list[int]) -> int:
@@ -345,13 +358,14 @@ def run(
             # ingestion process, else the first ingestion process (py-spy is not a requirement).
             target = server.pid if processes == 1 else ingestion_children(server.pid)[0]
             out = f"{profile}-p{processes}-c{concurrency}-d{distinct_ids}.txt"
-            profiler = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(target), "--format", "raw", "--rate", "250", "--gil", "-o", out, "--nonblocking"], stdout=subprocess.DEVNULL)
+            profiler = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(target), "--format", "raw", "--rate", "250", *PROFILE_FLAGS[os.environ.get("BENCH_PROFILE", "gil")], "-o", out, "--nonblocking"], stdout=subprocess.DEVNULL)
         cpu_before = cpu_seconds(pids)
         peak = rss_bytes(pids)
         peak_pss = pss_bytes(pids)
         with connection.cursor() as cursor:
             cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
             backends_before = cpu_seconds([row[0] for row in cursor.fetchall()])
+        redis_before = redis_cpu_seconds(redis)
         started = time.monotonic()
         redis.rename(staging, queue)
         with connection.cursor() as cursor:
@@ -366,6 +380,7 @@ def run(
                 peak_pss = max(peak_pss, pss_bytes(pids))
                 time.sleep(0.1)
         seconds = time.monotonic() - started
+        redis_cpu = redis_cpu_seconds(redis) - redis_before
         pids = process_tree(server.pid)
         cpu_after = cpu_seconds(pids)
         peak = max(peak, rss_bytes(pids))
@@ -387,7 +402,7 @@ def run(
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
-    return Result(processes, concurrency, distinct_ids, events, seconds, cpu, peak, peak_pss, postgres_cpu, latency)
+    return Result(processes, concurrency, distinct_ids, events, seconds, cpu, peak, peak_pss, postgres_cpu, redis_cpu, latency)
 
 
 def main() -> None:

@@ -79,7 +79,7 @@ class KafkaPipeline:
             "INGESTION_POLL_TIMEOUT": "0.2",
             "INGESTION_BATCH_SIZE": "200",
             "DISABLE_WEB": "true",
-            "LOG_LEVEL": "warn",
+            "LOG_LEVEL": "info",  # shown only when a test fails: what each server did
             **extra,
         }
 
