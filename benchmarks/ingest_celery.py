@@ -287,14 +287,14 @@ def measure_latency(queue: str, team_id: int, rate: float, seconds: float, disti
 
 
 def ingestion_children(root: int) -> list[int]:
-    """The server's ingestion processes (``run_plugin_server --mode ingestion`` children)."""
+    """The server's ingestion processes (each names itself ``ingestion-<i>``)."""
     pids = []
     for pid in process_tree(root):
         try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
             continue
-        if pid != root and b"run_plugin_server" in command and b"ingestion" in command:
+        if pid != root and name.startswith("ingestion-"):
             pids.append(pid)
     return sorted(pids)
 

@@ -67,7 +67,7 @@ from plugin_server.config import get_config
 from plugin_server.export_lane import ExportLane, ExportOptions, ExportRunner
 from plugin_server.ingestion.consumer import Consumer, EventIngester, PluginRunner
 from plugin_server.ingestion.dlq import DeadLetterStore
-from plugin_server.ingestion.processes import CONSUMER_ID_ENV, PARENT_PID_ENV, ParentWatch
+from plugin_server.ingestion.processes import CONSUMER_ID_ENV, INGESTION_INDEX_ENV, PARENT_PID_ENV, ParentWatch
 from plugin_server.ingestion.sources.base import Source
 from plugin_server.plugin_health import PluginHealthWriter
 from plugin_server.plugins.meta.context import PluginContext
@@ -87,6 +87,7 @@ if TYPE_CHECKING:
 
     from plugin_server.ingestion.processes import IngestionProcesses
     from plugin_server.ingestion.router import Router
+    from plugin_server.ingestion.template import IngestionTemplate
     from plugin_server.job_consumer import JobConsumer
     from plugin_server.scheduler import Scheduler
     from plugin_server.workers.zygote_broker import ZygoteBroker
@@ -316,8 +317,11 @@ class Server:
         source_factory: Callable[[ServerOptions], Source] = build_source,
         pool_factory: Callable[[], ManagedPool] = build_pool,
         ingester_factory: Callable[[], EventIngester] = build_ingester,
+        ingestion_template: IngestionTemplate | None = None,
     ) -> None:
         self.options = options or ServerOptions.from_settings()
+        # INGESTION_PROCESSES > 1: what run_plugin_server forked the ingestion processes' template as (template.py).
+        self._ingestion_template = ingestion_template
         self._source_factory = source_factory
         self._pool_factory = pool_factory
         self._ingester_factory = ingester_factory
@@ -396,6 +400,10 @@ class Server:
         source_name = "none"
         parent_pid = os.environ.get(PARENT_PID_ENV)
         if parent_pid:
+            # An ingestion process: named in ps and /proc/<pid>/comm; stops when its parent is gone.
+            from plugin_server.ingestion.template import set_process_name
+
+            set_process_name(f"ingestion-{os.environ.get(INGESTION_INDEX_ENV, '')}")
             self.services.add(ParentWatch(int(parent_pid), self.request_stop))
         if self.options.runs("ingestion") and self.options.ingestion_processes > 1:
             source_name = self._add_ingestion_processes(broker)
@@ -467,7 +475,7 @@ class Server:
             source_name = "celery"
         self.ingestion_processes = IngestionProcesses(
             count, child_env, shutdown_timeout=max(self.options.shutdown_timeout - 2, 1), give_back=give_back,
-            connect=broker.connect if broker is not None else None,
+            connect=broker.connect if broker is not None else None, template=self._ingestion_template,
         )
         self.services.add(self.ingestion_processes)
         if self.router is not None:

@@ -1,8 +1,10 @@
 """The ingestion processes: N plugin servers in ``ingestion`` mode, started and watched by the main one.
 
 With ``INGESTION_PROCESSES`` above one (0: one per core), the main process
-does not ingest itself: it starts N child processes
-(``python -m django run_plugin_server --mode ingestion``), each a whole
+does not ingest itself: it starts N processes in ``ingestion`` mode, forked
+from the template (:mod:`~plugin_server.ingestion.template`, so that they
+share its memory; fresh interpreters, ``python -m django run_plugin_server
+--mode ingestion``, when there is none), each a whole
 consumer loop with its own source, plugin workers, dead letters, back-pressure
 and warm shutdown, exactly as a single server has them. Celery: child *i*
 consumes slice *i* of the queue, filled by the main process's
@@ -38,9 +40,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from plugin_server.service import Service
 from plugin_server.workers.zygote_broker import ZYGOTE_FD_ENV
+
+if TYPE_CHECKING:
+    from plugin_server.ingestion.template import IngestionTemplate
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +65,26 @@ def _project_root() -> str:
     return str(Path(module_file).resolve().parent.parent) if module_file else os.getcwd()
 
 
+class ChildProcess(Protocol):
+    """An ingestion process: a ``subprocess.Popen`` or one forked by the template (template.py)."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, signum: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+
 @dataclass
 class _Child:
     index: int
     env: dict[str, str]
-    process: subprocess.Popen[bytes] | None = None
+    overrides: dict[str, str]
+    process: ChildProcess | None = None
     failures: int = 0
     restart_at: float = 0.0
     consumer_id: str = ""
@@ -84,20 +105,23 @@ class IngestionProcesses(Service):
         command: list[str] | None = None,
         give_back: Callable[[int, str], object] | None = None,
         connect: Callable[[str], socket.socket] | None = None,
+        template: IngestionTemplate | None = None,
     ) -> None:
         super().__init__()
         # The main process's zygote broker: each process started gets a control socket of its own.
         self.connect = connect
+        # What the processes are forked from (None: each is a fresh interpreter).
+        self.template = template
         self.command = command or [sys.executable, "-m", "django", "run_plugin_server", "--mode", "ingestion"]
         self.shutdown_timeout = shutdown_timeout
         self.give_back = give_back
         root = _project_root()
         base = dict(os.environ)
         base["PYTHONPATH"] = os.pathsep.join(filter(None, [root, base.get("PYTHONPATH", "")]))
-        self.children_ = [
-            _Child(index, {**base, **child_env(index), PARENT_PID_ENV: str(os.getpid()), INGESTION_INDEX_ENV: str(index)})
-            for index in range(count)
-        ]
+        self.children_ = []
+        for index in range(count):
+            overrides = {**child_env(index), INGESTION_INDEX_ENV: str(index)}
+            self.children_.append(_Child(index, {**base, **overrides, PARENT_PID_ENV: str(os.getpid())}, overrides))
         self._cwd = root
 
     def pids(self) -> list[int]:
@@ -106,13 +130,21 @@ class IngestionProcesses(Service):
 
     def _spawn(self, child: _Child) -> None:
         child.consumer_id = uuid.uuid4().hex
-        env = {**child.env, CONSUMER_ID_ENV: child.consumer_id}
         control = self.connect(f"ingestion-{child.index}") if self.connect is not None else None
         try:
-            if control is not None:
-                env[ZYGOTE_FD_ENV] = str(control.fileno())
-            pass_fds = (control.fileno(),) if control is not None else ()
-            child.process = subprocess.Popen(self.command, env=env, cwd=self._cwd, pass_fds=pass_fds)
+            template = self.template
+            if template is not None and not template.alive():
+                logger.error("the ingestion template is gone: ingestion process %d starts as a fresh interpreter", child.index)
+                template = self.template = None
+            if template is not None:
+                overrides = {**child.overrides, CONSUMER_ID_ENV: child.consumer_id, PARENT_PID_ENV: str(template.pid)}
+                child.process = template.spawn(overrides, [control.fileno()] if control is not None else [])
+            else:
+                env = {**child.env, CONSUMER_ID_ENV: child.consumer_id}
+                if control is not None:
+                    env[ZYGOTE_FD_ENV] = str(control.fileno())
+                pass_fds = (control.fileno(),) if control is not None else ()
+                child.process = subprocess.Popen(self.command, env=env, cwd=self._cwd, pass_fds=pass_fds)
         finally:
             if control is not None:
                 control.close()
@@ -170,6 +202,8 @@ class IngestionProcesses(Service):
                 logger.error("ingestion process pid %d did not stop in time; killed", process.pid)
                 process.kill()
                 process.wait()
+        if self.template is not None:
+            self.template.close()
 
 
 class ParentWatch(Service):

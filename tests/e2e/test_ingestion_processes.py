@@ -20,7 +20,7 @@ import redis
 
 from plugin_server.events import Delivery
 from plugin_server.ingestion.decode import decode
-from plugin_server.ingestion.router import route_key, slice_of
+from plugin_server.ingestion.router import route_key, slice_of, slice_queue
 from plugin_server.models import Event, Team
 from tests.e2e.test_server_e2e import team  # noqa: F401 -- the fixture: a team with a process_event plugin
 from tests.ingestion.celery_tasks import celery_app, send_event_task, task_args
@@ -69,12 +69,7 @@ def _children(pid: int) -> list[int]:
 
 
 def _all_descendants(servers: ServerProcesses) -> list[int]:
-    found, todo = [], [server.pid for server in servers.started]
-    while todo:
-        for child in _children(todo.pop()):
-            found.append(child)
-            todo.append(child)
-    return found
+    return [pid for server in servers.started for pid in descendants(server.pid)]
 
 
 def _kill(pid: int) -> None:
@@ -92,26 +87,38 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children...)."""
+    found, todo = [], [pid]
+    while todo:
+        for child in _children(todo.pop()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def ingestion_index(pid: int) -> int | None:
+    """The index of an ingestion process (it names itself ``ingestion-<i>``), None for any other process."""
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+    return int(name.split("-", 1)[1]) if name.startswith("ingestion-") and name.split("-", 1)[1].isdigit() else None
+
+
 def ingestion_processes(server: subprocess.Popen[bytes]) -> list[int]:
-    """The server's ingestion processes (its children running run_plugin_server --mode ingestion)."""
-    pids = []
-    for pid in _children(server.pid):
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"run_plugin_server" in command and b"ingestion" in command and _alive(pid):
-            pids.append(pid)
-    return pids
+    """The server's live ingestion processes (forked from its template, or fresh interpreters), by index."""
+    found = [(index, pid) for pid in descendants(server.pid) if (index := ingestion_index(pid)) is not None and _alive(pid)]
+    return [pid for _index, pid in sorted(found)]
 
 
-def in_flight_key(pid: int) -> str:
-    """The Redis hash of the messages an ingestion process holds (its slice and consumer id are in its environment)."""
-    environ = dict(
-        item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item
-    )
-    queue, consumer_id = environ[b"PLUGINS_CELERY_QUEUE"].decode(), environ[b"PLUGIN_SERVER_CONSUMER_ID"].decode()
-    return f"@posthog-plugin-server/celery/{queue}/inflight/{consumer_id}"
+def in_flight(redis_client: redis.Redis, queue: str, pid: int) -> int:
+    """How many messages the ingestion process ``pid`` holds taken and not acknowledged (its slice's in-flight hashes:
+    the process is the slice's only consumer)."""
+    index = ingestion_index(pid)
+    assert index is not None
+    keys = cast(list[bytes], redis_client.keys(f"@posthog-plugin-server/celery/{slice_queue(queue, index)}/inflight/*"))
+    return sum(cast(int, redis_client.hlen(key)) for key in keys)
 
 
 def send_sequences(queue: str, team: Team, per_person: int) -> None:
@@ -187,7 +194,7 @@ def test_sigkill_of_an_ingestion_process_loses_nothing_and_doubles_nothing(
     wait_for(lambda: stored(team) > 0, 60, "the first stored events", server)
     victim = ingestion_processes(server)[0]
     # Killed while it holds a batch taken and not acknowledged.
-    wait_for(lambda: cast(int, redis_client.hlen(in_flight_key(victim))) > 0, 30, "a batch in the victim's hands", server)
+    wait_for(lambda: in_flight(redis_client, unique_name, victim) > 0, 30, "a batch in the victim's hands", server)
     os.kill(victim, signal.SIGKILL)
     assert stored(team) < PERSONS * per_person, "everything was stored before the kill; send more events"
     # The main process starts a new one in its place, which takes the slice over.

@@ -2,7 +2,10 @@
 
 Thin on purpose: settings → :class:`plugin_server.server.Server` → exit code.
 ``--mode`` picks the parts this process runs (default: PLUGIN_SERVER_MODE,
-itself ``all`` by default): ``ingestion``, ``scheduler`` or ``jobs``.
+itself ``all`` by default): ``ingestion``, ``scheduler`` or ``jobs``. With
+``INGESTION_PROCESSES`` above one it first forks the template the ingestion
+processes are forked from (plugin_server/ingestion/template.py), before it
+opens a connection or starts a thread.
 """
 
 from __future__ import annotations
@@ -75,14 +78,20 @@ class Command(BaseCommand):
         if app_setting("PLUGIN_SERVER_IDLE"):
             self._idle()
             return
-        # Fail before anything starts, with one line (manage.py), when Postgres or Redis is away.
-        connection.ensure_connection()
-        get_redis().ping()
         server_options = ServerOptions.from_settings()
         if options["mode"]:
             server_options = dataclasses.replace(server_options, mode=options["mode"])
+        template = None
+        if server_options.runs("ingestion") and server_options.ingestion_processes > 1:
+            # Before any connection or thread: the ingestion processes are forked from it (template.py).
+            from plugin_server.ingestion.template import IngestionTemplate
+
+            template = IngestionTemplate.fork(kafka=server_options.kafka_enabled)
+        # Fail before anything starts, with one line (manage.py), when Postgres or Redis is away.
+        connection.ensure_connection()
+        get_redis().ping()
         logger.info("%s", describe_start(get_config(), server_options.mode))
-        exit_now(Server(server_options).run())
+        exit_now(Server(server_options, ingestion_template=template).run())
 
     def _idle(self) -> None:
         # PLUGIN_SERVER_IDLE: run, do nothing, say so.
