@@ -138,8 +138,12 @@ class IngestionProcesses(Service):
                 template = self.template = None
             if template is not None:
                 overrides = {**child.overrides, CONSUMER_ID_ENV: child.consumer_id, PARENT_PID_ENV: str(template.pid)}
-                child.process = template.spawn(overrides, [control.fileno()] if control is not None else [])
-            else:
+                try:
+                    child.process = template.spawn(overrides, [control.fileno()] if control is not None else [])
+                except OSError as error:
+                    logger.error("the ingestion template failed (%s): ingestion process %d starts as a fresh interpreter", error, child.index)
+                    template = self.template = None
+            if template is None:
                 env = {**child.env, CONSUMER_ID_ENV: child.consumer_id}
                 if control is not None:
                     env[ZYGOTE_FD_ENV] = str(control.fileno())
@@ -149,7 +153,7 @@ class IngestionProcesses(Service):
             if control is not None:
                 control.close()
         child.started_at = time.monotonic()
-        logger.info("ingestion process %d started (pid %d)", child.index, child.process.pid)
+        logger.info("ingestion process %d started (pid %d)", child.index, child.process.pid if child.process is not None else -1)
 
     def prepare(self) -> None:
         for child in self.children_:

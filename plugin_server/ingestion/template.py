@@ -26,7 +26,7 @@ process), before it opens any connection or starts any thread:
 Every ingestion process thus shares with the template and the main process
 the pages it does not write. The main process refuses to fork (and starts
 fresh interpreters, as before) if a thread is running or a database
-connection is open at that point; should the template itself die, the
+connection or a Redis client is open at that point; should the template itself die, the
 ingestion processes it started stop (their parent is gone: ParentWatch) and
 their replacements are fresh interpreters.
 """
@@ -111,6 +111,10 @@ def can_fork() -> str | None:
     for alias in connections:
         if connections[alias].connection is not None:
             return f"the database connection {alias!r} is open"
+    from plugin_server.redis_client import get_redis
+
+    if get_redis.cache_info().currsize:
+        return "a Redis client is made"
     return None
 
 
