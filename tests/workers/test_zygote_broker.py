@@ -5,6 +5,7 @@ when a worker is first needed), a second pool reaches it through its own
 control socket, as an ingestion process does; closing that socket (what the
 kernel does when the process is killed) kills the workers forked for it;
 answers are matched by request id; a dead zygote is replaced for everyone.
+The zygote keeps none of the V8 library pages it read at load time.
 """
 
 from __future__ import annotations
@@ -147,3 +148,27 @@ def test_a_dead_zygote_is_replaced_for_every_client_and_blames_no_plugin(shared)
     assert main.zygote() is not old and main.zygote().alive()
     config.refresh_from_db()
     assert config.error is None and config.enabled
+
+
+def _library_rss_kb(pid: int, library: str) -> int:
+    total, counting = 0, False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and not fields[0].endswith(":"):
+            counting = len(fields) >= 6 and fields[5].endswith(library)
+        elif counting and fields[:1] == ["Rss:"]:
+            total += int(fields[1])
+    return total
+
+
+def test_the_zygote_keeps_none_of_the_v8_library_pages_it_read_and_javascript_still_runs(make_pool):
+    """Loading V8 reads some 25 MB of its library: the zygote drops them (read-only, so nothing of its own);
+    a worker maps back the pages it runs, from the page cache."""
+    from plugin_server.workers.zygote import V8_LIBRARY
+    from tests.workers.test_js_plugins import TS_HELLO, install_js
+
+    config = install_js(TS_HELLO, config={"greeting": "hi"})
+    pool = make_pool(concurrency=1)
+    out = pool.process_events([event(team_of(config))])
+    assert out[0]["properties"]["greeting"] == "hi"
+    assert _library_rss_kb(pool.zygote().pid(), V8_LIBRARY) < 4 * 1024
