@@ -385,10 +385,10 @@ class Server:
             self.services.add(KafkaProducerService())
         pool = self.pool = self._pool_factory()
         broker: ZygoteBroker | None = None
-        share_zygote: Callable[[], ZygoteBroker] | None = getattr(pool, "share_zygote", None)
+        share_zygote: Callable[[int], ZygoteBroker] | None = getattr(pool, "share_zygote", None)
         if self.options.runs("ingestion") and self.options.ingestion_processes > 1 and share_zygote is not None:
             # One zygote for the server: the ingestion processes fork their team workers from this one's.
-            broker = share_zygote()
+            broker = share_zygote(self.options.ingestion_processes)
         self._add_mmdb(pool)
         self.services.add(PoolService(pool))
         log_writer = getattr(getattr(pool, "host", None), "log_writer", None)

@@ -210,9 +210,13 @@ class WorkerPool:
         """What forks this pool's team workers: its own zygote, or the main process's through the broker."""
         return self._client if self._client is not None else self.zygote()
 
-    def share_zygote(self) -> ZygoteBroker:
+    def share_zygote(self, processes: int = 1) -> ZygoteBroker:
         """The main process of INGESTION_PROCESSES > 1: its zygote serves the ingestion processes too
-        (plugin_server/workers/zygote_broker.py), and starts only when a team worker is first needed."""
+        (plugin_server/workers/zygote_broker.py), and starts only when a team worker is first needed.
+
+        The broker holds a pidfd for each team worker of the ``processes`` ingestion processes."""
+        per_process = max(self.settings.team_workers_max, self.settings.concurrency)
+        _allow_open_files((FDS_PER_TEAM_WORKER + processes) * per_process + 256)
         self._lazy_zygote = True
         if self._broker is None:
             self._broker = ZygoteBroker(self.zygote)
