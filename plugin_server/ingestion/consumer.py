@@ -18,9 +18,10 @@ One batch at a time, whichever :class:`~.sources.base.Source` it is given:
    plugin_server/export_lane.py); without a lane, ``WorkerPool.on_events``
    runs them here.
 
-Back-pressure is structural: ``run`` takes batch k+1 (steps 1-3, on a helper
-thread) while batch k is stored (steps 4-6), and polls again only when both
-are done, so at most two batches (each bounded in messages and bytes) are
+Back-pressure is structural: ``run`` polls and decodes batch k+2 (steps 1-2,
+on one helper thread) and runs batch k+1 through the plugins (step 3, on
+another) while batch k is stored (steps 4-6), and polls again only when batch
+k is done, so at most three batches (each bounded in messages and bytes) are
 held, however long the queue. Delivery is at least once: a crash before step 5
 leaves the batch unacknowledged and the source delivers it again; the event
 uuid makes the second store a no-op.
@@ -63,10 +64,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from django.db import connections
 
@@ -107,6 +109,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Batches taken ahead of the one being stored (one decoding, one in the plugins).
+BATCHES_AHEAD = 2
+
 
 class IngestOutcome(Protocol):
     """What ``Ingester.ingest`` returns (``plugin_server.ingestion.ingester.IngestResult``)."""
@@ -118,6 +123,14 @@ class IngestOutcome(Protocol):
 
 class EventIngester(Protocol):
     def ingest(self, events: Sequence[PluginEvent]) -> IngestOutcome: ...
+
+
+class PreparingIngester(EventIngester, Protocol):
+    """An ingester whose CPU-only first steps can run ahead (``plugin_server.ingestion.ingester.Ingester``)."""
+
+    def prepare(self, events: Sequence[PluginEvent]) -> Any: ...
+
+    def ingest(self, events: Sequence[PluginEvent], prepared: Any = None) -> IngestOutcome: ...
 
 
 class ExportSink(Protocol):
@@ -180,7 +193,9 @@ class _Batch:
     letters: list[DeadLetterEntry] = field(default_factory=list)
     events: list[PluginEvent] = field(default_factory=list)  # after the plugins
     by_uuid: dict[str, Delivery] = field(default_factory=dict)
-    prepared: bool = False  # decoded and through the plugins
+    prepared: bool = False  # decoded (and then through the plugins)
+    decoded: list[PluginEvent] | None = None  # decoded, not yet through the plugins
+    ahead: Any = None  # the ingester's own preparing of ``events``, done on the taking thread (used once)
 
     @property
     def suspects(self) -> list[Delivery]:
@@ -225,6 +240,9 @@ class Consumer:
         self._clock = clock
         self._stopping = threading.Event()
         self._paused = False
+        # Clear while a batch holding a suspect is in hand: the taking thread polls no further.
+        self._suspect_done = threading.Event()
+        self._suspect_done.set()
         # Heartbeat for status/readiness: when the loop last went round.
         self.last_iteration: float = clock()
         self.batches = 0
@@ -250,41 +268,48 @@ class Consumer:
         return self._paused
 
     def run(self) -> None:
-        """Run batches until :meth:`stop`, one batch ahead; then return (the caller closes the source).
+        """Run batches until :meth:`stop`, two batches ahead; then return (the caller closes the source).
 
-        While batch k is stored, acknowledged and given to on_event on this
-        thread, batch k+1 is taken, decoded and run through the plugins on a
-        helper thread: the database's and the workers' waits overlap. At most
-        two batches are in hand. After a stop, the batch taken ahead is
+        Three threads, each a stage of one batch at a time, in queue order:
+        the taking thread polls and decodes batch k+2, the plugins thread
+        runs batch k+1 through the plugin workers and prepares it for
+        storing, and this thread stores, acknowledges and exports batch k.
+        The waits on Redis, the plugin workers and the database overlap, and
+        the Python work of one stage runs while another waits. At most three
+        batches are in hand. After a stop, the batches taken ahead are
         finished too, so nothing taken is left half done."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="consumer-take") as taker:
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="consumer-take") as taker,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="consumer-plugins") as plugins,
+        ):
             try:
-                self._run_ahead(taker)
+                self._run_ahead(taker, plugins)
             finally:
-                # Database connections are per thread: close both threads' own.
+                # Database connections are per thread: close every thread's own.
                 taker.submit(connections.close_all).result()
+                plugins.submit(connections.close_all).result()
                 connections.close_all()
 
-    def _run_ahead(self, taker: ThreadPoolExecutor) -> None:
-        ahead: Future[_Batch | None] | None = None
+    def _run_ahead(self, taker: ThreadPoolExecutor, plugins: ThreadPoolExecutor) -> None:
+        ahead: deque[Future[_Batch | None]] = deque()
         while True:
-            if ahead is not None:
-                batch = ahead.result()
+            while len(ahead) < BATCHES_AHEAD and not self._stopping.is_set() and not self._paused:
+                taken = taker.submit(self._take_decoded)
+                ahead.append(plugins.submit(self._through_plugins, taken))
+            if ahead:
+                batch = ahead.popleft().result()
             elif self._stopping.is_set():
                 return
-            elif self._paused:
+            else:  # paused, with nothing in hand
                 self.last_iteration = self._clock()
                 self._stopping.wait(min(self.options.poll_timeout, 0.1))
                 continue
-            else:
-                batch = self._take()
-            ahead = None
-            # A suspect (a process died with it before) is processed with
-            # nothing else in hand: no batch is taken ahead of it.
-            if not self._stopping.is_set() and not self._paused and (batch is None or not batch.suspects):
-                ahead = taker.submit(self._take)
             if batch is not None:
-                self._finish(batch)
+                try:
+                    self._finish(batch)
+                finally:
+                    if batch.suspects:
+                        self._suspect_done.set()
 
     # --- one batch -----------------------------------------------------------------
     def run_once(self) -> int:
@@ -292,17 +317,14 @@ class Consumer:
         if self._paused:
             self.last_iteration = self._clock()
             return 0
-        batch = self._take()
+        batch = self._poll()
         if batch is None:
             return 0
         self._finish(batch)
         return len(batch.deliveries)
 
-    def _take(self) -> _Batch | None:
-        """Poll, decode and run the plugins: everything before storage.
-
-        A suspect batch is only polled here: it is prepared by ``_finish``,
-        once no other batch is in hand."""
+    def _poll(self) -> _Batch | None:
+        """One poll of the source (retried while it is away); None when nothing came."""
         self.last_iteration = self._clock()
         try:
             deliveries = self._retrying(lambda: self.source.poll(self.options.batch_size, self.options.poll_timeout), forever=True)
@@ -310,13 +332,40 @@ class Consumer:
             return None
         if not deliveries:
             return None
-        batch = _Batch(deliveries, started=time.perf_counter())
-        if not batch.suspects:
-            self._prepare(batch)
+        return _Batch(deliveries, started=time.perf_counter())
+
+    def _take_decoded(self) -> _Batch | None:
+        """The taking thread's stage: poll and decode.
+
+        A suspect (a message a process died with before) is processed with
+        nothing else in hand: a batch holding one is only polled here (it is
+        prepared by ``_finish``), and the next poll waits until it is done."""
+        while not self._suspect_done.wait(0.1):
+            if self._stopping.is_set():
+                return None
+        batch = self._poll()
+        if batch is None:
+            return None
+        if batch.suspects:
+            self._suspect_done.clear()
+            return batch
+        self._decode(batch)
+        return batch
+
+    def _through_plugins(self, taken: Future[_Batch | None]) -> _Batch | None:
+        """The plugins thread's stage: the decoded batch through the plugins, then prepared for storing."""
+        batch = taken.result()
+        if batch is not None and batch.decoded is not None:
+            self._run_plugins(batch)
         return batch
 
     def _prepare(self, batch: _Batch) -> None:
         """Quarantine poison, decode, run the plugins; every failure is that message's dead letter."""
+        self._decode(batch)
+        self._run_plugins(batch)
+
+    def _decode(self, batch: _Batch) -> None:
+        """Quarantine poison and decode; a message that cannot be decoded is its own dead letter."""
         batch.prepared = True
         live: list[Delivery] = []
         for delivery in batch.deliveries:
@@ -340,12 +389,35 @@ class Consumer:
                 continue
             events.append(event)
             batch.by_uuid[str(event.get("uuid"))] = delivery
-        if events:
-            self.notes.note(suspects, "plugins")
-            with timed(INGESTION_PLUGINS_TIME), slow_operation("consumer.plugins"):
-                batch.events = self._plugins(events, batch)
-            get_metrics().incr(INGESTION_EVENTS_DROPPED, len(events) - len(batch.events))
-            self.activity.record("processEvent")
+        batch.decoded = events
+
+    def _run_plugins(self, batch: _Batch) -> None:
+        """The decoded events through the plugins (an event the hand-off fails on is dead-lettered)."""
+        events, batch.decoded = batch.decoded or [], None
+        if not events:
+            return
+        self.notes.note([delivery for delivery in batch.suspects if delivery.attempts <= self.options.poison_max_attempts], "plugins")
+        with timed(INGESTION_PLUGINS_TIME), slow_operation("consumer.plugins"):
+            batch.events = self._plugins(events, batch)
+        get_metrics().incr(INGESTION_EVENTS_DROPPED, len(events) - len(batch.events))
+        self.activity.record("processEvent")
+        self._prepare_ahead(batch)
+
+    def _prepare_ahead(self, batch: _Batch) -> None:
+        """The ingester's checks and preparing, here on the taking thread, off the storing one.
+
+        The storing thread waits on the database most of its time; what
+        needs no database is done while it waits. Optional: if it fails for
+        any reason, storing prepares the batch itself (and meets the error
+        there, with its retries and dead letters)."""
+        prepare = getattr(self.ingester, "prepare", None)
+        if prepare is None or not batch.events:
+            return
+        _recycle_connections()  # this thread's own (teams are read when not cached)
+        try:
+            batch.ahead = prepare(batch.events)
+        except Exception:  # noqa: BLE001 -- storing prepares it again and handles what it meets
+            logger.debug("preparing a batch ahead failed; it is prepared when stored", exc_info=True)
 
     def _finish(self, batch: _Batch) -> None:
         """Store, dead-letter, acknowledge, then on_event; a stop during retries leaves it unacknowledged."""
@@ -375,7 +447,8 @@ class Consumer:
         if batch.events:
             self.notes.note(noted, "store")
             started = time.perf_counter()
-            self._ingest(batch.events, batch.by_uuid, outcome)
+            ahead, batch.ahead = batch.ahead, None
+            self._ingest(batch.events, batch.by_uuid, outcome, ahead)
             _per_event(KAFKA_QUEUE_SINGLE_INGESTION, started, len(batch.events))
         letters = batch.letters + outcome.letters
         metrics = get_metrics()
@@ -428,9 +501,17 @@ class Consumer:
             middle = len(events) // 2
             return self._plugins(events[:middle], batch) + self._plugins(events[middle:], batch)
 
-    def _ingest(self, events: list[PluginEvent], by_uuid: dict[str, Delivery], outcome: _Outcome) -> None:
+    def _ingest(self, events: list[PluginEvent], by_uuid: dict[str, Delivery], outcome: _Outcome, ahead: Any = None) -> None:
+        unused = [ahead] if ahead is not None else []
+
+        def ingest() -> IngestOutcome:
+            # What was prepared ahead serves the first attempt only: a retry prepares afresh.
+            if unused:
+                return cast("PreparingIngester", self.ingester).ingest(events, unused.pop())
+            return self.ingester.ingest(events)
+
         try:
-            result = self._retrying(lambda: self.ingester.ingest(events))
+            result = self._retrying(ingest)
         except _RetriesExhausted as error:
             for event in events:
                 outcome.letters.append(self.letters.for_event(event, by_uuid, STORAGE_FAILED, str(error)))

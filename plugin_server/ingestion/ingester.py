@@ -5,7 +5,9 @@ One :meth:`Ingester.ingest` call per batch:
 1. check every event (:func:`~.prepare.check_event`): bad input becomes an
    :class:`InvalidMessage` in the result, for the consumer to dead-letter;
 2. read the batch's teams (one query for those not cached) and prepare each
-   event (name, elements, ``$ip``, campaign properties, timestamp);
+   event (name, elements, ``$ip``, campaign properties, timestamp); steps 1
+   and 2 are also :meth:`Ingester.prepare`, which the consumer runs for the
+   next batch while the current one is stored;
 3. write new event/property definitions and first-event flags (own short
    transactions, nothing when nothing is new);
 4. in ONE transaction: claim the (team, uuid) pairs (a re-delivered event is
@@ -63,6 +65,16 @@ class IngestResult:
     invalid: list[tuple[PluginEvent, InvalidMessage]] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class PreparedInput:
+    """A batch after :meth:`Ingester.prepare`: its events, their prepared items, and the
+    events already found invalid or repeated within the batch."""
+
+    events: Sequence[PluginEvent]
+    items: list[PreparedItem]
+    result: IngestResult
+
+
 _CLAIM_UUIDS = (
     "INSERT INTO plugin_server_ingestedeventuuid (uuid, team_id, created_at)"
     " SELECT uuid, team_id, now()"
@@ -102,12 +114,31 @@ class Ingester:
         self.webhooks = webhooks if webhooks is not None else CeleryWebhooks()
         self._max_event_bytes = max_event_bytes if max_event_bytes is not None else get_config().max_event_size_bytes
 
-    def ingest(self, events: Sequence[PluginEvent]) -> IngestResult:
-        """Store the batch; durable when this returns. Raises RetriableError if a service is away."""
+    def prepare(self, events: Sequence[PluginEvent]) -> PreparedInput:
+        """Steps 1 and 2 alone (checks, teams, preparing): what :meth:`ingest` can be handed.
+
+        No write and, with the teams cached, no I/O: the consumer runs it for
+        the next batch while the current one is being stored. The result is
+        for one ``ingest`` call of these same events (a retry prepares afresh)."""
         result = IngestResult()
+        try:
+            items = self._prepare(events, result)
+        except (OperationalError, InterfaceError) as error:
+            raise RetriableError(f"database unavailable: {error}") from error
+        return PreparedInput(events, items, result)
+
+    def ingest(self, events: Sequence[PluginEvent], prepared: PreparedInput | None = None) -> IngestResult:
+        """Store the batch; durable when this returns. Raises RetriableError if a service is away.
+
+        ``prepared``: what :meth:`prepare` made of these events, if it was run
+        ahead (used once; anything else is prepared here)."""
         with metrics.timed(metrics.INGESTION_INGEST_TIME):
             try:
-                items = self._prepare(events, result)
+                if prepared is not None and prepared.events is events:
+                    result, items = prepared.result, prepared.items
+                else:
+                    result = IngestResult()
+                    items = self._prepare(events, result)
                 if items:
                     regular = [item.row for item in items if isinstance(item.row, PreparedEvent)]
                     # Definitions see the properties after $ip and before the campaign step.

@@ -230,7 +230,7 @@ class PersonBatch:
         if not storable:
             return
         # The event's own person uuid for its first new person.
-        uuid = uuidt.text() if self._person_uuid_taken else update.person_uuid
+        uuid = update.person_uuid if update.person_uuid and not self._person_uuid_taken else uuidt.text()
         self._person_uuid_taken = True
         person = PersonRecord(None, uuid, update.team_id, created_at, {}, is_identified)
         self._new_persons.append(person)

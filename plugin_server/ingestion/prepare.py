@@ -26,7 +26,7 @@ from plugin_server.ingestion.jsstring import js_json, js_string
 from plugin_server.ingestion.persons import PersonUpdate
 from plugin_server.ingestion.teams import TeamInfo
 from plugin_server.ingestion.timestamps import event_time, parse_iso
-from plugin_server.ingestion.uuidt import is_valid_uuid, render_for_error, uuidt
+from plugin_server.ingestion.uuidt import is_valid_uuid, render_for_error
 from plugin_server.sinks.base import PreparedEvent, PreparedRecording
 
 EVENT_NAME_MAX_LENGTH = 200
@@ -197,7 +197,6 @@ def prepare_event(index: int, event: PluginEvent, team: TeamInfo, received: date
         event=name,
         properties=properties,
         new_person_created_at=sent_at or received,
-        person_uuid=uuidt.text(),
     )
     if name == "$snapshot":
         session_id = properties.get("$session_id")

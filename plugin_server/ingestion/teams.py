@@ -10,6 +10,7 @@ cache is bounded: the least recently used teams are dropped past
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -71,7 +72,10 @@ class TeamManager:
         for team_id in set(team_ids):
             cached = self._teams.get(team_id)
             if cached is not None and now - cached[0] < TEAM_CACHE_SECONDS:
-                self._teams.move_to_end(team_id)
+                # The consumer's two threads share this cache (events are prepared on one, stored
+                # on the other): a key evicted meanwhile by the other thread is no error.
+                with suppress(KeyError):
+                    self._teams.move_to_end(team_id)
                 found[team_id] = cached[1]
             else:
                 missing.append(team_id)
@@ -93,7 +97,7 @@ class TeamManager:
         UPDATE reports which rows it really changed, so of two servers racing
         on a team's first event only one reports it."""
         candidates = sorted(
-            team_id for team_id in set(team_ids) if team_id not in self._teams or not self._teams[team_id][1].ingested_event
+            team_id for team_id in set(team_ids) if not _ingested(self._teams.get(team_id))
         )
         if not candidates:
             return []
@@ -104,7 +108,8 @@ class TeamManager:
             )
             changed = {row[0] for row in cursor.fetchall()}
         self._mark_ingested(candidates)
-        return [self._teams[team_id][1] for team_id in sorted(changed) if team_id in self._teams]
+        cached = [self._teams.get(team_id) for team_id in sorted(changed)]
+        return [entry[1] for entry in cached if entry is not None]
 
     def organization_user_distinct_ids(self, organization_id: UUID) -> list[str]:
         """The distinct ids of the organization's users, for first-event telemetry."""
@@ -155,3 +160,7 @@ class TeamManager:
         cache.move_to_end(key)
         while len(cache) > self._max_teams:
             cache.popitem(last=False)
+
+
+def _ingested(cached: tuple[float, TeamInfo] | None) -> bool:
+    return cached is not None and cached[1].ingested_event
