@@ -268,7 +268,7 @@ class Consumer:
         return self._paused
 
     def run(self) -> None:
-        """Run batches until :meth:`stop`, two batches ahead; then return (the caller closes the source).
+        """Run batches until :meth:`stop`, two batches ahead of the one stored; then return (the caller closes the source).
 
         Three threads, each a stage of one batch at a time, in queue order:
         the taking thread polls and decodes batch k+2, the plugins thread

@@ -1,7 +1,8 @@
 """Back-pressure and graceful shutdown of a real `./manage.py run_plugin_server` (issue 4, part 6).
 
 A long queue (20,000 Celery messages of ~3 KB, ~58 MB of payload) in front of a
-slow plugin: the server holds at most two batches in flight and its memory
+slow plugin: the server holds at most three batches in flight (one storing,
+one in the plugins, one decoding) and its memory
 does not grow with the queue. Then SIGINT mid-stream: exit 0 within
 SHUTDOWN_TIMEOUT, the batches in hand are stored and acknowledged, taking
 stops, and the rest stays on the queue.
@@ -142,9 +143,9 @@ def test_a_long_queue_behind_a_slow_plugin_keeps_in_flight_and_memory_bounded_an
     stored_while_sampling = stored(slow_team)
     assert stored_while_sampling < TOTAL // 2, "the plugin must keep the server far behind the queue"
     assert samples > 100
-    assert 0 < peak_in_flight <= 2 * BATCH_SIZE, f"in flight peaked at {peak_in_flight} (bound {2 * BATCH_SIZE})"
+    assert 0 < peak_in_flight <= 3 * BATCH_SIZE, f"in flight peaked at {peak_in_flight} (bound {3 * BATCH_SIZE})"
     # Reading the whole queue would hold ~58 MB of raw bytes alone (and several
-    # times that decoded); two batches of 50 are ~300 KB.
+    # times that decoded); three batches of 50 are ~450 KB.
     growth = peak_rss - baseline_rss
     assert growth < payload / 4, f"RSS grew by {growth / 2**20:.1f} MB with {payload / 2**20:.0f} MB queued"
 
@@ -160,7 +161,7 @@ def test_a_long_queue_behind_a_slow_plugin_keeps_in_flight_and_memory_bounded_an
     count = stored(slow_team)
     stored_ids = set(Event.objects.filter(team=slow_team).values_list("distinct_id", flat=True))
     assert in_hand and in_hand <= stored_ids, "work in flight at the signal was handed back instead of finished"
-    assert queued_at_signal - left <= 2 * BATCH_SIZE, "the server went on taking after the signal"
+    assert queued_at_signal - left <= 3 * BATCH_SIZE, "the server went on taking after the signal"
     assert count == TOTAL - left == len(stored_ids), "every taken event stored once, the rest on the queue"
     assert not DeadLetter.objects.filter(queue=unique_name).exists()
     assert inflight.consumers() == []

@@ -25,9 +25,9 @@ from plugin_server.metrics import (
     INGESTION_RETRIES,
     RecordingMetrics,
 )
-from plugin_server.models import DeadLetter, Event
+from plugin_server.models import DeadLetter, Event, Person
 from tests.factories import create_team
-from tests.ingestion.celery_tasks import celery_app, send_event_task, task_args
+from tests.ingestion.celery_tasks import celery_app, die, send_event_task, task_args
 
 pytestmark = [pytest.mark.redis]
 
@@ -246,6 +246,58 @@ def test_run_takes_a_batch_ahead_and_finishes_it_after_a_stop(source: CelerySour
     assert Event.objects.filter(team=team).count() == 7
     assert consumer.batches == 4
     assert source.in_flight() == 0
+
+
+class InHandAtSuspects(CelerySource):
+    """A Celery source that notes how many messages its consumer holds whenever it decodes a suspect."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.in_hand_at_suspects: list[int] = []
+
+    def decode(self, delivery: Any, max_bytes: int, max_depth: int) -> Any:
+        if delivery.attempts > 1:
+            self.in_hand_at_suspects.append(self.in_flight())
+        return super().decode(delivery, max_bytes, max_depth)
+
+
+def run_until(consumer: Consumer, done: Any, seconds: float = 30) -> None:
+    """Run the consumer's pipelined loop on a thread until ``done()``, then stop it and wait for it."""
+    runner = threading.Thread(target=consumer.run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + seconds
+        while not done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        consumer.stop()
+        runner.join(10)
+    assert not runner.is_alive()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_pipeline_keeps_one_persons_events_in_queue_order_and_takes_no_batch_beside_a_suspect(unique_name: str) -> None:
+    """run() overlaps three batches, yet one person's $set calls land in queue order (the last wins), and a
+    batch holding a message a dead consumer had is decoded, stored and acknowledged with nothing else in hand."""
+    team = create_team()
+    send(unique_name, *[task_args({"event": "ordered", "properties": {"$set": {"n": index}}}, distinct_id="one", team_id=team.id) for index in range(3)])
+    crashed = CelerySource(queue=unique_name)
+    crashed.start()
+    assert len(crashed.poll(2, timeout=0)) == 2
+    die(crashed)  # the two events it held come back as suspects, each alone
+    send(unique_name, *[task_args({"event": "ordered", "properties": {"$set": {"n": index}}}, distinct_id="one", team_id=team.id) for index in range(3, 21)])
+    source = InHandAtSuspects(queue=unique_name)
+    source.start()
+    try:
+        consumer = consumer_for(source, batch_size=2, poll_timeout=0.05)
+        run_until(consumer, lambda: Event.objects.filter(team=team).count() == 21)
+        assert Event.objects.filter(team=team).count() == 21
+        assert source.in_hand_at_suspects == [1, 1]
+        assert Person.objects.get(team=team).properties["n"] == 20
+        assert source.in_flight() == 0
+    finally:
+        source.close()
+        crashed.close()
 
 
 @pytest.mark.django_db
