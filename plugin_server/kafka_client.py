@@ -38,9 +38,9 @@ def topic_name(name: str) -> str:
 
 
 def client_id() -> str:
-    from plugin_server.plugins.meta.logger import SERVER_INSTANCE_ID
+    from plugin_server.plugins.meta.logger import server_instance_id
 
-    return f"plugin-server-v{plugin_server.__version__}-{SERVER_INSTANCE_ID}"
+    return f"plugin-server-v{plugin_server.__version__}-{server_instance_id()}"
 
 
 def client_settings() -> dict[str, Any]:

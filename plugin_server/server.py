@@ -74,7 +74,7 @@ from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.geoip import GeoIPLocator
 from plugin_server.redis_client import get_redis
 from plugin_server.activity import ACTIVITY
-from plugin_server.plugins.meta.logger import SERVER_INSTANCE_ID
+from plugin_server.plugins.meta.logger import server_instance_id
 from plugin_server.progress import ProgressReporter
 from plugin_server.service import Service, ServiceGroup
 from plugin_server.slow import SlowOperationWatch, slow_operation
@@ -543,7 +543,7 @@ class Server:
                 StalenessWatch(
                     config.staleness_restart_seconds,
                     on_stale=lambda: self.request_stop(exit_code=1),
-                    instance_id=str(SERVER_INSTANCE_ID),
+                    instance_id=str(server_instance_id()),
                     pool_stats=lambda: {"threads": len(slots()), "queue_size": sum(slot.backlog() for slot in slots())},
                 )
             )

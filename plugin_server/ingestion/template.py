@@ -377,11 +377,7 @@ def apply_settings(env: dict[str, str]) -> None:
 
 
 def _new_instance_id() -> None:
-    """This process's own server instance id (the template's was imported into several modules)."""
-    from plugin_server.ingestion.uuidt import uuidt
-    from plugin_server.plugins.meta import logger as meta_logger
+    """This process's own server instance id (the template's was made before the fork)."""
+    from plugin_server.plugins.meta.logger import renew_server_instance_id
 
-    old, new = meta_logger.SERVER_INSTANCE_ID, uuidt()
-    for module in list(sys.modules.values()):
-        if getattr(module, "SERVER_INSTANCE_ID", None) is old:
-            setattr(module, "SERVER_INSTANCE_ID", new)
+    renew_server_instance_id()

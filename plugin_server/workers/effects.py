@@ -34,7 +34,7 @@ from plugin_server.plugin_health import HEALTH
 from plugin_server.plugins import call_timing
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.errors import PluginErrorRecord, clear_plugin_errors, disable_plugin_config, record_plugin_errors
-from plugin_server.plugins.meta.logger import SERVER_INSTANCE_ID, LogEntry
+from plugin_server.plugins.meta.logger import LogEntry, server_instance_id
 from plugin_server.workers.protocol import check_reply
 
 logger = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def apply_report(
         check_reply(isinstance(news, dict) and news.get("what") in SYSTEM_MESSAGES, "system entry")
         ctx = context(news.get("cfg"))
         level, text = SYSTEM_MESSAGES[news["what"]]
-        reporter.log(LogEntry.for_context(ctx, "SYSTEM", level, text(instance=SERVER_INSTANCE_ID)))  # type: ignore[arg-type]
+        reporter.log(LogEntry.for_context(ctx, "SYSTEM", level, text(instance=server_instance_id())))  # type: ignore[arg-type]
         first = on_system(news["what"], ctx.plugin_config_id, news)
         if news["what"] == "loaded":
             # The server's own line for each instance started.

@@ -75,7 +75,7 @@ from plugin_server.plugins.inventory import CodeCache, Inventory, load_inventory
 from plugin_server.plugins.lifecycle import SCHEDULE_KEYS, SETUP_ITEM, ConfigSpec
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.errors import PluginErrorRecord
-from plugin_server.plugins.meta.logger import SERVER_INSTANCE_ID, LogEntry
+from plugin_server.plugins.meta.logger import LogEntry, server_instance_id
 from plugin_server.workers import exports
 from plugin_server.workers.effects import Reporter
 from plugin_server.workers.hardening import WORKER_UID_BASE
@@ -285,7 +285,7 @@ class WorkerPool:
         self.reporter.errors([PluginErrorRecord(ctx=ctx, message=message, name="PluginTimeout" if blame.hung else "WorkerDied", event=event)])
         if blame.item == SETUP_ITEM or losses >= self.settings.losses_to_disable:
             if blame.item != SETUP_ITEM:
-                text = DISABLED_AFTER_LOSSES.format(losses=losses, instance=SERVER_INSTANCE_ID)
+                text = DISABLED_AFTER_LOSSES.format(losses=losses, instance=server_instance_id())
                 self.reporter.log(LogEntry.for_context(ctx, "SYSTEM", "ERROR", text))
             self.reporter.disable(ctx, message)
             self._drop(config_id)

@@ -6,7 +6,8 @@ same template, and their team workers from the main process's one zygote.
 A kill -9 of the main process leaves no process of the server running a
 few seconds later (template, ingestion processes, zygote, team workers),
 with one ingestion process or two. A killed template's ingestion processes
-stop and are replaced by fresh interpreters, which go on ingesting.
+stop and are replaced by fresh interpreters, which go on ingesting. Each
+forked process has a server instance id of its own.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from plugin_server.models import Team
+from plugin_server.models import PluginLogEntry, Team
 from tests.e2e.test_ingestion_processes import (  # noqa: F401 -- start_server is a fixture
     PERSONS,
     _alive,
@@ -97,6 +98,9 @@ def test_ingestion_processes_are_forked_from_the_template_and_so_is_a_killed_one
     first, second = ingestion_processes(server)
     assert _parent(first) == _parent(second) == template
     wait_for(lambda: stored(team) >= PERSONS * 5, 120, "every event stored", server)
+    # Each forked process has a server instance id of its own (in its plugin log lines).
+    loads = PluginLogEntry.objects.filter(team_id=team.id, source="SYSTEM", message__startswith="Plugin loaded")
+    wait_for(lambda: loads.values("instance_id").distinct().count() == 2, 30, "a load logged by each process", server)
     zygote = _zygotes(server.pid)
     assert len(zygote) == 1 and _parent(zygote[0]) == server.pid
     victims_workers = [pid for pid in _children(zygote[0]) if _alive(pid)]

@@ -59,8 +59,21 @@ LOG_METHODS: dict[str, LogType] = {
     "error": "ERROR",
 }
 
-# One id per server start.
+# One id per server start (per process: an ingestion process forked from the template takes its own,
+# renew_server_instance_id). Read it through server_instance_id() where it may be read after that.
 SERVER_INSTANCE_ID = uuidt()
+
+
+def server_instance_id() -> uuid.UUID:
+    """This process's server instance id."""
+    return SERVER_INSTANCE_ID
+
+
+def renew_server_instance_id() -> uuid.UUID:
+    """A new instance id for this process (a forked ingestion process: plugin_server/ingestion/template.py)."""
+    global SERVER_INSTANCE_ID
+    SERVER_INSTANCE_ID = uuidt()
+    return SERVER_INSTANCE_ID
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +87,7 @@ class LogEntry:
     type: LogType
     message: str
     timestamp: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
-    instance_id: uuid.UUID = SERVER_INSTANCE_ID
+    instance_id: uuid.UUID = field(default_factory=server_instance_id)
     # UUIDTs, as the original's: time-ordered, so the primary key index is appended to.
     id: uuid.UUID = field(default_factory=uuidt)
 
