@@ -140,22 +140,24 @@ class IngestionTemplate:
         # No collection from here to the fork: what it would free leaves holes in the shared pages,
         # which the next allocations of every process fill (and so copy).
         gc.disable()
-        failed = preload(kafka)
-        if failed:
-            logger.warning("the ingestion template could not preload %s", ", ".join(failed))
-        gc.freeze()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        parent = os.getpid()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                ours.close()
-                _serve(theirs, parent)
-            finally:
-                os._exit(1)
-        gc.enable()
+        try:
+            failed = preload(kafka)
+            if failed:
+                logger.warning("the ingestion template could not preload %s", ", ".join(failed))
+            gc.freeze()
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            parent = os.getpid()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    ours.close()
+                    _serve(theirs, parent)
+                finally:
+                    os._exit(1)
+        finally:
+            gc.enable()
         theirs.close()
         ours.set_inheritable(False)
         return cls(pid, ours)
