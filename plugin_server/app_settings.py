@@ -59,14 +59,19 @@ KAFKA_CONSUMPTION_TOPIC = env_str("KAFKA_CONSUMPTION_TOPIC", "events_plugin_inge
 KAFKA_PRODUCER_MAX_QUEUE_SIZE = env_int("KAFKA_PRODUCER_MAX_QUEUE_SIZE", 0 if TESTING else 1000)
 KAFKA_MAX_MESSAGE_BATCH_SIZE = env_int("KAFKA_MAX_MESSAGE_BATCH_SIZE", 900_000)
 KAFKA_FLUSH_FREQUENCY_MS = env_int("KAFKA_FLUSH_FREQUENCY_MS", 500)
-# Port: how long the consumer group waits for a silent (killed) server before
-# handing its partitions to the others.
 # Port (later versions' name): put in front of every topic the server produces
 # to (clickhouse_*, plugin_log_entries, events_dead_letter_queue), not the
 # consumption topic, which KAFKA_CONSUMPTION_TOPIC names whole.
 KAFKA_PREFIX = env_str("KAFKA_PREFIX", "") or ""
 KAFKA_CONSUMER_GROUP = env_str("KAFKA_CONSUMER_GROUP", "clickhouse-ingestion") or "clickhouse-ingestion"
+# Port: how long the consumer group waits for a silent (killed) server before
+# handing its partitions to the others.
 KAFKA_SESSION_TIMEOUT_MS = env_int("KAFKA_SESSION_TIMEOUT_MS", 2000 if TESTING else 10_000, minimum=1000)
+# How long a rebalance may wait for the group's members to rejoin (the
+# original's KafkaJS rebalanceTimeout, 60 s; librdkafka's max.poll.interval.ms,
+# whose own default is 300 s): also the longest a server may go without
+# taking messages before the group counts it gone.
+KAFKA_REBALANCE_TIMEOUT_MS = env_int("KAFKA_REBALANCE_TIMEOUT_MS", 60_000, minimum=1000)
 
 # --- ClickHouse ----------------------------------------------------------------
 CLICKHOUSE_HOST = env_str("CLICKHOUSE_HOST", "localhost")

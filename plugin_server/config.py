@@ -62,6 +62,7 @@ class ServerConfig:
     kafka_max_message_batch_size: int
     kafka_flush_frequency_ms: int
     kafka_session_timeout_ms: int
+    kafka_rebalance_timeout_ms: int
     kafka_prefix: str
     kafka_consumer_group: str
     # ClickHouse

@@ -89,6 +89,9 @@ def consumer_settings(group_id: str = CONSUMER_GROUP, **overrides: Any) -> dict[
             "isolation.level": "read_committed",
             "session.timeout.ms": config.kafka_session_timeout_ms,
             "heartbeat.interval.ms": max(config.kafka_session_timeout_ms // 4, 100),
+            # Sent as the JoinGroup's rebalance timeout: a rebalance waiting on a member that
+            # never rejoins ends after it (librdkafka requires it ≥ the session timeout).
+            "max.poll.interval.ms": max(config.kafka_rebalance_timeout_ms, config.kafka_session_timeout_ms),
             "fetch.wait.max.ms": 100,
         }
     )

@@ -72,6 +72,8 @@ class KafkaPipeline:
             "KAFKA_PREFIX": self.prefix,
             "KAFKA_CONSUMER_GROUP": self.consumer_group,
             "KAFKA_SESSION_TIMEOUT_MS": "2000",
+            # A rebalance the broker leaves waiting for a member that is gone ends in 15 s, not 60.
+            "KAFKA_REBALANCE_TIMEOUT_MS": "15000",
             "CLICKHOUSE_HOST": str(settings.CLICKHOUSE_HOST),
             "CLICKHOUSE_PORT": str(settings.CLICKHOUSE_PORT),
             "CLICKHOUSE_DATABASE": self.database,
