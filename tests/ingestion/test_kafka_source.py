@@ -7,9 +7,12 @@ import threading
 import time
 
 import pytest
+import redis
 from django.core.exceptions import ImproperlyConfigured
 
 from plugin_server.events import Delivery
+from plugin_server.exceptions import RetriableError
+from plugin_server.ingestion.sources.attempts import AttemptCounter
 from plugin_server.ingestion.sources.kafka import KafkaSource
 from plugin_server.kafka_client import client_id, client_settings, consumer_settings
 from plugin_server.metrics import RecordingMetrics
@@ -133,6 +136,42 @@ def test_a_message_in_hand_when_its_consumer_died_comes_back_counted_and_alone(k
         attempts = [[d.attempts for d in batch] for batch in batches]
         assert numbers == [[0], [1], [2], [3]]
         assert attempts == [[1], [2], [2], [2]]
+    finally:
+        survivor.close()
+
+
+def test_many_suspects_come_one_by_one_from_what_was_polled_then_the_rest_together(kafka_bootstrap: str, topic: str) -> None:
+    """After a crash with 30 messages in hand, the 30 suspects are handed out alone, in order, each as soon as
+    asked (held back from the poll that fetched them, not fetched again), and the 10 after them as first
+    attempts; while Redis cannot count them, nothing polled is skipped."""
+    produce(kafka_bootstrap, topic, [capture_message(2, "same-person", properties={"n": index}) for index in range(40)])
+    dying = KafkaSource(topic, group=topic, revoke_wait=0.1, commit_interval=3600)
+    assert len(take(dying, 30)) == 30
+    assert dying._consumer is not None
+    dying._consumer.close()  # dies holding all 30: nothing acknowledged, nothing given back
+    survivor = KafkaSource(topic, group=topic)
+    try:
+        first = take(survivor, 1)
+        assert [delivery.attempts for delivery in first] == [2]
+        # Redis goes away while the held messages are counted: the poll fails, and skips nothing.
+        counter = survivor._attempts
+        survivor._attempts = AttemptCounter(topic, client=redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2))
+        with pytest.raises((redis.RedisError, RetriableError)):
+            survivor.poll(10, timeout=0)
+        survivor._attempts = counter
+        batches = [first]
+        survivor.ack(first)
+        deadline = time.monotonic() + 20
+        while sum(len(batch) for batch in batches) < 40 and time.monotonic() < deadline:
+            batch = survivor.poll(50, timeout=0.5)
+            if batch:
+                batches.append(batch)
+                survivor.ack(batch)
+        numbers = [survivor.decode(d, 10**6)["properties"]["n"] for batch in batches for d in batch]
+        assert numbers == list(range(40))
+        assert [len(batch) for batch in batches[:30]] == [1] * 30
+        assert {d.attempts for batch in batches[:30] for d in batch} == {2}
+        assert {d.attempts for batch in batches[30:] for d in batch} == {1}
     finally:
         survivor.close()
 

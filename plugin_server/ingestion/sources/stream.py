@@ -24,8 +24,11 @@ loop's :class:`~.base.Source` contract asks:
   of a delivery from them is not committed (``kafka_queue.stale_deliveries``):
   the new owner processes it again, and the event uuid makes that harmless.
 - **Attempts** (the poison-pill contract): counted per offset in Redis by
-  :class:`~.attempts.AttemptCounter`; a suspect is handed out alone and the
-  partitions are rewound to what was not handed out.
+  :class:`~.attempts.AttemptCounter`; a suspect is handed out alone. What a
+  poll took but did not hand out (behind a suspect) is kept, uncounted, and
+  handed out by the next polls before anything new is fetched: after a
+  crash, the hundreds of suspects its batches in hand leave are handed out
+  one by one without a seek and a fetch from the broker each.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ class StreamSource:
         self._partitions: dict[int, Partition] = {}  # assigned
         self._in_hand: dict[int, set[int]] = {}  # offsets handed out, not acknowledged
         self._acked: dict[int, int] = {}  # next offset to commit
+        self._held: list[BrokerValue[KafkaPayload]] = []  # polled, not yet handed out (behind a suspect)
         self._last_commit = 0.0
         self._closing = False
         self.committed: dict[int, int] = {}  # what this source committed last, by partition (tests, status)
@@ -114,6 +118,7 @@ class StreamSource:
                     break
                 self._lock.wait(min(remaining, 0.5))
             unfinished = sum(len(self._in_hand.get(index, ())) for index in revoked)
+            self._held = [value for value in self._held if value.partition.index not in revoked]
             offsets = {index: self._acked.pop(index) for index in revoked if index in self._acked}
         try:
             self._commit(offsets)
@@ -138,19 +143,25 @@ class StreamSource:
         consumer = self._require_consumer()
         self._commit_due()
         deadline = time.monotonic() + timeout
-        polled: list[BrokerValue[KafkaPayload]] = []
         try:
-            while len(polled) < max_messages:
-                wait = deadline - time.monotonic() if not polled else 0.0
-                try:
-                    value = consumer.poll(max(wait, 0.0))
-                except EndOfPartition:
-                    continue
-                if value is None:
-                    if polled or time.monotonic() >= deadline:
-                        break
-                    continue
-                polled.append(value)
+            if self._held:
+                # Messages held back behind a suspect come first, in their order, and nothing new
+                # is fetched for them; one fetch still happens (kept behind them), so that the
+                # client shows the group it is alive through a long run of suspects.
+                value = self._poll_once(consumer, 0.0)
+                with self._lock:
+                    if value is not None:
+                        self._held.append(value)
+                    polled, self._held = self._held[:max_messages], self._held[max_messages:]
+            else:
+                polled = []
+                while len(polled) < max_messages:
+                    value = self._poll_once(consumer, deadline - time.monotonic() if not polled else 0.0)
+                    if value is None:
+                        if polled or time.monotonic() >= deadline:
+                            break
+                        continue
+                    polled.append(value)
         except (TransportError, ConsumerError) as error:
             # The broker is away (or refused the fetch): the loop retries with backoff.
             raise RetriableError(f"{self.name.value}: {error}") from error
@@ -158,10 +169,23 @@ class StreamSource:
             # A revocation during this poll: what came from the lost partitions is the next owner's.
             owned = self._partitions
             polled = [value for value in polled if value.partition.index in owned]
-        deliveries = self._hand_out(consumer, polled)
+        try:
+            deliveries = self._hand_out(consumer, polled)
+        except Exception:
+            # Not counted, not handed out (Redis away, say): they come first next time, never skipped.
+            with self._lock:
+                self._held[:0] = polled
+            raise
         if deliveries:
             get_metrics().incr(INGESTION_MESSAGES_POLLED, len(deliveries), tags={"source": self.name.value})
         return deliveries
+
+    @staticmethod
+    def _poll_once(consumer: ArroyoConsumer[KafkaPayload], wait: float) -> BrokerValue[KafkaPayload] | None:
+        try:
+            return consumer.poll(max(wait, 0.0))
+        except EndOfPartition:
+            return None
 
     def _hand_out(self, consumer: ArroyoConsumer[KafkaPayload], polled: list[BrokerValue[KafkaPayload]]) -> list[Delivery]:
         if not polled:
@@ -170,11 +194,9 @@ class StreamSource:
         counts = self._attempts.count([(topic, value.partition.index, value.offset) for value in polled])
         handed, rest = polled[: len(counts)], polled[len(counts) :]
         if rest:
-            # After a suspect: rewind so that these come again, uncounted, next time.
-            rewind: dict[Partition, int] = {}
-            for value in rest:
-                rewind.setdefault(value.partition, value.offset)
-            consumer.seek(rewind)
+            # After a suspect: these come next, uncounted so far, before anything new.
+            with self._lock:
+                self._held[:0] = rest
         deliveries = []
         with self._lock:
             for value, attempts in zip(handed, counts):
