@@ -19,7 +19,7 @@ Both marks of a partition live in the Redis hash
 (expiring a week after its last change). One script per poll
 (:data:`_COUNT`), atomic, walks the polled messages in order and stops
 *before* the first suspect unless it is the very first message, which is
-then handed out alone; the caller rewinds the partitions for the rest.
+then handed out alone; the caller holds the rest and hands them out next.
 ``forget`` raises ``acked`` (one write per partition); ``take_back`` lowers
 ``out`` to what a graceful stop gives back, so that it counts as new again.
 """
