@@ -72,6 +72,7 @@ from plugin_server.ingestion.sources.base import Source
 from plugin_server.plugin_health import PluginHealthWriter
 from plugin_server.plugins.meta.context import PluginContext
 from plugin_server.plugins.meta.geoip import GeoIPLocator
+from plugin_server.app_settings import app_setting
 from plugin_server.redis_client import get_redis
 from plugin_server.activity import ACTIVITY
 from plugin_server.plugins.meta.logger import server_instance_id
@@ -408,6 +409,11 @@ class Server:
         if self.options.runs("ingestion") and self.options.ingestion_processes > 1:
             source_name = self._add_ingestion_processes(broker)
         elif self.options.runs("ingestion"):
+            if not self.options.kafka_enabled and not parent_pid:
+                # One process routes nothing: slices a server with several left behind go back on the queue.
+                from plugin_server.ingestion.router import move_back_leftover_slices
+
+                move_back_leftover_slices(get_redis(), get_config().plugins_celery_queue, app_setting("CELERY_GLOBAL_KEYPREFIX"), 0)
             ingester = self._ingester_factory()
 
             exports = self._add_export_lane(pool)

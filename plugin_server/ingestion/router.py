@@ -34,7 +34,7 @@ from __future__ import annotations
 import base64
 import logging
 import zlib
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -43,6 +43,7 @@ from plugin_server.events import Delivery
 from plugin_server.exceptions import RetriableError
 from plugin_server.ingestion.jsstring import js_string
 from plugin_server.ingestion.sources.celery import CelerySource, priority_lists
+from plugin_server.ingestion.sources.celery_scripts import MOVE_BACK
 from plugin_server.service import Service
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,37 @@ SLICE_SEPARATOR = ":ingestion-slice:"
 def slice_queue(queue: str, index: int) -> str:
     """The queue name of slice ``index`` of ``queue`` (ingestion process ``index`` consumes it)."""
     return f"{queue}{SLICE_SEPARATOR}{index}"
+
+
+def move_back_leftover_slices(client: redis.Redis, queue: str, key_prefix: str, in_use: int) -> int:
+    """Put the messages of ``queue``'s slices numbered ``in_use`` and above back on the queue; how many.
+
+    A server started with fewer ingestion processes than the last one (or with
+    one, which routes nothing: ``in_use`` 0) would otherwise leave them waiting
+    for a server with the old count. They go onto the end of the queue that
+    is consumed first, oldest first (they were queued before anything on it
+    now), in one script, and are routed or consumed again from there."""
+    base = f"{key_prefix}{queue}{SLICE_SEPARATOR}"
+    pattern = "".join(f"\\{char}" if char in "*?[]\\" else char for char in base) + "*"
+    leftover: list[tuple[int, str]] = []
+    for key in client.scan_iter(match=pattern, count=1000):
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        suffix = name[len(base) :]
+        if suffix.isdigit() and int(suffix) >= in_use:
+            leftover.append((int(suffix), name))
+    if not leftover:
+        return 0
+    names = [name for _, name in sorted(leftover)]
+    moved = int(cast(int, client.register_script(MOVE_BACK)(keys=[priority_lists(queue, key_prefix)[0], *names])))
+    if moved:
+        logger.warning(
+            "moved %d messages from the slices %s of a server with more ingestion processes back onto %s",
+            moved,
+            ", ".join(names),
+            queue,
+            extra={"queue": queue, "moved": moved},
+        )
+    return moved
 
 
 def slice_of(team_id: Any, distinct_id: Any, slices: int) -> int:
@@ -117,6 +149,7 @@ class Router(Service):
         self.routed = 0
 
     def prepare(self) -> None:
+        move_back_leftover_slices(self.source._redis, self.source.queue, self.source.key_prefix, self.processes)  # noqa: SLF001
         self.source.start()
 
     def run(self) -> None:

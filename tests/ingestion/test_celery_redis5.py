@@ -169,7 +169,7 @@ def test_the_consumer_stores_events_from_a_legacy_redis(legacy_redis: str, uniqu
 def test_the_scripts_call_only_the_commands_they_declare() -> None:
     """Every redis.call in the Lua scripts is declared, and every declared command exists in Redis 5.0."""
     called = set()
-    for script in (celery_scripts.TAKE, celery_scripts.REQUEUE):
+    for script in (celery_scripts.TAKE, celery_scripts.REQUEUE, celery_scripts.MOVE_BACK):
         called |= {name.upper() for name in re.findall(r"redis\.call\('(\w+)'", script)}
     assert called == celery_scripts.SCRIPT_COMMANDS
     assert "BLMOVE" not in celery_scripts.SOURCE_COMMANDS and "LMOVE" not in called

@@ -11,7 +11,7 @@ import redis
 
 from plugin_server.events import Delivery
 from plugin_server.ingestion.decode import decode
-from plugin_server.ingestion.router import Router, slice_of, slice_queue
+from plugin_server.ingestion.router import Router, move_back_leftover_slices, slice_of, slice_queue
 from plugin_server.ingestion.sources.celery import CelerySource
 from tests.ingestion.celery_tasks import celery_app, die, send_event_task, task_args
 
@@ -81,3 +81,37 @@ def test_a_full_slice_holds_the_router_back(router: Router, unique_name: str, re
     assert not router._full()
     redis_client.lpush(slice_queue(unique_name, 1), *([b"waiting"] * 40))
     assert router._full()
+
+
+def test_slices_above_the_process_count_go_back_on_the_queue_first_oldest_first(unique_name: str, redis_client: redis.Redis) -> None:
+    """A server with 2 ingestion processes after one with 4: what waits in slices 2 and 3 is put back on the
+    queue's consumed end, each slice's oldest first and before what was queued since, and routed again;
+    slices 0 and 1 are left to their processes. One process moves every slice back."""
+    for index in range(4):
+        # The router pushes on the left and processes take from the right: "s<i>-0" is each slice's oldest.
+        redis_client.lpush(slice_queue(unique_name, index), *[f"s{index}-{n}".encode() for n in range(3)])
+    redis_client.lpush(unique_name, b"newer")
+    assert move_back_leftover_slices(redis_client, unique_name, "", 2) == 6
+    assert not redis_client.exists(slice_queue(unique_name, 2)) and not redis_client.exists(slice_queue(unique_name, 3))
+    assert redis_client.llen(slice_queue(unique_name, 0)) == 3 and redis_client.llen(slice_queue(unique_name, 1)) == 3
+    taken = [redis_client.rpop(unique_name) for _ in range(7)]
+    # Slice 3 was pushed after slice 2, so it comes first (slices hold different people), each oldest first; the newer last.
+    assert taken == [b"s3-0", b"s3-1", b"s3-2", b"s2-0", b"s2-1", b"s2-2", b"newer"]
+    assert move_back_leftover_slices(redis_client, unique_name, "", 0) == 6
+    assert redis_client.llen(unique_name) == 6
+
+
+def test_a_router_moves_leftover_slices_back_before_it_routes(unique_name: str, redis_client: redis.Redis) -> None:
+    """Router.prepare puts a larger server's slices back, so their events are routed ahead of later ones."""
+    send(unique_name, 2)
+    leftover = cast(list[bytes], redis_client.lrange(unique_name, 0, -1))
+    redis_client.delete(unique_name)
+    redis_client.lpush(slice_queue(unique_name, 5), *leftover)
+    router = Router(2, batch_size=100, poll_timeout=0, source=CelerySource(queue=unique_name, heartbeat_ttl=2))
+    router.prepare()
+    try:
+        assert router.route_once() == 2
+        assert not redis_client.exists(slice_queue(unique_name, 5))
+        assert sum(len(slice_events(redis_client, unique_name, index)) for index in range(2)) == 2
+    finally:
+        router.source.close()

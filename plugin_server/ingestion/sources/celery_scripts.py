@@ -22,7 +22,7 @@ SCRIPT_COMMANDS = frozenset(
     {"SET", "SADD", "RPOP", "RPUSH", "LRANGE", "HSET", "HGET", "HLEN", "HKEYS", "HINCRBY", "EXPIRE", "DEL"}
 )
 SOURCE_COMMANDS = frozenset(
-    {"BRPOPLPUSH", "LPUSH", "SMEMBERS", "SREM", "EXISTS", "HLEN", "LLEN", "HDEL", "SET", "DEL", "SADD", "INFO", "EVALSHA", "SCRIPT", "MULTI", "EXEC"}
+    {"BRPOPLPUSH", "LPUSH", "SMEMBERS", "SREM", "EXISTS", "HLEN", "LLEN", "HDEL", "SET", "DEL", "SADD", "INFO", "EVALSHA", "SCRIPT", "MULTI", "EXEC", "SCAN"}
 )
 
 # How the poison-pill count is kept, cheaply: a message's count is the number
@@ -73,6 +73,22 @@ while n < max and size < budget and from <= #lists do
   end
 end
 return out
+"""
+
+# KEYS: the queue's plain list, then slice lists no ingestion process consumes any more
+# Moves each slice's messages onto the end of the queue that is consumed first, the
+# slice's oldest first: they were queued before anything now on the queue.
+MOVE_BACK = """
+local moved = 0
+for k = 2, #KEYS do
+  local waiting = redis.call('LRANGE', KEYS[k], 0, -1)
+  for i = 1, #waiting do
+    redis.call('RPUSH', KEYS[1], waiting[i])
+  end
+  moved = moved + #waiting
+  redis.call('DEL', KEYS[k])
+end
+return moved
 """
 
 # KEYS: queue, landing, inflight, attempts
