@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 import zlib
 from typing import Any, cast
 
@@ -61,20 +62,28 @@ def move_back_leftover_slices(client: redis.Redis, queue: str, key_prefix: str, 
 
     A server started with fewer ingestion processes than the last one (or with
     one, which routes nothing: ``in_use`` 0) would otherwise leave them waiting
-    for a server with the old count. They go onto the end of the queue that
-    is consumed first, oldest first (they were queued before anything on it
-    now), in one script, and are routed or consumed again from there."""
+    for a server with the old count. First what dead consumers of those slices
+    held in flight goes back onto its slice (once their heartbeat has
+    expired, as for any dead consumer); then every such slice's messages go
+    onto the end of the queue that is consumed first, oldest first (they were
+    queued before anything on it now), in one script, and are routed or
+    consumed again from there."""
     base = f"{key_prefix}{queue}{SLICE_SEPARATOR}"
-    pattern = "".join(f"\\{char}" if char in "*?[]\\" else char for char in base) + "*"
-    leftover: list[tuple[int, str]] = []
-    for key in client.scan_iter(match=pattern, count=1000):
-        name = key.decode() if isinstance(key, bytes) else str(key)
-        suffix = name[len(base) :]
-        if suffix.isdigit() and int(suffix) >= in_use:
-            leftover.append((int(suffix), name))
+    escaped = "".join(f"\\{char}" if char in "*?[]\\" else char for char in base)
+    consumers_prefix = f"@posthog-plugin-server/celery/{base}"
+    escaped_consumers = "".join(f"\\{char}" if char in "*?[]\\" else char for char in consumers_prefix)
+    leftover: set[int] = set()
+    for pattern, start in ((escaped + "*", len(base)), (escaped_consumers + "*/consumers", len(consumers_prefix))):
+        for key in client.scan_iter(match=pattern, count=1000):
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            number = name[start:].split("/", 1)[0]
+            if number.isdigit() and int(number) >= in_use:
+                leftover.add(int(number))
     if not leftover:
         return 0
-    names = [name for _, name in sorted(leftover)]
+    for index in sorted(leftover):
+        CelerySource(queue=slice_queue(queue, index), client=client, key_prefix=key_prefix).recover()
+    names = [priority_lists(slice_queue(queue, index), key_prefix)[0] for index in sorted(leftover)]
     moved = int(cast(int, client.register_script(MOVE_BACK)(keys=[priority_lists(queue, key_prefix)[0], *names])))
     if moved:
         logger.warning(
@@ -153,8 +162,13 @@ class Router(Service):
         self.source.start()
 
     def run(self) -> None:
+        swept = time.monotonic()
         while not self.stopping:
             try:
+                if time.monotonic() - swept > self.source._ttl:  # noqa: SLF001 -- the dead consumers' cadence
+                    # What dead consumers of leftover slices held comes back once their heartbeat expired.
+                    swept = time.monotonic()
+                    move_back_leftover_slices(self.source._redis, self.source.queue, self.source.key_prefix, self.processes)  # noqa: SLF001
                 if self._full():
                     self.sleep(0.01)
                     continue

@@ -115,3 +115,15 @@ def test_a_router_moves_leftover_slices_back_before_it_routes(unique_name: str, 
         assert sum(len(slice_events(redis_client, unique_name, index)) for index in range(2)) == 2
     finally:
         router.source.close()
+
+
+def test_what_a_dead_consumer_of_a_leftover_slice_held_goes_back_too(unique_name: str, redis_client: redis.Redis) -> None:
+    """The in-flight messages of a killed process of the larger server are given back to its slice, then moved."""
+    dead = CelerySource(queue=slice_queue(unique_name, 3), heartbeat_ttl=2)
+    dead.start()
+    redis_client.lpush(slice_queue(unique_name, 3), b"first", b"second")
+    assert [delivery.payload for delivery in dead.poll(10, timeout=0)] == [b"first", b"second"]
+    die(dead)  # killed: nothing given back, its heartbeat gone
+    assert move_back_leftover_slices(redis_client, unique_name, "", 2) == 2
+    assert dead.in_flight() == 0
+    assert [redis_client.rpop(unique_name) for _ in range(2)] == [b"first", b"second"]
