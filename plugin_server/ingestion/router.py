@@ -57,7 +57,7 @@ def slice_queue(queue: str, index: int) -> str:
     return f"{queue}{SLICE_SEPARATOR}{index}"
 
 
-def move_back_leftover_slices(client: redis.Redis, queue: str, key_prefix: str, in_use: int) -> int:
+def move_back_leftover_slices(client: redis.Redis, queue: str, key_prefix: str, in_use: int, indexes: set[int] | None = None) -> int:
     """Put the messages of ``queue``'s slices numbered ``in_use`` and above back on the queue; how many.
 
     A server started with fewer ingestion processes than the last one (or with
@@ -67,23 +67,14 @@ def move_back_leftover_slices(client: redis.Redis, queue: str, key_prefix: str, 
     expired, as for any dead consumer); then every such slice's messages go
     onto the end of the queue that is consumed first, oldest first (they were
     queued before anything on it now), in one script, and are routed or
-    consumed again from there."""
-    base = f"{key_prefix}{queue}{SLICE_SEPARATOR}"
-    escaped = "".join(f"\\{char}" if char in "*?[]\\" else char for char in base)
-    consumers_prefix = f"@posthog-plugin-server/celery/{base}"
-    escaped_consumers = "".join(f"\\{char}" if char in "*?[]\\" else char for char in consumers_prefix)
-    leftover: set[int] = set()
-    for pattern, start in ((escaped + "*", len(base)), (escaped_consumers + "*/consumers", len(consumers_prefix))):
-        for key in client.scan_iter(match=pattern, count=1000):
-            name = key.decode() if isinstance(key, bytes) else str(key)
-            number = name[start:].split("/", 1)[0]
-            if number.isdigit() and int(number) >= in_use:
-                leftover.add(int(number))
+    consumed again from there. ``indexes``: the slices to look at, found by
+    :func:`leftover_slices` when not given (a SCAN of the keyspace: at start only)."""
+    leftover = sorted(indexes if indexes is not None else leftover_slices(client, queue, key_prefix, in_use))
     if not leftover:
         return 0
-    for index in sorted(leftover):
+    for index in leftover:
         CelerySource(queue=slice_queue(queue, index), client=client, key_prefix=key_prefix).recover()
-    names = [priority_lists(slice_queue(queue, index), key_prefix)[0] for index in sorted(leftover)]
+    names = [priority_lists(slice_queue(queue, index), key_prefix)[0] for index in leftover]
     moved = int(cast(int, client.register_script(MOVE_BACK)(keys=[priority_lists(queue, key_prefix)[0], *names])))
     if moved:
         logger.warning(
@@ -94,6 +85,21 @@ def move_back_leftover_slices(client: redis.Redis, queue: str, key_prefix: str, 
             extra={"queue": queue, "moved": moved},
         )
     return moved
+
+
+def leftover_slices(client: redis.Redis, queue: str, key_prefix: str, in_use: int) -> set[int]:
+    """The slices of ``queue`` numbered ``in_use`` and above that hold messages or have consumers on record."""
+    base = f"{key_prefix}{queue}{SLICE_SEPARATOR}"
+    consumers = f"@posthog-plugin-server/celery/{base}"
+    found: set[int] = set()
+    for prefix, suffix in ((base, ""), (consumers, "/consumers")):
+        escaped = "".join(f"\\{char}" if char in "*?[]\\" else char for char in prefix)
+        for key in client.scan_iter(match=f"{escaped}*{suffix}", count=1000):
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            number = name[len(prefix) :].split("/", 1)[0]
+            if number.isdigit() and int(number) >= in_use:
+                found.add(int(number))
+    return found
 
 
 def slice_of(team_id: Any, distinct_id: Any, slices: int) -> int:
@@ -156,19 +162,22 @@ class Router(Service):
         self.source = source or CelerySource()
         self.slices = [priority_lists(slice_queue(self.source.queue, index), self.source.key_prefix)[0] for index in range(processes)]
         self.routed = 0
+        self._leftover: set[int] = set()  # slices above ``processes`` still to be swept back
 
     def prepare(self) -> None:
-        move_back_leftover_slices(self.source._redis, self.source.queue, self.source.key_prefix, self.processes)  # noqa: SLF001
+        client, queue, prefix = self.source._redis, self.source.queue, self.source.key_prefix  # noqa: SLF001
+        self._leftover = leftover_slices(client, queue, prefix, self.processes)
+        move_back_leftover_slices(client, queue, prefix, self.processes, self._leftover)
         self.source.start()
 
     def run(self) -> None:
         swept = time.monotonic()
         while not self.stopping:
             try:
-                if time.monotonic() - swept > self.source._ttl:  # noqa: SLF001 -- the dead consumers' cadence
+                if self._leftover and time.monotonic() - swept > self.source._ttl:  # noqa: SLF001 -- the dead consumers' cadence
                     # What dead consumers of leftover slices held comes back once their heartbeat expired.
                     swept = time.monotonic()
-                    move_back_leftover_slices(self.source._redis, self.source.queue, self.source.key_prefix, self.processes)  # noqa: SLF001
+                    self._sweep_leftover()
                 if self._full():
                     self.sleep(0.01)
                     continue
@@ -176,6 +185,16 @@ class Router(Service):
             except (RetriableError, redis.RedisError):
                 logger.warning("router: Redis unavailable, retrying", exc_info=True)
                 self.sleep(1.0)
+
+    def _sweep_leftover(self) -> None:
+        client = self.source._redis  # noqa: SLF001 -- the source's own connection
+        move_back_leftover_slices(client, self.source.queue, self.source.key_prefix, self.processes, self._leftover)
+        # A slice is done with once nothing waits in it and no consumer of it is on record.
+        self._leftover = {
+            index
+            for index in self._leftover
+            if client.exists(f"@posthog-plugin-server/celery/{priority_lists(slice_queue(self.source.queue, index), self.source.key_prefix)[0]}/consumers")
+        }
 
     def _full(self) -> bool:
         redis_client = self.source._redis  # noqa: SLF001 -- the source's own connection
