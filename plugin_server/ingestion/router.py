@@ -43,7 +43,7 @@ import redis
 from plugin_server.events import Delivery
 from plugin_server.exceptions import RetriableError
 from plugin_server.ingestion.jsstring import js_string
-from plugin_server.ingestion.sources.celery import CelerySource, priority_lists
+from plugin_server.ingestion.sources.celery import CelerySource, priority_lists, state_prefix
 from plugin_server.ingestion.sources.celery_scripts import MOVE_BACK
 from plugin_server.service import Service
 
@@ -90,7 +90,7 @@ def move_back_leftover_slices(client: redis.Redis, queue: str, key_prefix: str, 
 def leftover_slices(client: redis.Redis, queue: str, key_prefix: str, in_use: int) -> set[int]:
     """The slices of ``queue`` numbered ``in_use`` and above that hold messages or have consumers on record."""
     base = f"{key_prefix}{queue}{SLICE_SEPARATOR}"
-    consumers = f"@posthog-plugin-server/celery/{base}"
+    consumers = state_prefix(base)[:-1]  # the slice number follows
     found: set[int] = set()
     for prefix, suffix in ((base, ""), (consumers, "/consumers")):
         escaped = "".join(f"\\{char}" if char in "*?[]\\" else char for char in prefix)
@@ -193,7 +193,7 @@ class Router(Service):
         self._leftover = {
             index
             for index in self._leftover
-            if client.exists(f"@posthog-plugin-server/celery/{priority_lists(slice_queue(self.source.queue, index), self.source.key_prefix)[0]}/consumers")
+            if client.exists(state_prefix(priority_lists(slice_queue(self.source.queue, index), self.source.key_prefix)[0]) + "consumers")
         }
 
     def _full(self) -> bool:

@@ -185,6 +185,7 @@ def test_kafka_hosts_client_id_and_tls_only_with_all_three_certificates(settings
     assert plain["bootstrap.servers"] == "k1:9092,k2:9092"
     assert plain["group.id"] == "clickhouse-ingestion"
     assert plain["isolation.level"] == "read_committed"
+    assert plain["max.poll.interval.ms"] == 60_000  # KAFKA_REBALANCE_TIMEOUT_MS
     assert plain["client.id"] == client_id() and client_id().startswith("plugin-server-v")
     assert "security.protocol" not in plain
     pem = base64.b64encode(b"-----BEGIN CERTIFICATE-----\n").decode()

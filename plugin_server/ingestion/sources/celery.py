@@ -76,6 +76,11 @@ PRIORITY_SEPARATOR = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)
 
 
+def state_prefix(plain_list: str) -> str:
+    """Where the source keeps its state (consumers, in-flight, attempts) for the queue whose plain list this is."""
+    return f"@posthog-plugin-server/celery/{plain_list}/"
+
+
 def priority_lists(queue: str, prefix: str = "") -> list[str]:
     """The Redis lists kombu puts ``queue``'s messages on, in the order a Celery worker takes them."""
     return [f"{prefix}{queue}{PRIORITY_SEPARATOR}{step}" if step else f"{prefix}{queue}" for step in PRIORITY_STEPS]
@@ -119,7 +124,7 @@ class CelerySource:
         self._redis = client or get_redis()
         self._ttl = float(heartbeat_ttl if heartbeat_ttl is not None else app_setting("CELERY_CONSUMER_HEARTBEAT_TTL"))
         self._max_bytes = max_bytes
-        prefix = f"@posthog-plugin-server/celery/{self.lists[0]}/"
+        prefix = state_prefix(self.lists[0])
         self._consumers_key = prefix + "consumers"
         self._attempts_key = prefix + "attempts"
         self._prefix = prefix
